@@ -1,0 +1,19 @@
+"""herd: re-derive the Llama family on any Llama-architecture checkpoint.
+
+The Python API mirrors the CLI: :func:`derive`, :func:`chat`, :func:`info`, :func:`bases`
+(imported lazily so ``import herd`` stays cheap).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "bases", "chat", "derive", "info"]
+
+
+def __getattr__(name: str):
+    if name in {"bases", "chat", "derive", "info"}:
+        from herd import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

@@ -1,0 +1,113 @@
+"""The ``herd`` command. Core commands live here; other command groups register through
+``COMMAND_MODULES`` (each module defines ``add_commands(subparsers)``; a handler receives the parsed
+args and returns an exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from herd.errors import HerdError
+
+# Modules that add subcommands: each defines add_commands(subparsers).
+COMMAND_MODULES: list[str] = [
+]
+
+
+def _cmd_derive(args) -> int:
+    from herd.api import derive
+
+    result = derive(args.recipe, base=args.base, profile=args.profile, data=args.data, out=args.out,
+                    resume=args.resume, max_steps=args.max_steps)
+    print(f"\nartifact: {result.path}")
+    if result.scorecard_md:
+        print()
+        print(result.scorecard_md)
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from herd.api import chat
+
+    return chat(args.artifact, message=args.message, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, system=args.system)
+
+
+def _cmd_info(args) -> int:
+    from herd.api import info
+
+    print(info(args.artifact, as_json=args.json))
+    return 0
+
+
+def _cmd_bases(args) -> int:
+    from herd.api import bases
+
+    for row in bases():
+        print(f"{row['name']:<10} {row['status']:<14} {row['description']}")
+    print("\nAlso accepted: an HF folder (safetensors), a .gguf file, a herd artifact, "
+          "or a hub id already in the local HF cache.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="herd", description="Re-derive the Llama family: recipes, "
+                                "scorecards, lineage.")
+    p.add_argument("--version", action="version", version=f"herd {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("derive", help="run a recipe: data → stages → scorecard → artifact")
+    d.add_argument("recipe", help="recipe name (alpaca) or path to a recipe YAML")
+    d.add_argument("--base", help="base to derive from (default: the recipe's)")
+    d.add_argument("--profile", default="tiny", help="tiny (laptop CPU, minutes) or full (published scale)")
+    d.add_argument("--data", action="append", help="training file(s) replacing the recipe's data")
+    d.add_argument("--out", help="output folder (default runs/<recipe>-<base>-<profile>)")
+    d.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    d.add_argument("--max-steps", type=int, help="stop each training stage after this many optimizer steps")
+    d.set_defaults(func=_cmd_derive)
+
+    c = sub.add_parser("chat", help="talk to an artifact in its own template")
+    c.add_argument("artifact")
+    c.add_argument("-m", "--message", action="append", help="send this message and exit (repeatable)")
+    c.add_argument("--system", help="system prompt (templates that have one)")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    c.set_defaults(func=_cmd_chat)
+
+    i = sub.add_parser("info", help="lineage and scorecard of an artifact")
+    i.add_argument("artifact")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_info)
+
+    b = sub.add_parser("bases", help="what herd can load")
+    b.set_defaults(func=_cmd_bases)
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).add_commands(sub)
+    return p
+
+
+def _version() -> str:
+    from herd import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HerdError as e:
+        print(f"herd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nherd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

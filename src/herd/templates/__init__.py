@@ -1,0 +1,25 @@
+"""The template registry: templates are found by name (stored in every artifact), never guessed."""
+
+from __future__ import annotations
+
+from herd.errors import HerdError
+from herd.templates.alpaca import ALPACA
+from herd.templates.base import IGNORE_INDEX, Rendered, Template, TemplateError
+from herd.templates.chatml import CHATML
+
+TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, CHATML)}
+
+
+def register(template: Template) -> Template:
+    TEMPLATES[template.name] = template
+    return template
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise HerdError(f"unknown template '{name}'; known: {', '.join(sorted(TEMPLATES))}") from None
+
+
+__all__ = ["IGNORE_INDEX", "TEMPLATES", "Rendered", "Template", "TemplateError", "get_template", "register"]

@@ -1,0 +1,152 @@
+"""One template definition for training, evaluation, serving and export.
+
+A template is a jinja chat template (the same dialect as HF's ``chat_template``) in which the text the
+model is trained on sits inside ``{% generation %}…{% endgeneration %}`` blocks, the convention
+transformers uses for ``return_assistant_tokens_mask``. From that single string herd derives
+- the training render: token ids plus a loss mask that is 1 exactly on generation-block tokens;
+- the generation prompt for evaluation, chat and serving (``add_generation_prompt=True``);
+- the ``chat_template`` written into exported tokenizers (HF keeps generation tags; exporters that
+  need plain jinja call :meth:`Template.plain_jinja`).
+Tests prove the training render equals ``tokenizer.apply_chat_template`` token for token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from herd.errors import HerdError
+
+IGNORE_INDEX = -100
+_GEN_START, _GEN_END = "\ue000", "\ue001"  # private-use code points; records containing them are refused
+_GEN_TAG = re.compile(r"{%-?\s*(end)?generation\s*-?%}")
+
+
+class TemplateError(HerdError):
+    """A conversation cannot be rendered by a template (wrong roles, forbidden characters)."""
+
+
+def _raise(message: str):
+    raise TemplateError(message)
+
+
+@lru_cache(maxsize=64)
+def _compile(source: str):
+    # Same settings as transformers' chat-template environment, so renders agree byte for byte.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = _raise
+    return env.from_string(source)
+
+
+@dataclass
+class Rendered:
+    """A rendered conversation: the text, its token ids and per-token labels (-100 = not trained)."""
+
+    text: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt/chat format. ``jinja`` is the single definition; ``stop`` lists extra stop strings."""
+
+    name: str
+    jinja: str
+    description: str
+    source: str
+    stop: tuple[str, ...] = ()
+    uses_bos: bool = True  # prefix bos_token when the tokenizer would add one by default
+    roles: tuple[str, ...] = ("system", "user", "assistant")
+    extra: dict = field(default_factory=dict)
+
+    # -- the one definition, specialised for a tokenizer ------------------------------------------
+    def chat_template(self, tokenizer=None) -> str:
+        """The jinja for this tokenizer (with generation tags), as exported into ``tokenizer_config``."""
+        if self.uses_bos and tokenizer is not None and _adds_bos(tokenizer):
+            return "{{ bos_token }}" + self.jinja
+        return self.jinja
+
+    def plain_jinja(self, tokenizer=None) -> str:
+        """The chat template without generation tags, for renderers that do not know them."""
+        return _GEN_TAG.sub("", self.chat_template(tokenizer))
+
+    # -- rendering ---------------------------------------------------------------------------------
+    def render_text(self, messages: list[dict], tokenizer=None, *, add_generation_prompt: bool = False,
+                    **kwargs) -> tuple[str, list[tuple[int, int]]]:
+        """Render to text; returns the text and the character spans of generation blocks."""
+        for m in messages:
+            for v in m.values():
+                if isinstance(v, str) and (_GEN_START in v or _GEN_END in v):
+                    raise TemplateError("message contains reserved private-use characters U+E000/U+E001")
+        source = _GEN_TAG.sub(lambda mt: "{{ '" + (_GEN_END if mt.group(1) else _GEN_START) + "' }}",
+                              self.chat_template(tokenizer))
+        special = _special_tokens(tokenizer)
+        raw = _compile(source).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                      **special, **kwargs)
+        text, spans, start = [], [], None
+        pos = 0
+        for ch in raw:
+            if ch == _GEN_START:
+                start = pos
+            elif ch == _GEN_END:
+                spans.append((start, pos))
+                start = None
+            else:
+                text.append(ch)
+                pos += 1
+        return "".join(text), spans
+
+    def prompt(self, messages: list[dict], tokenizer=None, **kwargs) -> str:
+        """The generation prompt (what eval, chat and the server feed the model)."""
+        return self.render_text(messages, tokenizer, add_generation_prompt=True, **kwargs)[0]
+
+    def render(self, messages: list[dict], tokenizer, *, add_generation_prompt: bool = False,
+               **kwargs) -> Rendered:
+        """Token ids and loss labels: a token is trained iff it starts inside a generation block."""
+        text, spans = self.render_text(messages, tokenizer, add_generation_prompt=add_generation_prompt,
+                                       **kwargs)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        labels = [IGNORE_INDEX] * len(ids)
+        si = 0
+        for i, (s, e) in enumerate(offsets):
+            while si < len(spans) and spans[si][1] <= s:
+                si += 1
+            if si < len(spans) and spans[si][0] <= s < spans[si][1] and e > s:
+                labels[i] = ids[i]
+        return Rendered(text=text, input_ids=list(ids), labels=labels)
+
+    def stop_strings(self, tokenizer=None) -> list[str]:
+        """Where generation stops: the template's own stops plus the tokenizer's EOS."""
+        stops = list(self.stop)
+        if tokenizer is not None and tokenizer.eos_token and tokenizer.eos_token not in stops:
+            stops.append(tokenizer.eos_token)
+        return stops
+
+
+def _special_tokens(tokenizer) -> dict:
+    if tokenizer is None:
+        return {"bos_token": "<s>", "eos_token": "</s>"}
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        val = getattr(tokenizer, key, None)
+        if val is not None:
+            out[key] = str(val)
+    return out
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
