@@ -111,19 +111,27 @@ class Template:
 
     def render(self, messages: list[dict], tokenizer, *, add_generation_prompt: bool = False,
                **kwargs) -> Rendered:
-        """Token ids and loss labels: a token is trained iff it starts inside a generation block."""
+        """Token ids and loss labels; trained tokens are exactly the generation-block text.
+
+        Each generation block is tokenized on its own, so no token straddles a prompt/target boundary
+        (``### Response:`` + ``"Hi`` would otherwise merge into one ``:"`` token whose loss leaks into
+        the prompt, the flaw of Alpaca's length-based masking). This is also the stream the model sees
+        at inference: the prompt tokenized alone, then the answer token by token. Where no boundary
+        merge exists, the ids equal ``apply_chat_template(tokenize=True)`` exactly (tested)."""
         text, spans = self.render_text(messages, tokenizer, add_generation_prompt=add_generation_prompt,
                                        **kwargs)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        labels = [IGNORE_INDEX] * len(ids)
-        si = 0
-        for i, (s, e) in enumerate(offsets):
-            while si < len(spans) and spans[si][1] <= s:
-                si += 1
-            if si < len(spans) and spans[si][0] <= s < spans[si][1] and e > s:
-                labels[i] = ids[i]
-        return Rendered(text=text, input_ids=list(ids), labels=labels)
+        ids: list[int] = []
+        labels: list[int] = []
+        pos = 0
+        for start, end in spans + [(len(text), len(text))]:
+            for piece, trained in ((text[pos:start], False), (text[start:end], True)):
+                if not piece:
+                    continue
+                piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += piece_ids
+                labels += piece_ids if trained else [IGNORE_INDEX] * len(piece_ids)
+            pos = end
+        return Rendered(text=text, input_ids=ids, labels=labels)
 
     def stop_strings(self, tokenizer=None) -> list[str]:
         """Where generation stops: the template's own stops plus the tokenizer's EOS."""

@@ -1,0 +1,96 @@
+"""Bad input gets one clear error naming file, record/line and field, before any model loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from herd.data import load_examples
+from herd.data.split import split
+from herd.data.tokenize import tokenize_examples
+from herd.errors import DataError
+from herd.templates import get_template
+from tests.conftest import ALPACA_DEMO
+
+
+def _write(tmp_path, name, content: str | bytes):
+    p = tmp_path / name
+    (p.write_bytes if isinstance(content, bytes) else p.write_text)(content)
+    return p
+
+
+def test_reads_real_alpaca_files():
+    exs = load_examples(ALPACA_DEMO, "alpaca")
+    assert len(exs) == 999
+    assert exs[0].messages[-1]["role"] == "assistant"
+
+
+def test_truncated_json_names_line(tmp_path):
+    p = _write(tmp_path, "t.json", '[\n{"instruction": "a", "output": "b"},\n{"instruction": "c", "out')
+    with pytest.raises(DataError, match=r"t\.json:3.*invalid JSON"):
+        load_examples(p, "alpaca")
+
+
+def test_jsonl_bad_line(tmp_path):
+    p = _write(tmp_path, "t.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    with pytest.raises(DataError, match=r"t\.jsonl:2"):
+        load_examples(p, "alpaca")
+
+
+def test_wrong_type_names_record_and_field(tmp_path):
+    p = _write(tmp_path, "t.json", json.dumps([{"instruction": "a", "output": "b"},
+                                               {"instruction": "c", "output": 3}]))
+    with pytest.raises(DataError, match=r"record 1 field 'output': expected a string, got int"):
+        load_examples(p, "alpaca")
+
+
+def test_missing_field(tmp_path):
+    p = _write(tmp_path, "t.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:2 record 1 field 'output': missing field"):
+        load_examples(p, "alpaca")
+
+
+def test_empty_file_and_empty_field(tmp_path):
+    with pytest.raises(DataError, match="file is empty"):
+        load_examples(_write(tmp_path, "e.json", "  \n"), "alpaca")
+    with pytest.raises(DataError, match="field 'instruction': empty"):
+        load_examples(_write(tmp_path, "f.json", json.dumps([{"instruction": " ", "output": "b"}])), "alpaca")
+
+
+def test_non_utf8_names_line(tmp_path):
+    p = _write(tmp_path, "t.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:2: not UTF-8"):
+        load_examples(p, "alpaca")
+
+
+def test_not_a_list(tmp_path):
+    with pytest.raises(DataError, match=r"t\.json:1 record 0: expected an object"):
+        load_examples(_write(tmp_path, "t.json", "42"), "alpaca")
+    with pytest.raises(DataError, match="no records"):
+        load_examples(_write(tmp_path, "u.json", "[]"), "alpaca")
+
+
+def test_column_mapping(tmp_path):
+    p = _write(tmp_path, "t.json", json.dumps([{"prompt": "Hi", "query": "ctx", "response": "Yo"}]))
+    exs = load_examples(p, "alpaca", columns={"instruction": "prompt", "input": "query", "output": "response"})
+    assert exs[0].messages == [{"role": "user", "content": "Hi", "input": "ctx"},
+                               {"role": "assistant", "content": "Yo"}]
+
+
+def test_over_length_records_dropped_and_counted(tokenizer):
+    exs = load_examples(ALPACA_DEMO, "alpaca")[:50]
+    items, rep = tokenize_examples(exs, get_template("alpaca"), tokenizer, max_len=128)
+    dropped = sum(rep.dropped.values())
+    assert dropped > 0 and rep.kept == len(items) == 50 - dropped
+    assert all(len(x) <= 128 for x in items)
+    assert "longer than max_len 128" in rep.summary()
+
+
+def test_split_is_deterministic_and_order_free():
+    exs = load_examples(ALPACA_DEMO, "alpaca")[:100]
+    tr1, ev1 = split(exs, 10, seed=1)
+    tr2, ev2 = split(list(reversed(exs)), 10, seed=1)
+    assert {e.key() for e in ev1} == {e.key() for e in ev2}
+    assert len(tr1) == 90 and not ({e.key() for e in tr1} & {e.key() for e in ev1})
+    assert {e.key() for e in split(exs, 10, seed=2)[1]} != {e.key() for e in ev1}
