@@ -46,6 +46,13 @@ def read_text_file(path: str | Path) -> str:
     if not path.is_file():
         raise DataError(str(path), "file not found")
     raw = path.read_bytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(str(path), f"corrupt gzip file ({e})") from None
     if not raw.strip():
         raise DataError(str(path), "file is empty")
     try:
@@ -61,7 +68,7 @@ def read_json_records(path: str | Path) -> list[tuple[int | None, object]]:
     path = Path(path)
     text = read_text_file(path)
     stripped = text.lstrip()
-    if path.suffix == ".jsonl" or (not stripped.startswith("[") and not stripped.startswith("{")):
+    if path.suffixes[-2:] == [".jsonl", ".gz"] or path.suffix == ".jsonl" or (not stripped.startswith("[") and not stripped.startswith("{")):
         out = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -112,7 +119,7 @@ def require_str(path, rec: dict, field_name: str, *, index: int, line: int | Non
 
 def load_examples(path: str | Path, fmt: str, **options) -> list[Example]:
     """Read and validate a whole file with the reader registered for ``fmt``."""
-    from herd.data import alpaca  # noqa: F401  (registers readers)
+    from herd.data import alpaca, dolly, openai_messages, preference_sft, sharegpt  # noqa: F401  (registers readers)
 
     if fmt not in READERS:
         raise DataError(str(path), f"unknown format '{fmt}'; known: {', '.join(sorted(READERS))}")

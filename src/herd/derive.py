@@ -1,0 +1,121 @@
+"""``herd derive``: recipe → validated data → stages in order → scorecard → artifact.
+
+Everything that can be wrong (recipe fields, data files, the base) is checked before a model loads.
+Each stage's folder is named by a hash of its inputs (parent weights, data, template, stage config),
+so re-running a recipe skips finished stages, and ``resume=True`` continues an interrupted one from
+its last atomic checkpoint. The workspace ``out`` holds the stage artifacts and ``model``, a link to
+the last one, which carries the scorecard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from herd.artifacts import is_artifact, model_card, read_lineage, write_lineage
+from herd.base import BaseRef, resolve_base
+from herd.data import load_examples
+from herd.data.split import dedupe, split
+from herd.errors import ConfigError
+from herd.hashing import sha256_file, sha256_json
+from herd.paths import resolve_data_path
+from herd.recipe import Recipe, load_recipe
+from herd.scorecard import evaluate_pair, write_scorecard
+from herd.templates import get_template
+
+
+@dataclass
+class DeriveResult:
+    path: Path
+    scorecard: dict | None
+    scorecard_md: str | None
+
+
+def _load_data(recipe: Recipe, data_override: list[str] | None):
+    recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
+    sources = recipe.data
+    if data_override:
+        sources = [type(recipe.data[0])(name=Path(p).stem, path=str(Path(p).resolve()),
+                                        format=recipe.data[0].format) for p in data_override]
+    examples, records = [], []
+    for src in sources:
+        path = resolve_data_path(src.path, recipe_dir)
+        if not path.exists():
+            raise ConfigError(f"{recipe.source_file}: data '{src.name}': {path} not found"
+                              + (" (set HERD_DATA to the shared datasets folder)" if src.path.startswith("shared:")
+                                 else ""))
+        exs = load_examples(path, src.format, **({"columns": src.columns} if src.columns else {}))
+        if src.max_records:
+            exs = exs[: src.max_records]
+        examples += exs
+        records.append({"name": src.name, "path": str(path), "sha256": sha256_file(path), "records": len(exs)})
+    examples, n_dup = dedupe(examples)
+    train, evals = split(examples, recipe.eval_size, recipe.split_seed)
+    if recipe.max_train_records:
+        train = train[: recipe.max_train_records]
+    return train, evals, records, n_dup
+
+
+def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
+           out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
+           overrides: dict | None = None, progress: bool = True) -> DeriveResult:
+    from herd.stages.sft import run_sft
+    from herd.training import dist_env
+
+    recipe = load_recipe(recipe_name, profile, overrides)
+    if max_steps:
+        for st in recipe.stages:
+            st.max_steps = max_steps
+        recipe.deviations.append(f"setting stages.*.max_steps: {max_steps} (command line)")
+    template = get_template(recipe.template)
+    base_spec = base or recipe.base
+    rank, _ = dist_env()
+    # 1. everything validated before a model loads
+    train, evals, data_records, n_dup = _load_data(recipe, data)
+    if rank == 0:
+        print(f"[data] {len(train)} train / {len(evals)} held-out records from {len(data_records)} file(s)"
+              + (f"; {n_dup} exact duplicates dropped" if n_dup else ""))
+    ref = resolve_base(base_spec)
+    workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
+    workspace.mkdir(parents=True, exist_ok=True)
+    recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
+                  "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
+    # 2. stages in order, each from the previous artifact
+    parent: BaseRef = ref
+    training = None
+    for i, stage in enumerate(recipe.stages, 1):
+        key = sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in data_records],
+                           "train": len(train), "template": template.jinja, "stage": stage.model_dump(mode="json"),
+                           "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records]})
+        stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
+        name = f"{recipe.name}-{ref.name}-{profile}"
+        if is_artifact(stage_dir):
+            if rank == 0:
+                print(f"[{stage.name}] done already: {stage_dir}")
+            training = read_lineage(stage_dir).get("metrics")
+        else:
+            _, training = run_sft(stage, parent, template, train, stage_dir, name=name, resume=resume,
+                                  recipe=recipe_rec, data=data_records, progress=progress)
+        if rank != 0:
+            continue
+        parent = resolve_base(stage_dir)
+    if rank != 0:
+        return DeriveResult(stage_dir, None, None)
+    final = stage_dir
+    link = workspace / "model"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(final.name, link)
+    # 3. scorecard: derived vs the recipe's parent, same inputs
+    card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress)
+    md = write_scorecard(final, card, training)
+    lineage = read_lineage(final)
+    lineage["scorecard"] = {"headline": card["headline"], "metrics": card["metrics"],
+                            "deviations": len(card["deviations"]), "file": "scorecard.json"}
+    lineage = write_lineage(final, lineage)
+    (final / "README.md").write_text(model_card(lineage, extra_md=md))
+    (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
+                                                       "model": final.name}, indent=2) + "\n")
+    return DeriveResult(final, card, md)

@@ -1,0 +1,1 @@
+"""Evaluations: each returns plain dicts that the scorecard assembles."""

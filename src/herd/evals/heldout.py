@@ -1,0 +1,27 @@
+"""Held-out response loss: mean cross-entropy over the tokens the recipe trains on, on records the
+model never saw. Parent and derived are scored with the same template, rows and masks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from herd.data.packing import make_batch
+from herd.data.tokenize import Tokenized
+from herd.training import MaskedLMLoss
+
+
+def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, rows_per_batch: int = 8
+                 ) -> dict:
+    """Token-weighted loss and perplexity over ``items`` (packed, contamination-free)."""
+    model.eval()
+    loss_fn = MaskedLMLoss(model)
+    total, n = 0.0, 0
+    for i in range(0, len(items), rows_per_batch * 2):
+        batch = make_batch(items[i:i + rows_per_batch * 2], row_len, pad_id, pack=True)
+        with torch.no_grad():
+            total += float(loss_fn(batch.input_ids, batch.position_ids, batch.labels))
+        n += batch.n_trained
+    loss = total / max(1, n)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n, "records": len(items)}

@@ -1,0 +1,50 @@
+"""Batched generation in an artifact's own template, stopping at the template's stops."""
+
+from __future__ import annotations
+
+import torch
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 8, seed: int = 0
+             ) -> list[str]:
+    """Completions of ``prompts`` (already rendered by a template); left-padded batches."""
+    stop = [s for s in (stop or []) if s]
+    eos_ids = sorted({i for s in stop if (i := tokenizer.convert_tokens_to_ids(s)) is not None
+                      and i != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(i) == s}
+                     | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+    text_stops = [s for s in stop if tokenizer.convert_tokens_to_ids(s) not in eos_ids]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outs: list[str] = []
+    model.eval()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=eos_ids or None)
+            if temperature > 0:
+                torch.manual_seed(seed + i)
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(do_sample=False)
+            if text_stops:
+                kwargs.update(stop_strings=text_stops, tokenizer=tokenizer)
+            with torch.no_grad():
+                gen = model.generate(**enc, **kwargs)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                outs.append(cut_at_stop(text, text_stops))
+    finally:
+        tokenizer.padding_side = old_side
+    return outs
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        j = text.find(s)
+        if j >= 0:
+            cut = min(cut, j)
+    return text[:cut].strip()

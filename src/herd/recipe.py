@@ -1,0 +1,199 @@
+"""Recipe files: one YAML per derivative, read top to bottom like the paper's method section.
+
+A recipe names its base, template, data, stages in order, evaluations, and profiles. The top level
+holds the PUBLISHED settings (the ``full`` profile); every other profile is a set of overrides whose
+differences from the published settings are listed automatically as deviations, next to the
+hand-written notes (data substituted, evaluation proxied). One pydantic schema validates the merged
+result before anything loads; errors name the file and the field path.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from herd.errors import ConfigError
+from herd.paths import repo_root
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSource(_Strict):
+    """One input file. ``path`` may start with ``shared:`` (the shared datasets folder)."""
+
+    name: str
+    path: str
+    format: str = "alpaca"
+    columns: dict[str, str] | None = None
+    max_records: int | None = Field(default=None, gt=0)
+
+
+class LoraSpec(_Strict):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class SFTStage(_Strict):
+    """Supervised fine-tuning: masked causal LM on templated records (loss on trained spans only).
+
+    ``global_batch`` counts EXAMPLES per optimizer step, as papers do; records are packed into rows of
+    ``max_len`` tokens for compute without changing the loss. ``micro_batch_rows`` packed rows go
+    through each forward (gradient accumulation covers the rest)."""
+
+    name: str = "sft"
+    kind: Literal["sft"] = "sft"
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSpec = LoraSpec()
+    lr: float = Field(default=2e-5, gt=0)
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    global_batch: int = Field(default=128, gt=0)
+    micro_batch_rows: int = Field(default=4, gt=0)
+    max_len: int = Field(default=512, ge=16)
+    pack: bool = True
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    schedule: Literal["cosine"] = "cosine"
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    fsdp: bool = False
+    checkpoint_every: int = Field(default=0, ge=0)
+    seed: int = 42
+
+
+Stage = Annotated[SFTStage, Field(discriminator="kind")]
+
+
+class HeldoutLossEval(_Strict):
+    enabled: bool = True
+
+
+class SideBySideEval(_Strict):
+    enabled: bool = True
+    n: int = Field(default=10, ge=0)
+    max_new_tokens: int = Field(default=128, gt=0)
+
+
+class Evals(_Strict):
+    heldout_loss: HeldoutLossEval = HeldoutLossEval()
+    side_by_side: SideBySideEval = SideBySideEval()
+
+
+class PublishedResult(_Strict):
+    claim: str
+    source: str
+    comparable: bool = False
+    why_not: str | None = None
+
+
+class Recipe(_Strict):
+    name: str
+    title: str
+    method: str  # one paragraph: what the paper did
+    dossier: str  # section of shared/reference/recipes.md
+    base: str = "smollm2"
+    paper_base: str
+    template: str
+    license_note: str | None = None
+    data: list[DataSource]
+    eval_size: int = Field(default=50, ge=0)
+    split_seed: int = 42
+    max_train_records: int | None = Field(default=None, gt=0)
+    stages: list[Stage]
+    evals: Evals = Evals()
+    published: list[PublishedResult] = []
+    notes: list[str] = []  # deviations of every profile (e.g. data that is not the paper's)
+    profile: str = "full"
+    deviations: list[str] = []  # filled in by load_recipe: profile notes + computed differences
+    source_file: str | None = None
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name (``alpaca``) resolves to ``recipes/alpaca.yaml`` of this checkout."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{p}: recipe file not found")
+        return p
+    cand = repo_root() / "recipes" / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    known = sorted(x.stem for x in (repo_root() / "recipes").glob("*.yaml"))
+    raise ConfigError(f"unknown recipe '{name_or_path}'; known: {', '.join(known) or 'none'}")
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k == "stages":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}.stages: give a mapping of stage name → overrides")
+            names = [s.get("name", s.get("kind")) for s in out.get("stages", [])]
+            for sname, sover in v.items():
+                if sname not in names:
+                    raise ConfigError(f"{where}.stages.{sname}: no stage of that name (have {names})")
+                i = names.index(sname)
+                out["stages"][i] = _merge(out["stages"][i], sover, f"{where}.stages.{sname}")
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, f"{where}.{k}")
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _diff(full, prof, path="") -> list[str]:
+    """Human-readable differences between the published and the profile's effective settings."""
+    out = []
+    if isinstance(full, dict) and isinstance(prof, dict):
+        for k in prof:
+            if k in ("profile", "deviations", "source_file", "notes", "published", "method", "title"):
+                continue
+            out += _diff(full.get(k), prof[k], f"{path}.{k}" if path else k)
+    elif isinstance(full, list) and isinstance(prof, list) and len(full) == len(prof) and path == "stages":
+        for f, p in zip(full, prof):
+            out += _diff(f, p, f"stages.{p.get('name')}")
+    elif full != prof:
+        out.append(f"{path}: {prof!r} (published: {full!r})")
+    return out
+
+
+def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None = None) -> Recipe:
+    """Read, merge the profile, validate. Nothing heavy happens before this succeeds."""
+    path = recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    profiles = raw.pop("profiles", {}) or {}
+    if profile != "full" and profile not in profiles:
+        raise ConfigError(f"{path}: no profile '{profile}' (have: full, {', '.join(profiles)})")
+    prof = dict(profiles.get(profile) or {})
+    prof_notes = prof.pop("deviations", [])
+    merged = _merge(raw, prof, f"profiles.{profile}")
+    if overrides:
+        merged = _merge(merged, overrides, "overrides")
+    try:
+        full = Recipe.model_validate({**raw, "source_file": str(path)})
+        rec = Recipe.model_validate({**merged, "profile": profile, "source_file": str(path)})
+    except ValidationError as e:
+        lines = [f"{path}: invalid recipe (profile '{profile}')"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    computed = _diff(full.model_dump(), rec.model_dump())
+    rec.deviations = list(rec.notes) + list(prof_notes) + [f"setting {d}" for d in computed]
+    return rec
