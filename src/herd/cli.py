@@ -13,6 +13,7 @@ from herd.errors import HerdError
 
 # Modules that add subcommands: each defines add_commands(subparsers).
 COMMAND_MODULES: list[str] = [
+    "herd.family.commands",
 ]
 
 

