@@ -6,8 +6,11 @@ from herd.errors import HerdError
 from herd.templates.alpaca import ALPACA
 from herd.templates.base import IGNORE_INDEX, Rendered, Template, TemplateError
 from herd.templates.chatml import CHATML
+from herd.templates.dolly import DOLLY
+from herd.templates.llama2_chat import LLAMA2_CHAT
+from herd.templates.vicuna import VICUNA
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, CHATML)}
+TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, CHATML, VICUNA, LLAMA2_CHAT, DOLLY)}
 
 
 def register(template: Template) -> Template:
