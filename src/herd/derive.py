@@ -33,9 +33,29 @@ class DeriveResult:
     scorecard_md: str | None
 
 
-def _load_data(recipe: Recipe, data_override: list[str] | None):
+def _run_builds(recipe: Recipe, base_spec: str, workspace: Path, progress: bool) -> list:
+    """Run the recipe's data builds (cached by their settings); returns DataSources for their files."""
+    from herd.data.builds import BUILDS, BuildContext, load_build_modules
+    from herd.recipe import DataSource
+
+    load_build_modules()
+    out = []
+    for b in recipe.builds:
+        cfg_cls, fn = BUILDS[b["kind"]]
+        cfg = cfg_cls.model_validate(b)
+        if not cfg.enabled:
+            continue
+        path = workspace / "builds" / f"{cfg.name}-{sha256_json(b)[:10]}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = fn(cfg, path, BuildContext(recipe=recipe, base_spec=base_spec, workspace=workspace,
+                                         progress=progress))
+        out.append(DataSource(name=cfg.name, path=str(res.path), format=res.format))
+    return out
+
+
+def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | None = None):
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
-    sources = recipe.data
+    sources = list(recipe.data) + list(built or [])
     if data_override:
         sources = [type(recipe.data[0])(name=Path(p).stem, path=str(Path(p).resolve()),
                                         format=recipe.data[0].format) for p in data_override]
@@ -46,11 +66,13 @@ def _load_data(recipe: Recipe, data_override: list[str] | None):
             raise ConfigError(f"{recipe.source_file}: data '{src.name}': {path} not found"
                               + (" (set HERD_DATA to the shared datasets folder)" if src.path.startswith("shared:")
                                  else ""))
-        exs = load_examples(path, src.format, **({"columns": src.columns} if src.columns else {}))
+        exs = load_examples(path, src.format, **({"columns": src.columns} if src.columns else {}), **src.options)
         if src.max_records:
             exs = exs[: src.max_records]
         examples += exs
         records.append({"name": src.name, "path": str(path), "sha256": sha256_file(path), "records": len(exs)})
+    if not examples:
+        raise ConfigError(f"{recipe.source_file}: no training data (give data: files or builds:)")
     examples, n_dup = dedupe(examples)
     train, evals = split(examples, recipe.eval_size, recipe.split_seed)
     if recipe.max_train_records:
@@ -72,13 +94,16 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     template = get_template(recipe.template)
     base_spec = base or recipe.base
     rank, _ = dist_env()
-    # 1. everything validated before a model loads
-    train, evals, data_records, n_dup = _load_data(recipe, data)
+    workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
+    # 1. everything validated before a model loads (data builds may load a teacher: they run first)
+    if recipe.data and recipe.builds:
+        _load_data(recipe, data)  # the given files are checked before a build spends time
+    built = _run_builds(recipe, base_spec, workspace, progress) if recipe.builds and rank == 0 else []
+    train, evals, data_records, n_dup = _load_data(recipe, data, built)
     if rank == 0:
         print(f"[data] {len(train)} train / {len(evals)} held-out records from {len(data_records)} file(s)"
               + (f"; {n_dup} exact duplicates dropped" if n_dup else ""))
     ref = resolve_base(base_spec)
-    workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
     workspace.mkdir(parents=True, exist_ok=True)
     recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
                   "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}

@@ -31,6 +31,7 @@ class DataSource(_Strict):
     path: str
     format: str = "alpaca"
     columns: dict[str, str] | None = None
+    options: dict = {}  # passed to the format's reader (e.g. retrieval settings, label mappings)
     max_records: int | None = Field(default=None, gt=0)
 
 
@@ -75,21 +76,6 @@ class SFTStage(_Strict):
 Stage = Annotated[SFTStage, Field(discriminator="kind")]
 
 
-class HeldoutLossEval(_Strict):
-    enabled: bool = True
-
-
-class SideBySideEval(_Strict):
-    enabled: bool = True
-    n: int = Field(default=10, ge=0)
-    max_new_tokens: int = Field(default=128, gt=0)
-
-
-class Evals(_Strict):
-    heldout_loss: HeldoutLossEval = HeldoutLossEval()
-    side_by_side: SideBySideEval = SideBySideEval()
-
-
 class PublishedResult(_Strict):
     claim: str
     source: str
@@ -107,11 +93,12 @@ class Recipe(_Strict):
     template: str
     license_note: str | None = None
     data: list[DataSource]
+    builds: list[dict] = []  # data builds run before training (see herd.data.builds)
     eval_size: int = Field(default=50, ge=0)
     split_seed: int = 42
     max_train_records: int | None = Field(default=None, gt=0)
     stages: list[Stage]
-    evals: Evals = Evals()
+    evals: dict[str, dict | None] = {"heldout_loss": {}}  # registered eval name → its settings
     published: list[PublishedResult] = []
     notes: list[str] = []  # deviations of every profile (e.g. data that is not the paper's)
     profile: str = "full"
@@ -168,6 +155,37 @@ def _diff(full, prof, path="") -> list[str]:
     return out
 
 
+def _check_evals(rec: Recipe, path: Path, profile: str) -> None:
+    """Validate each eval's settings against its registered config (before any model loads)."""
+    from herd.evals.registry import EVALS, load_eval_modules
+
+    load_eval_modules()
+    for name, settings in rec.evals.items():
+        if name not in EVALS:
+            raise ConfigError(f"{path}: evals.{name}: unknown evaluation (known: {', '.join(sorted(EVALS))})")
+        try:
+            rec.evals[name] = EVALS[name][0].model_validate(settings or {}).model_dump()
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"{path}: evals.{name} (profile '{profile}'): {msgs}") from None
+
+
+def _check_builds(rec: Recipe, path: Path, profile: str) -> None:
+    from herd.data.builds import BUILDS, load_build_modules
+
+    load_build_modules()
+    for i, b in enumerate(rec.builds):
+        kind = (b or {}).get("kind")
+        if kind not in BUILDS:
+            raise ConfigError(f"{path}: builds[{i}].kind: unknown data build '{kind}' "
+                              f"(known: {', '.join(sorted(BUILDS)) or 'none'})")
+        try:
+            rec.builds[i] = BUILDS[kind][0].model_validate(b).model_dump()
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"{path}: builds[{i}] (profile '{profile}'): {msgs}") from None
+
+
 def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None = None) -> Recipe:
     """Read, merge the profile, validate. Nothing heavy happens before this succeeds."""
     path = recipe_path(name_or_path)
@@ -194,6 +212,9 @@ def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None
             loc = ".".join(str(x) for x in err["loc"])
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    _check_builds(rec, path, profile)
+    _check_evals(full, path, "full")
+    _check_evals(rec, path, profile)
     computed = _diff(full.model_dump(), rec.model_dump())
     rec.deviations = list(rec.notes) + list(prof_notes) + [f"setting {d}" for d in computed]
     return rec

@@ -340,7 +340,8 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
         elapsed = time.perf_counter() - t0
         rec = {"step": step + 1, "epoch": round((step + 1) / total * cfg.epochs, 4),
                "loss": step_loss_val / max(1, n_trained), "lr": lr, "grad_norm": grad_norm,
-               "tokens": step_tokens, "trained_tokens": n_trained, "tokens_per_s": tokens / elapsed}
+               "tokens": step_tokens, "trained_tokens": n_trained, "tokens_per_s": tokens / elapsed,
+               "elapsed": round(elapsed, 3)}
         history.append(rec)
         if rank == 0:
             with open(metrics_path, "a") as f:

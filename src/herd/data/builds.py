@@ -1,0 +1,60 @@
+"""Data builds: steps that MAKE a training file before training (Alpaca's Self-Instruct generation).
+
+A recipe's ``builds:`` list names registered builders; each writes one file (format given by the
+builder) into the workspace, cached by a hash of its settings, and the file joins the recipe's data.
+A builder is ``fn(cfg, out_path, ctx) -> BuildResult``; its settings are a pydantic model validated
+when the recipe loads. Builders must be resumable: ``out_path`` may hold a partial earlier run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    name: str
+    enabled: bool = True
+
+
+@dataclass
+class BuildContext:
+    recipe: object
+    base_spec: str  # the base of this derivation (a builder may use it, e.g. as a teacher)
+    workspace: Path
+    progress: bool = True
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    format: str
+    report: dict = field(default_factory=dict)
+
+
+BuildFn = Callable[[BuildConfig, Path, BuildContext], BuildResult]
+BUILDS: dict[str, tuple[type[BuildConfig], BuildFn]] = {}
+
+
+def register_build(kind: str, config: type[BuildConfig]):
+    def deco(fn: BuildFn) -> BuildFn:
+        BUILDS[kind] = (config, fn)
+        return fn
+
+    return deco
+
+
+def load_build_modules() -> None:
+    """Import the modules that register builders."""
+    import importlib
+
+    for mod in BUILD_MODULES:
+        importlib.import_module(mod)
+
+
+BUILD_MODULES: list[str] = []

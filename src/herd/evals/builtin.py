@@ -1,0 +1,67 @@
+"""The evaluations every SFT recipe can use: held-out response loss and side-by-side answers."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from herd.data.tokenize import tokenize_examples
+from herd.evals.heldout import heldout_loss
+from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
+from herd.generation import generate
+
+
+class HeldoutLossConfig(EvalConfig):
+    pass
+
+
+class SideBySideConfig(EvalConfig):
+    n: int = Field(default=10, ge=0)
+    max_new_tokens: int = Field(default=128, gt=0)
+
+
+@register_eval("heldout_loss", HeldoutLossConfig)
+def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
+    max_len = ctx.recipe.stages[-1].max_len
+    items, rep = tokenize_examples(ctx.eval_examples, ctx.template, ctx.tokenizer, max_len)
+    if not items:
+        return EvalOutput(extra={"heldout_data": rep.as_dict()})
+    res = {}
+    for role in ("parent", "derived"):
+        ctx.log(f"held-out response loss, {role} ({len(items)} records)")
+        res[role] = heldout_loss(ctx.model(role), items, ctx.tokenizer.pad_token_id, row_len=max_len)
+    p, d = res["parent"], res["derived"]
+    ds = f"{ctx.recipe.name} held-out split ({p['records']} records, {p['tokens']} response tokens)"
+    return EvalOutput(metrics=[
+        {"task": "held-out response loss", "name": "loss", "dataset": ds, "parent": round(p["loss"], 4),
+         "derived": round(d["loss"], 4), "better": "lower"},
+        {"task": "held-out response perplexity", "name": "perplexity", "dataset": ds,
+         "parent": round(p["perplexity"], 3), "derived": round(d["perplexity"], 3), "better": "lower"},
+    ], extra={"heldout_data": rep.as_dict()})
+
+
+def prompt_messages(ex) -> list[dict]:
+    """The conversation up to (not including) its final assistant reply."""
+    msgs = ex.messages
+    if not msgs or msgs[-1]["role"] != "assistant":
+        return []
+    return msgs[:-1]
+
+
+@register_eval("side_by_side", SideBySideConfig)
+def run_side_by_side(ctx: EvalContext, cfg: SideBySideConfig) -> EvalOutput:
+    exs = [ex for ex in ctx.eval_examples if prompt_messages(ex)][: cfg.n]
+    if not exs:
+        return EvalOutput()
+    prompts = [ctx.template.prompt(prompt_messages(ex), ctx.tokenizer) for ex in exs]
+    answers = {}
+    for role in ("parent", "derived"):
+        ctx.log(f"greedy answers, {role} ({len(exs)} instructions)")
+        answers[role] = generate(ctx.model(role), ctx.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                 stop=ctx.template.stop_strings(ctx.tokenizer))
+    samples = []
+    for i, ex in enumerate(exs):
+        user = prompt_messages(ex)[-1]
+        samples.append({"instruction": user["content"], "input": user.get("input", ""),
+                        "reference": ex.messages[-1]["content"], "parent": answers["parent"][i],
+                        "derived": answers["derived"][i]})
+    return EvalOutput(extra={"samples": samples})
