@@ -1,0 +1,60 @@
+"""Recipe files fail before any model loads, naming the file and the field; deviations are computed."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from herd.errors import ConfigError
+from herd.paths import repo_root
+from herd.recipe import load_recipe
+
+
+def _variant(tmp_path, mutate) -> str:
+    raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
+    mutate(raw)
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return str(p)
+
+
+def test_alpaca_full_profile_is_the_published_setting():
+    r = load_recipe("alpaca", "full")
+    sft = r.stages[0]
+    assert (sft.lr, sft.epochs, sft.global_batch, sft.max_len, sft.weight_decay, sft.warmup_ratio) == \
+        (2e-5, 3, 128, 512, 0.0, 0.03)
+    assert sft.method == "full" and r.template == "alpaca"
+    assert not any(d.startswith("setting ") for d in r.deviations)  # only the hand-written notes
+
+
+def test_tiny_profile_lists_every_changed_setting():
+    r = load_recipe("alpaca", "tiny")
+    changed = [d for d in r.deviations if d.startswith("setting ")]
+    assert "setting stages.sft.epochs: 1.0 (published: 3.0)" in changed
+    assert "setting stages.sft.global_batch: 16 (published: 128)" in changed
+    assert any(d.startswith("setting max_train_records") for d in changed)
+
+
+def test_bad_field_names_file_and_path(tmp_path):
+    def bad(raw):
+        raw["stages"][0]["lr"] = "fast"
+        raw["stages"][0]["learning_rate"] = 1
+
+    with pytest.raises(ConfigError) as e:
+        load_recipe(_variant(tmp_path, bad), "full")
+    msg = str(e.value)
+    assert "r.yaml" in msg and "stages.0.sft.lr" in msg and "stages.0.sft.learning_rate" in msg
+
+
+def test_unknown_profile_eval_and_stage(tmp_path):
+    with pytest.raises(ConfigError, match="no profile 'huge'"):
+        load_recipe("alpaca", "huge")
+    with pytest.raises(ConfigError, match="evals.bleu: unknown evaluation"):
+        load_recipe(_variant(tmp_path, lambda r: r["evals"].update(bleu={})), "full")
+    with pytest.raises(ConfigError, match=r"profiles.tiny.stages.dpo: no stage of that name"):
+        load_recipe(_variant(tmp_path, lambda r: r["profiles"]["tiny"]["stages"].update(dpo={"lr": 1})), "tiny")
+
+
+def test_unknown_recipe_lists_known():
+    with pytest.raises(ConfigError, match="known: .*alpaca"):
+        load_recipe("alpacca")
