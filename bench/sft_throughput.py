@@ -68,7 +68,6 @@ def bench_trl(ref, items, steps: int, precision: str, batch: int) -> dict:
 
     tok = load_tokenizer(ref)
     # TRL's completion-only format: prompt / completion strings from the same Alpaca render
-    tmpl = get_template("alpaca")
     rows = []
     for it in items:
         cut = next(i for i, x in enumerate(it.labels) if x != IGNORE_INDEX)

@@ -53,7 +53,8 @@ def _run_builds(recipe: Recipe, base_spec: str, workspace: Path, progress: bool)
     return out
 
 
-def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | None = None):
+def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | None = None,
+               base_spec: str | None = None, transform: bool = True):
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
     sources = list(recipe.data) + list(built or [])
     if data_override:
@@ -73,11 +74,18 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
         records.append({"name": src.name, "path": str(path), "sha256": sha256_file(path), "records": len(exs)})
     if not examples:
         raise ConfigError(f"{recipe.source_file}: no training data (give data: files or builds:)")
+    transformed = None  # the transforms' DataReport, for the scorecard and lineage
+    if transform and recipe.transforms:
+        from herd.data.transforms import apply_transforms
+
+        examples, transformed = apply_transforms(examples, recipe, base_spec or recipe.base)
+        if not examples:
+            raise ConfigError(f"{recipe.source_file}: the transforms dropped every record ({transformed.summary()})")
     examples, n_dup = dedupe(examples)
     train, evals = split(examples, recipe.eval_size, recipe.split_seed)
     if recipe.max_train_records:
         train = train[: recipe.max_train_records]
-    return train, evals, records, n_dup
+    return train, evals, records, n_dup, transformed
 
 
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
@@ -97,10 +105,12 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
     # 1. everything validated before a model loads (data builds may load a teacher: they run first)
     if recipe.data and recipe.builds:
-        _load_data(recipe, data)  # the given files are checked before a build spends time
+        _load_data(recipe, data, transform=False)  # the given files are checked before a build spends time
     built = _run_builds(recipe, base_spec, workspace, progress) if recipe.builds and rank == 0 else []
-    train, evals, data_records, n_dup = _load_data(recipe, data, built)
+    train, evals, data_records, n_dup, transformed = _load_data(recipe, data, built, base_spec)
     if rank == 0:
+        if transformed:
+            print(f"[data] transforms: {transformed.summary()}")
         print(f"[data] {len(train)} train / {len(evals)} held-out records from {len(data_records)} file(s)"
               + (f"; {n_dup} exact duplicates dropped" if n_dup else ""))
     ref = resolve_base(base_spec)
@@ -113,7 +123,8 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     for i, stage in enumerate(recipe.stages, 1):
         key = sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in data_records],
                            "train": len(train), "template": template.jinja, "stage": stage.model_dump(mode="json"),
-                           "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records]})
+                           "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records],
+                           **({"transforms": recipe.transforms} if recipe.transforms else {})})
         stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
         name = f"{recipe.name}-{ref.name}-{profile}"
         if is_artifact(stage_dir):
@@ -135,8 +146,15 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     os.symlink(final.name, link)
     # 3. scorecard: derived vs the recipe's parent, same inputs
     card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress)
+    if transformed:
+        from herd.data.transforms import report_markdown
+
+        card["extra"]["data_transforms"] = transformed.as_dict()
+        card["sections"].append(report_markdown(transformed))
     md = write_scorecard(final, card, training)
     lineage = read_lineage(final)
+    if transformed:
+        lineage["data_transforms"] = {"transforms": recipe.transforms, "report": transformed.as_dict()}
     lineage["scorecard"] = {"headline": card["headline"], "metrics": card["metrics"],
                             "deviations": len(card["deviations"]), "file": "scorecard.json"}
     lineage = write_lineage(final, lineage)

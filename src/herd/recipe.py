@@ -94,6 +94,7 @@ class Recipe(_Strict):
     license_note: str | None = None
     data: list[DataSource]
     builds: list[dict] = []  # data builds run before training (see herd.data.builds)
+    transforms: list[dict] = []  # applied in order after reading, before dedupe/split (herd.data.transforms)
     eval_size: int = Field(default=50, ge=0)
     split_seed: int = 42
     max_train_records: int | None = Field(default=None, gt=0)
@@ -132,6 +133,13 @@ def _merge(base: dict, over: dict, where: str) -> dict:
                     raise ConfigError(f"{where}.stages.{sname}: no stage of that name (have {names})")
                 i = names.index(sname)
                 out["stages"][i] = _merge(out["stages"][i], sover, f"{where}.stages.{sname}")
+        elif k == "transforms" and isinstance(v, dict):  # overrides by kind, like stages by name
+            kinds = [t.get("kind") for t in out.get("transforms", [])]
+            for kind, tover in v.items():
+                if kind not in kinds:
+                    raise ConfigError(f"{where}.transforms.{kind}: no transform of that kind (have {kinds})")
+                i = kinds.index(kind)
+                out["transforms"][i] = _merge(out["transforms"][i], tover, f"{where}.transforms.{kind}")
         elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v, f"{where}.{k}")
         else:
@@ -150,6 +158,9 @@ def _diff(full, prof, path="") -> list[str]:
     elif isinstance(full, list) and isinstance(prof, list) and len(full) == len(prof) and path == "stages":
         for f, p in zip(full, prof):
             out += _diff(f, p, f"stages.{p.get('name')}")
+    elif isinstance(full, list) and isinstance(prof, list) and len(full) == len(prof) and path == "transforms":
+        for f, p in zip(full, prof):
+            out += _diff(f, p, f"transforms.{p.get('kind')}")
     elif full != prof:
         out.append(f"{path}: {prof!r} (published: {full!r})")
     return out
@@ -186,6 +197,22 @@ def _check_builds(rec: Recipe, path: Path, profile: str) -> None:
             raise ConfigError(f"{path}: builds[{i}] (profile '{profile}'): {msgs}") from None
 
 
+def _check_transforms(rec: Recipe, path: Path, profile: str) -> None:
+    from herd.data.transforms import TRANSFORMS, load_transform_modules
+
+    load_transform_modules()
+    for i, t in enumerate(rec.transforms):
+        kind = (t or {}).get("kind")
+        if kind not in TRANSFORMS:
+            raise ConfigError(f"{path}: transforms[{i}].kind: unknown data transform '{kind}' "
+                              f"(known: {', '.join(sorted(TRANSFORMS)) or 'none'})")
+        try:
+            rec.transforms[i] = TRANSFORMS[kind][0].model_validate(t).model_dump()
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"{path}: transforms[{i}] (profile '{profile}'): {msgs}") from None
+
+
 def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None = None) -> Recipe:
     """Read, merge the profile, validate. Nothing heavy happens before this succeeds."""
     path = recipe_path(name_or_path)
@@ -213,6 +240,8 @@ def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
     _check_builds(rec, path, profile)
+    _check_transforms(full, path, "full")
+    _check_transforms(rec, path, profile)
     _check_evals(full, path, "full")
     _check_evals(rec, path, profile)
     computed = _diff(full.model_dump(), rec.model_dump())

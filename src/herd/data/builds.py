@@ -57,4 +57,4 @@ def load_build_modules() -> None:
         importlib.import_module(mod)
 
 
-BUILD_MODULES: list[str] = []
+BUILD_MODULES: list[str] = ["herd.selfinstruct.build"]

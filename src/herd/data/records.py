@@ -120,6 +120,8 @@ def require_str(path, rec: dict, field_name: str, *, index: int, line: int | Non
 def load_examples(path: str | Path, fmt: str, **options) -> list[Example]:
     """Read and validate a whole file with the reader registered for ``fmt``."""
     from herd.data import alpaca, dolly, openai_messages, preference_sft, sharegpt  # noqa: F401  (registers readers)
+    from herd.gorilla import reader  # noqa: F401
+    from herd.guard import moderation  # noqa: F401  (registers the moderation reader)
 
     if fmt not in READERS:
         raise DataError(str(path), f"unknown format '{fmt}'; known: {', '.join(sorted(READERS))}")

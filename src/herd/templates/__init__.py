@@ -7,10 +7,12 @@ from herd.templates.alpaca import ALPACA
 from herd.templates.base import IGNORE_INDEX, Rendered, Template, TemplateError
 from herd.templates.chatml import CHATML
 from herd.templates.dolly import DOLLY
+from herd.templates.gorilla import GORILLA
 from herd.templates.llama2_chat import LLAMA2_CHAT
+from herd.templates.llama_guard import LLAMA_GUARD
 from herd.templates.vicuna import VICUNA
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, CHATML, VICUNA, LLAMA2_CHAT, DOLLY)}
+TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, CHATML, VICUNA, LLAMA2_CHAT, DOLLY, LLAMA_GUARD, GORILLA)}
 
 
 def register(template: Template) -> Template:
