@@ -205,9 +205,10 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in msd.items()}, str(tmp / "trainable.safetensors"))
+    tensors, aliases = _dedupe_shared(msd)
+    save_file(tensors, str(tmp / "trainable.safetensors"))
     torch.save(osd, tmp / "optimizer.pt")
-    state = dict(state, rng=torch.get_rng_state().tolist())
+    state = dict(state, rng=torch.get_rng_state().tolist(), aliases=aliases)
     (tmp / "state.json").write_text(json.dumps(state))
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -215,6 +216,20 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
         ckpt_dir.rename(old)
     tmp.rename(ckpt_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _dedupe_shared(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tied weights (SmolLM2's embedding = LM head) share storage; safetensors stores each once."""
+    seen: dict[tuple[int, int, tuple], str] = {}
+    out, aliases = {}, {}
+    for k, v in sd.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            aliases[k] = seen[key]
+        else:
+            seen[key] = k
+            out[k] = v.contiguous()
+    return out, aliases
 
 
 def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
@@ -228,6 +243,8 @@ def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
     opts = StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False)
     set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd, options=opts)
     state = json.loads((ckpt_dir / "state.json").read_text())
+    for alias, kept in state.pop("aliases", {}).items():
+        msd[alias] = msd[kept]
     torch.set_rng_state(torch.tensor(state.pop("rng"), dtype=torch.uint8))
     return state
 
