@@ -311,6 +311,19 @@ def test_batched_scores_equal_plain_forward(tiny_model, tokenizer):
     assert ova[0, 1] == pytest.approx(float(p), rel=1e-4)
 
 
+def test_verdict_and_categories_follow_thresholds(tiny_model, tokenizer):
+    from herd.guard.classifier import Guard, GuardSettings
+
+    zero = {n: 0.0 for n in LLAMA_GUARD_V1.names}
+    never = Guard(model=tiny_model, tokenizer=tokenizer, settings=GuardSettings(threshold=1.1, category_thresholds=zero))
+    r = never.classify("hello")
+    assert (r.verdict, r.flagged, r.violated) == ("safe", False, [])  # no category under a safe verdict
+    always = Guard(model=tiny_model, tokenizer=tokenizer, settings=GuardSettings(threshold=0.0, category_thresholds=zero))
+    r = always.moderate(["hello"])[0]
+    assert r.verdict == "unsafe" and r.violated == LLAMA_GUARD_V1.names and r.agent_type == "User"
+    assert r.as_dict()["category_scores"] == r.category_scores
+
+
 def test_threshold_and_metrics():
     from herd.guard.metrics import binary_metrics, choose_threshold
 

@@ -162,7 +162,8 @@ class Guard:
             if per_cat is not None:
                 for k, n in enumerate(self.taxonomy.names):
                     scores[n] = float(per_cat[i, k])
-                    cats[n] = bool(per_cat[i, k] >= self.settings.category_thresholds.get(n, 0.5))
+                    # like Llama Guard, categories are listed only under an "unsafe" verdict
+                    cats[n] = flagged and bool(per_cat[i, k] >= self.settings.category_thresholds.get(n, 0.5))
             out.append(Classification(verdict="unsafe" if flagged else "safe", flagged=flagged,
                                       p_unsafe=float(p_unsafe[i]), threshold=self.settings.threshold,
                                       agent_type=agent_type(conversation(item)), categories=cats,
