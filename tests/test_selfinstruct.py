@@ -298,6 +298,17 @@ def test_tiny_teacher_pipeline_counts_and_resumes(tmp_path):
                                progress=False)
 
 
+def test_original_self_instruct_variant_runs_with_its_own_settings(tmp_path):
+    """Temperature 0.7, top_p 0.5, presence penalty 2 (applied in-process), whole responses dropped at the limit."""
+    out = tmp_path / "orig.jsonl"
+    teacher = LocalTeacher("tiny", batch_size=2)
+    st = generate_self_instruct(GenerationSettings(variant="self-instruct", n=5, request_batch_size=2, max_tokens=12,
+                                                   max_requests=2), teacher, out, progress=False)
+    assert st.settings["temperature"] == 0.7 and st.settings["top_p"] == 0.5 and "prompt_sha256" not in st.settings
+    assert st.requests == 2 and st.finish["length"] + st.finish["stop"] == 2
+    assert st.rejected["response_truncated"] == st.finish["length"]
+
+
 def test_existing_file_without_state_is_adopted(tmp_path):
     """Tasks found in --out (e.g. Alpaca's own output) are kept, join the novelty pool, and are not redone."""
     out = tmp_path / "adopt.jsonl"
@@ -313,6 +324,23 @@ def test_existing_file_without_state_is_adopted(tmp_path):
                            progress=False)
     assert _check_state(out, 2)["adopted"] == 3
     assert [json.loads(x) for x in out.read_text().splitlines()[:3]] == recs
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_teacher_writes_tasks_that_pass_the_filters(tmp_path):
+    """A real instruction-tuned teacher (greedy, so the test does not hang on luck): tasks are kept, written
+    in Alpaca format, and a restart reloads them into the novelty pool."""
+    teacher = LocalTeacher("smollm2", batch_size=2)
+    out = tmp_path / "smollm2.jsonl"
+    cfg = dict(n=50, request_batch_size=2, max_tokens=160, temperature=0.0)
+    st = generate_self_instruct(GenerationSettings(**cfg, max_requests=2), teacher, out, progress=False)
+    _check_state(out, 2)
+    assert st.items >= 1 and st.kept >= 1
+    logs: list[str] = []
+    generate_self_instruct(GenerationSettings(**cfg, max_requests=4), teacher, out, progress=False, log=logs.append)
+    _check_state(out, 4)
+    assert f"{st.kept} tasks kept" in logs[0]
 
 
 def test_cli_generate_with_tiny_teacher(tmp_path):

@@ -9,9 +9,13 @@ decision and skips work that cannot change it:
   intersection. A pool member whose bound 2·U/(m+n) is below the threshold cannot reject, so its LCS
   is never computed. Comparing the bound in exact rationals leaves a gap of at least 1/(10·(m+n))
   to 0.7, far above float rounding, so skipping never flips a decision.
-- U ≥ t·m/(2−t) is then necessary (t = 0.7: U ≥ ⌈7m/13⌉). Treating the query as a multiset of
-  (token, k-th occurrence) elements, any member reaching that overlap shares one of the query's
-  m − τ + 1 rarest elements (prefix filtering), so only the inverted-index postings of those are read.
+- U ≥ t·m/(2−t) and U ≥ t·n/(2−t) are then necessary (t = 0.7: ⌈7m/13⌉). Seen as multisets of
+  (token, k-th occurrence) elements in one fixed order (rarest first, by document frequency in the
+  pool as it was built), two texts with that much overlap share an element within their first
+  m − ⌈7m/13⌉ + 1 and n − ⌈7n/13⌉ + 1 elements (prefix filtering, as in AllPairs/PPJoin). Only those
+  prefixes are indexed and probed, so frequent words never pull in half the pool. The first shared
+  element under that order sits at positions i, p of the two prefixes, so at most
+  1 + min(m−i−1, n−p−1) elements are shared (PPJoin's positional filter): most probes stop there.
 - Survivors get an exact bit-parallel LCS; F is then computed with rouge_score's own float formula
   (precision = L/n, recall = L/m, ``scoring.fmeasure``), so scores equal ``rouge_scorer._score_lcs``.
 """
@@ -75,13 +79,25 @@ class NoveltyPool:
         self._t = Fraction(str(threshold))
         self.tokens: list[list[str]] = []
         self._counts: list[dict[str, int]] = []
-        self._postings: dict[tuple[str, int], list[int]] = defaultdict(list)
+        self._postings: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)  # → (member, position)
         self.lcs_computed = 0  # how many exact LCS computations the filter needed (for the bench)
-        for t in texts:
-            self.add(t)
+        toks = [rouge_tokens(t) for t in texts]
+        # the element order is fixed for the pool's lifetime (prefix filtering needs one order for all)
+        self._df = Counter(tok for ts in toks for tok in set(ts))
+        for t, ts in zip(texts, toks):
+            self.add(t, ts)
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def _min_overlap(self, size: int) -> int:
+        """Least token overlap with which a text of ``size`` tokens can exceed the threshold."""
+        return max(1, math.ceil(self._t * size / (2 - self._t)))
+
+    def _prefix(self, counts: Counter, size: int) -> list[tuple[str, int]]:
+        elements = [(tok, k) for tok, c in counts.items() for k in range(1, c + 1)]
+        elements.sort(key=lambda e: (self._df.get(e[0], 0), e))
+        return elements[: size - self._min_overlap(size) + 1]
 
     def add(self, text: str, tokens: list[str] | None = None) -> None:
         tokens = rouge_tokens(text) if tokens is None else tokens
@@ -89,9 +105,8 @@ class NoveltyPool:
         counts = Counter(tokens)
         self.tokens.append(tokens)
         self._counts.append(dict(counts))
-        for tok, c in counts.items():
-            for k in range(1, c + 1):
-                self._postings[(tok, k)].append(j)
+        for pos, e in enumerate(self._prefix(counts, len(tokens)) if tokens else ()):
+            self._postings[e].append((j, pos))
 
     def _may_exceed(self, overlap: int, m: int, n: int) -> bool:
         """Exact rational test: can 2·L/(m+n) reach the threshold when L ≤ overlap?"""
@@ -104,19 +119,20 @@ class NoveltyPool:
         if m == 0 or not self.tokens:
             return Verdict(True, tokens=q)
         qc = Counter(q)
-        t = self._t
-        tau = max(1, math.ceil(t * m / (2 - t)))
-        elements = [(tok, k) for tok, c in qc.items() for k in range(1, c + 1)]
-        elements.sort(key=lambda e: len(self._postings.get(e, ())))
-        cands: set[int] = set()
-        for e in elements[: m - tau + 1]:
-            cands.update(self._postings.get(e, ()))
+        seen: set[int] = set()
         scored = []
-        for j in cands:
-            cj = self._counts[j]
-            overlap = sum(min(c, cj.get(tok, 0)) for tok, c in qc.items())
-            if self._may_exceed(overlap, m, len(self.tokens[j])):
-                scored.append((overlap / (m + len(self.tokens[j])), j))
+        for i, e in enumerate(self._prefix(qc, m)):
+            for j, p in self._postings.get(e, ()):
+                if j in seen:
+                    continue
+                seen.add(j)  # first shared element: positions i and p bound what can follow
+                n = len(self.tokens[j])
+                if not self._may_exceed(1 + min(m - i - 1, n - p - 1), m, n):
+                    continue
+                cj = self._counts[j]
+                overlap = sum(min(c, cj.get(tok, 0)) for tok, c in qc.items())
+                if self._may_exceed(overlap, m, n):
+                    scored.append((overlap / (m + n), j))
         scored.sort(reverse=True)
         for _, j in scored:
             self.lcs_computed += 1
