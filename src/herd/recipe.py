@@ -239,6 +239,7 @@ def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None
             loc = ".".join(str(x) for x in err["loc"])
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    _check_builds(full, path, "full")
     _check_builds(rec, path, profile)
     _check_transforms(full, path, "full")
     _check_transforms(rec, path, profile)
