@@ -329,7 +329,7 @@ def test_existing_file_without_state_is_adopted(tmp_path):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_teacher_writes_tasks_that_pass_the_filters(tmp_path):
-    """A real instruction-tuned teacher (greedy, so the test does not hang on luck): tasks are kept, written
+    """A real instruction-tuned teacher (greedy, so the outcome does not rest on sampling): tasks are kept, written
     in Alpaca format, and a restart reloads them into the novelty pool."""
     teacher = LocalTeacher("smollm2", batch_size=2)
     out = tmp_path / "smollm2.jsonl"

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from herd.errors import ConfigError, HerdError
 from herd.hashing import sha256_file
 from herd.selfinstruct.filters import REASONS, blacklist_regex, filter_reason
-from herd.selfinstruct.novelty import NoveltyPool
 from herd.selfinstruct.parse import parse_alpaca, parse_self_instruct
 from herd.selfinstruct.prompt import (
     VARIANTS,
@@ -149,6 +148,8 @@ def _postfix(st: GenerationState) -> str:
 def generate_self_instruct(cfg: GenerationSettings, teacher, out: str | Path, *, progress: bool = True,
                            log=None) -> GenerationState:
     """Run (or continue) a generation into ``out``; returns the final state (its counts are the report)."""
+    from herd.selfinstruct.novelty import NoveltyPool  # rouge_score pulls in nltk: load it only to generate
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
