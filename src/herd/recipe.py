@@ -181,36 +181,32 @@ def _check_evals(rec: Recipe, path: Path, profile: str) -> None:
             raise ConfigError(f"{path}: evals.{name} (profile '{profile}'): {msgs}") from None
 
 
+def _check_kinds(entries: list[dict], registry: dict, field: str, noun: str, path: Path, profile: str) -> None:
+    """Validate a list of ``{kind: …, …}`` entries in place against a registry of (config, fn)."""
+    for i, entry in enumerate(entries):
+        kind = (entry or {}).get("kind")
+        if kind not in registry:
+            raise ConfigError(f"{path}: {field}[{i}].kind: unknown {noun} '{kind}' "
+                              f"(known: {', '.join(sorted(registry)) or 'none'})")
+        try:
+            entries[i] = registry[kind][0].model_validate(entry).model_dump()
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"{path}: {field}[{i}] (profile '{profile}'): {msgs}") from None
+
+
 def _check_builds(rec: Recipe, path: Path, profile: str) -> None:
     from herd.data.builds import BUILDS, load_build_modules
 
     load_build_modules()
-    for i, b in enumerate(rec.builds):
-        kind = (b or {}).get("kind")
-        if kind not in BUILDS:
-            raise ConfigError(f"{path}: builds[{i}].kind: unknown data build '{kind}' "
-                              f"(known: {', '.join(sorted(BUILDS)) or 'none'})")
-        try:
-            rec.builds[i] = BUILDS[kind][0].model_validate(b).model_dump()
-        except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"{path}: builds[{i}] (profile '{profile}'): {msgs}") from None
+    _check_kinds(rec.builds, BUILDS, "builds", "data build", path, profile)
 
 
 def _check_transforms(rec: Recipe, path: Path, profile: str) -> None:
     from herd.data.transforms import TRANSFORMS, load_transform_modules
 
     load_transform_modules()
-    for i, t in enumerate(rec.transforms):
-        kind = (t or {}).get("kind")
-        if kind not in TRANSFORMS:
-            raise ConfigError(f"{path}: transforms[{i}].kind: unknown data transform '{kind}' "
-                              f"(known: {', '.join(sorted(TRANSFORMS)) or 'none'})")
-        try:
-            rec.transforms[i] = TRANSFORMS[kind][0].model_validate(t).model_dump()
-        except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"{path}: transforms[{i}] (profile '{profile}'): {msgs}") from None
+    _check_kinds(rec.transforms, TRANSFORMS, "transforms", "data transform", path, profile)
 
 
 def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None = None) -> Recipe:
