@@ -90,7 +90,8 @@ def test_vicuna_end_to_end_with_transform_report_and_mtbench_pairwise(tmp_path):
     qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     overrides = {"max_train_records": 16, "eval_size": 8, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
                            "mtbench_pairwise": {"enabled": True, "questions": str(qfile), "judge": "tiny",
-                                                "max_new_tokens": 6, "judge_max_new_tokens": 6, "bootstrap": 200}}}
+                                                "max_new_tokens": 6, "judge_max_new_tokens": 6, "bootstrap": 200,
+                                                "max_turns": None}}}
     res = derive("vicuna", base="tiny", out=tmp_path / "ws", max_steps=2, overrides=overrides, progress=False)
     card = json.loads((res.path / "scorecard.json").read_text())
     lin = json.loads((res.path / "lineage.json").read_text())
@@ -224,3 +225,19 @@ def test_chat_history_renders_in_the_artifact_template(tmp_path, name, expected)
     assert chat.template.prompt(chat.messages[:-1], chat.tokenizer) == prompt
     assert r2 == generate(chat.model, chat.tokenizer, [prompt], max_new_tokens=6,
                           stop=chat.template.stop_strings(chat.tokenizer))[0]
+
+
+def test_eval_with_a_missing_input_is_announced_before_training_and_listed_as_not_run(tmp_path, capsys):
+    """vicuna_bench is not in shared/data: MT-bench pairwise must not fail the run after training."""
+    from herd.api import derive
+
+    missing = tmp_path / "no-such-question.jsonl"
+    res = derive("vicuna", base="tiny", out=tmp_path / "ws", max_steps=1,
+                 overrides={**SMALL_EVAL, "evals": {"heldout_loss": {},
+                                                    "mtbench_pairwise": {"enabled": True, "questions": str(missing)}}})
+    out = capsys.readouterr().out
+    assert out.index("evals.mtbench_pairwise will be skipped") < out.index("[sft]")
+    assert res.scorecard["not_run"] == [{"eval": "mtbench_pairwise", "why": f"question file {missing} not found "
+                                                                       "(a FastChat question.jsonl)"}]
+    assert any(d.startswith("evals.mtbench_pairwise not run") for d in res.scorecard["deviations"])
+    assert [m["name"] for m in res.scorecard["metrics"]] == ["heldout_loss"]

@@ -22,7 +22,7 @@ from herd.errors import ConfigError
 from herd.hashing import sha256_file, sha256_json
 from herd.paths import resolve_data_path
 from herd.recipe import Recipe, load_recipe
-from herd.scorecard import evaluate_pair, write_scorecard
+from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
 from herd.templates import get_template
 
 
@@ -102,6 +102,9 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     template = get_template(recipe.template)
     base_spec = base or recipe.base
     rank, _ = dist_env()
+    if rank == 0:
+        for name, why in unavailable_evals(recipe).items():
+            print(f"[eval] warning: evals.{name} will be skipped: {why} (listed in the scorecard's deviations)")
     workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
     # 1. everything validated before a model loads (data builds may load a teacher: they run first)
     if recipe.data and recipe.builds:

@@ -25,12 +25,13 @@ def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived
     ctx = EvalContext(recipe=recipe, template=template, tokenizer=load_tokenizer(derived_path),
                       eval_examples=eval_examples, parent_path=Path(parent_path),
                       derived_path=Path(derived_path), out_dir=Path(derived_path), progress=progress)
-    metrics, extra, sections = [], {}, []
-    for name, settings in recipe.evals.items():
-        config_cls, fn = EVALS[name]
-        cfg = config_cls.model_validate(settings or {})
-        if not cfg.enabled:
+    metrics, extra, sections, not_run = [], {}, [], []
+    for name, cfg in configured_evals(recipe):
+        why = cfg.unavailable(_recipe_dir(recipe))
+        if why:
+            not_run.append({"eval": name, "why": why})
             continue
+        _, fn = EVALS[name]
         out = fn(ctx, cfg)
         metrics += out.metrics
         extra.update(out.extra)
@@ -43,11 +44,32 @@ def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived
         "headline": ({"name": metrics[0]["task"], "parent": metrics[0]["parent"],
                       "derived": metrics[0]["derived"], "better": metrics[0].get("better")} if metrics else None),
         "published": [p.model_dump() for p in recipe.published],
-        "deviations": list(recipe.deviations),
+        "deviations": list(recipe.deviations) + [f"evals.{n['eval']} not run: {n['why']}" for n in not_run],
+        "not_run": not_run,
         "samples": extra.pop("samples", []),
         "extra": extra,
         "sections": sections,
     }
+
+
+def _recipe_dir(recipe: Recipe) -> Path:
+    return Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
+
+
+def configured_evals(recipe: Recipe) -> list[tuple[str, object]]:
+    """The recipe's enabled evals as (name, validated config)."""
+    load_eval_modules()
+    out = []
+    for name, settings in recipe.evals.items():
+        cfg = EVALS[name][0].model_validate(settings or {})
+        if cfg.enabled:
+            out.append((name, cfg))
+    return out
+
+
+def unavailable_evals(recipe: Recipe) -> dict[str, str]:
+    """Evals that will be skipped for a missing input, with the reason (checked before training)."""
+    return {name: why for name, cfg in configured_evals(recipe) if (why := cfg.unavailable(_recipe_dir(recipe)))}
 
 
 def to_markdown(card: dict, training: dict | None = None) -> str:

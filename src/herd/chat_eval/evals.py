@@ -28,6 +28,12 @@ class MTBenchPairwiseConfig(EvalConfig):
     bootstrap: int = Field(default=1000, gt=0)
     seed: int = 0
 
+    def unavailable(self, recipe_dir: Path) -> str | None:
+        from herd.paths import resolve_data_path
+
+        qpath = resolve_data_path(self.questions, recipe_dir)
+        return None if qpath.is_file() else f"question file {qpath} not found (a FastChat question.jsonl)"
+
 
 @register_eval("mtbench_pairwise", MTBenchPairwiseConfig)
 def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOutput:

@@ -20,6 +20,14 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
 
+    def unavailable(self, recipe_dir: Path) -> str | None:
+        """Why this eval cannot run here (an input file that is missing), or None.
+
+        Checked when the recipe loads, so a run learns before training that an eval will be skipped;
+        a skipped eval is listed in the scorecard's deviations instead of failing after training.
+        """
+        return None
+
 
 @dataclass
 class EvalOutput:
