@@ -240,4 +240,4 @@ def test_eval_with_a_missing_input_is_announced_before_training_and_listed_as_no
     assert res.scorecard["not_run"] == [{"eval": "mtbench_pairwise", "why": f"question file {missing} not found "
                                                                        "(a FastChat question.jsonl)"}]
     assert any(d.startswith("evals.mtbench_pairwise not run") for d in res.scorecard["deviations"])
-    assert [m["name"] for m in res.scorecard["metrics"]] == ["heldout_loss"]
+    assert [m["name"] for m in res.scorecard["metrics"]] == ["loss", "perplexity"]
