@@ -73,6 +73,8 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
         examples += exs
         records.append({"name": src.name, "path": str(path), "sha256": sha256_file(path), "records": len(exs)})
     if not examples:
+        if not any(st.kind == "sft" for st in recipe.stages):
+            return [], [], records, 0, None  # pretraining stages read their own documents
         raise ConfigError(f"{recipe.source_file}: no training data (give data: files or builds:)")
     transformed = None  # the transforms' DataReport, for the scorecard and lineage
     if transform and recipe.transforms:
@@ -88,9 +90,39 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     return train, evals, records, n_dup, transformed
 
 
+def add_stage_results(card: dict, stage_runs: list) -> None:
+    """Per-stage rows for the scorecard: each pretraining stage's held-out LM loss (its parent vs its
+    output, plain text never trained on) and a table of what every stage trained."""
+    rows = ["## Stages", "", "| # | stage | kind | steps | tokens | loss first → last | held-out LM loss |",
+            "|---|---|---|---:|---:|---|---|"]
+    for i, (stage, stage_dir, tr) in enumerate(stage_runs, 1):
+        tr = tr or {}
+        held = tr.get("heldout") or {}
+        if held.get("parent") and held.get("derived"):
+            n = held["parent"]["records"]
+            card["metrics"].append({
+                "task": f"held-out LM loss, stage {stage.name} (its input model vs its output)", "name": "lm_loss",
+                "dataset": f"{n} held-out rows of the stage's documents ({held['parent']['tokens']} tokens)",
+                "parent": held["parent"]["loss"], "derived": held["derived"]["loss"], "better": "lower"})
+        first, last = tr.get("first_loss"), tr.get("final_loss")
+        loss = f"{first:.4f} → {last:.4f}" if first is not None and last is not None else "–"
+        hl = (f"{held['parent']['loss']:.4f} → {held['derived']['loss']:.4f}"
+              if held.get("parent") and held.get("derived") else "–")
+        rows.append(f"| {i} | {stage.name} | {stage.kind} | {tr.get('steps', '–')} | {tr.get('tokens', 0):,} | "
+                    f"{loss} | {hl} |")
+        data = tr.get("data") or tr.get("data_report") or {}
+        card["extra"].setdefault("stages", []).append(
+            {"name": stage.name, "kind": stage.kind, "dir": Path(stage_dir).name,
+             **{k: tr.get(k) for k in ("steps", "tokens", "seconds", "first_loss", "final_loss", "heldout")},
+             **({"fim": data["fim"]} if isinstance(data, dict) and data.get("fim") else {}),
+             **({"mixture": data["mixture"]} if isinstance(data, dict) and data.get("mixture") else {})})
+    card["sections"].insert(0, "\n".join(rows))
+
+
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
+    from herd.stages.pretrain import check_sources, run_pretrain
     from herd.stages.sft import run_sft
     from herd.training import dist_env
 
@@ -111,6 +143,10 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         _load_data(recipe, data, transform=False)  # the given files are checked before a build spends time
     built = _run_builds(recipe, base_spec, workspace, progress) if recipe.builds and rank == 0 else []
     train, evals, data_records, n_dup, transformed = _load_data(recipe, data, built, base_spec)
+    recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
+    for st in recipe.stages:
+        if st.kind == "pretrain":
+            check_sources(st, recipe_dir)
     if rank == 0:
         if transformed:
             print(f"[data] transforms: {transformed.summary()}")
@@ -123,6 +159,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     # 2. stages in order, each from the previous artifact
     parent: BaseRef = ref
     training = None
+    stage_runs: list = []
     for i, stage in enumerate(recipe.stages, 1):
         key = sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in data_records],
                            "train": len(train), "template": template.jinja, "stage": stage.model_dump(mode="json"),
@@ -134,9 +171,13 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             if rank == 0:
                 print(f"[{stage.name}] done already: {stage_dir}")
             training = read_lineage(stage_dir).get("metrics")
+        elif stage.kind == "pretrain":
+            _, training = run_pretrain(stage, parent, template, stage_dir, name=name, resume=resume,
+                                       recipe=recipe_rec, progress=progress, recipe_dir=recipe_dir)
         else:
             _, training = run_sft(stage, parent, template, train, stage_dir, name=name, resume=resume,
                                   recipe=recipe_rec, data=data_records, progress=progress)
+        stage_runs.append((stage, stage_dir, training))
         if rank != 0:
             continue
         parent = resolve_base(stage_dir)
@@ -149,6 +190,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     os.symlink(final.name, link)
     # 3. scorecard: derived vs the recipe's parent, same inputs
     card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress)
+    add_stage_results(card, stage_runs)
     if transformed:
         from herd.data.transforms import report_markdown
 

@@ -42,15 +42,11 @@ class LoraSpec(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class SFTStage(_Strict):
-    """Supervised fine-tuning: masked causal LM on templated records (loss on trained spans only).
+class TrainStage(_Strict):
+    """Optimisation settings shared by every gradient stage (SFT, continued pretraining)."""
 
-    ``global_batch`` counts EXAMPLES per optimizer step, as papers do; records are packed into rows of
-    ``max_len`` tokens for compute without changing the loss. ``micro_batch_rows`` packed rows go
-    through each forward (gradient accumulation covers the rest)."""
-
-    name: str = "sft"
-    kind: Literal["sft"] = "sft"
+    name: str
+    kind: str
     method: Literal["full", "lora"] = "full"
     lora: LoraSpec = LoraSpec()
     lr: float = Field(default=2e-5, gt=0)
@@ -73,7 +69,55 @@ class SFTStage(_Strict):
     seed: int = 42
 
 
-Stage = Annotated[SFTStage, Field(discriminator="kind")]
+class SFTStage(TrainStage):
+    """Supervised fine-tuning: masked causal LM on templated records (loss on trained spans only).
+
+    ``global_batch`` counts EXAMPLES per optimizer step, as papers do; records are packed into rows of
+    ``max_len`` tokens for compute without changing the loss. ``micro_batch_rows`` packed rows go
+    through each forward (gradient accumulation covers the rest)."""
+
+    name: str = "sft"
+    kind: Literal["sft"] = "sft"
+
+
+class DocSource(_Strict):
+    """A pretraining source: documents of a ``format`` (herd.data.documents), mixed by token ``share``."""
+
+    name: str
+    path: str  # a file, a directory, a glob, ``stdlib:``, or ``shared:NAME/FILE``
+    format: str = "text"
+    options: dict = {}
+    share: float | None = Field(default=None, ge=0)  # token proportion in the mixture (normalised)
+
+
+class FIMSpec(_Strict):
+    """Fill-in-the-middle (Code Llama §3.3): character-level split, applied per document before packing."""
+
+    rate: float = Field(default=0.9, ge=0, le=1)  # probability a document is transformed
+    spm_rate: float = Field(default=0.5, ge=0, le=1)  # share of transformed documents in SPM layout
+    seed: int = 0
+
+
+class PretrainStage(TrainStage):
+    """Continued pretraining: causal LM on raw documents joined by a separator and cut into rows of
+    ``max_len`` tokens (no masking, no padding); ``global_batch`` counts ROWS (sequences), as papers do.
+
+    Documents are streamed and the rows written to a memory-mapped file, so memory stays flat as the
+    corpus grows. Options: FIM (Code Llama), a RoPE base change with longer rows (LCFT), a mixture by
+    token share with replay (Meditron)."""
+
+    name: str = "pretrain"
+    kind: Literal["pretrain"] = "pretrain"
+    data: list[DocSource] = Field(min_length=1)
+    total_tokens: int | None = Field(default=None, gt=0)  # mixture budget (None: every source once)
+    separator: str = "auto"  # token between documents: "auto" = <|endoftext|> if the vocabulary has it, else EOS
+    fim: FIMSpec | None = None
+    rope_theta: float | None = Field(default=None, gt=0)  # LCFT: new RoPE base period written into the config
+    heldout_fraction: float = Field(default=0.0, ge=0, lt=1)  # documents held out (by hash) for a held-out loss
+    heldout_max_rows: int = Field(default=32, ge=0)
+
+
+Stage = Annotated[SFTStage | PretrainStage, Field(discriminator="kind")]
 
 
 class PublishedResult(_Strict):
@@ -92,7 +136,7 @@ class Recipe(_Strict):
     paper_base: str
     template: str
     license_note: str | None = None
-    data: list[DataSource]
+    data: list[DataSource] = []  # SFT records (pretraining stages name their own documents)
     builds: list[dict] = []  # data builds run before training (see herd.data.builds)
     transforms: list[dict] = []  # applied in order after reading, before dedupe/split (herd.data.transforms)
     eval_size: int = Field(default=50, ge=0)

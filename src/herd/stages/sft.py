@@ -24,12 +24,12 @@ from herd.base import BaseRef, load_model, load_tokenizer
 from herd.data.records import Example
 from herd.data.tokenize import tokenize_examples
 from herd.errors import HerdError
-from herd.recipe import SFTStage
+from herd.recipe import SFTStage, TrainStage
 from herd.templates import Template
 from herd.training import LoopConfig, dist_env, full_state_dict, save_loss_png, train
 
 
-def loop_config(cfg: SFTStage, progress: bool = True) -> LoopConfig:
+def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
                       micro_batch_rows=cfg.micro_batch_rows, row_len=cfg.max_len, pack=cfg.pack,
                       warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio,
@@ -71,12 +71,27 @@ def run_sft(cfg: SFTStage, parent: BaseRef, template: Template, examples: list[E
                "final_loss": result.history[-1]["loss"] if result.history else None,
                "first_loss": result.history[0]["loss"] if result.history else None,
                "data": report.as_dict(), "world_size": world}
+    publish_stage(cfg, model, tok, template, parent, result, summary, out, work, name=name, recipe=recipe,
+                  data=data, data_report=report.as_dict())
+    return out, summary
+
+
+def publish_stage(cfg, model, tok, template: Template, parent: BaseRef, result, summary: dict, out: Path,
+                  work: Path, *, name: str, recipe: dict | None, data: list[dict] | None, data_report: dict,
+                  prepare_plain=None) -> None:
+    """Gather (distributed), merge LoRA, and write the artifact atomically with its lineage.
+
+    ``prepare_plain(model)`` re-applies a stage's model changes (added tokens, RoPE base) when a plain
+    model has to be rebuilt from the gathered state on rank 0."""
+    rank, world = dist_env()
     state = full_state_dict(model) if world > 1 else None  # a collective: every rank takes part
     if rank != 0:
-        return out, summary
+        return
     tmp = staging_dir(out)
     if world > 1:  # the trained model is sharded/wrapped: rebuild a plain one from the gathered state
         model = load_model(parent)
+        if prepare_plain is not None:
+            prepare_plain(model)
         if cfg.method == "lora":
             model = apply_lora(model, cfg.lora)
         model.load_state_dict(state)
@@ -89,12 +104,11 @@ def run_sft(cfg: SFTStage, parent: BaseRef, template: Template, examples: list[E
     lineage = new_lineage(name, parent=_parent_record(parent), template=template_record(template, tok),
                           recipe=recipe, stage={"name": cfg.name, "kind": cfg.kind,
                                                 "config": cfg.model_dump(mode="json")}, data=data)
-    lineage["metrics"] = {k: v for k, v in summary.items() if k != "data"} | {"data_report": report.as_dict()}
+    lineage["metrics"] = {k: v for k, v in summary.items() if k != "data"} | {"data_report": data_report}
     lineage = write_lineage(tmp, lineage)
     (tmp / "README.md").write_text(model_card(lineage))
     publish(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
-    return out, summary
 
 
 def _parent_record(parent: BaseRef) -> dict:

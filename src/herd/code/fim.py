@@ -1,0 +1,139 @@
+"""Fill-in-the-middle, as Code Llama trains and prompts it (shared/reference/recipes.md §3.3).
+
+Training: a document is split at CHARACTER level into prefix/middle/suffix (two split points drawn
+independently and uniformly over its length), with probability ``rate`` (0.9), only when the
+transformed document still fits one row; half of the transformed documents use PSM and half SPM:
+
+    PSM: <PRE> prefix <SUF> suffix <MID> middle <EOT>
+    SPM: <PRE> <SUF> suffix <MID> prefix middle <EOT>      (prefix and middle encoded together)
+
+The loss covers the whole sequence, sentinels included. Inference mirrors codellama's
+``infilling_prompt_tokens``: PSM ``[BOS, <PRE>] + enc(prefix) + [<SUF>] + enc(suffix) + [<MID>]``,
+SPM ``[BOS, <PRE>, <SUF>] + enc(suffix) + [<MID>] + enc(prefix)``; generation stops at ``<EOT>``.
+
+Code Llama's SentencePiece adds a space to every encoded piece, so it encodes the suffix and middle
+with that space suppressed; byte-level BPE tokenizers (SmolLM2, Llama 3) add none, so plain encoding
+is already "no space". BOS is added only where the tokenizer adds one itself.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+SENTINELS = ("<PRE>", "<SUF>", "<MID>", "<EOT>")
+
+
+@dataclass(frozen=True)
+class SentinelIds:
+    pre: int
+    suf: int
+    mid: int
+    eot: int
+
+
+def has_sentinels(tokenizer) -> bool:
+    vocab = tokenizer.get_vocab()
+    return all(s in vocab for s in SENTINELS)
+
+
+def sentinel_ids(tokenizer) -> SentinelIds | None:
+    """The four sentinel ids, or None when the tokenizer lacks them (a parent before FIM training)."""
+    if not has_sentinels(tokenizer):
+        return None
+    return SentinelIds(*(tokenizer.convert_tokens_to_ids(s) for s in SENTINELS))
+
+
+def eot_id(tokenizer) -> int | None:
+    ids = sentinel_ids(tokenizer)
+    return ids.eot if ids else None
+
+
+def add_sentinels(tokenizer, model) -> SentinelIds:
+    """Add the sentinels as single special tokens and resize the embeddings (tied ones stay tied).
+
+    New rows are initialised by transformers' mean resizing (mean and covariance of the old rows),
+    so the first steps do not see random-norm embeddings. Idempotent."""
+    if not has_sentinels(tokenizer):
+        tokenizer.add_special_tokens({"additional_special_tokens": list(SENTINELS)},
+                                     replace_extra_special_tokens=False)
+    n = len(tokenizer)
+    if model is not None and model.get_input_embeddings().weight.shape[0] < n:
+        model.resize_token_embeddings(n, mean_resizing=True)
+    return sentinel_ids(tokenizer)
+
+
+def _enc(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _bos(tokenizer) -> list[int]:
+    """[BOS] when the tokenizer adds one by itself (Llama 2), else [] (SmolLM2)."""
+    return [i for i in tokenizer("", add_special_tokens=True)["input_ids"] if i == tokenizer.bos_token_id]
+
+
+def split_document(text: str, rng: random.Random) -> tuple[str, str, str]:
+    """Character-level prefix/middle/suffix from two independent uniform points (sorted)."""
+    a, b = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    return text[:a], text[a:b], text[b:]
+
+
+def fim_ids(tokenizer, ids: SentinelIds, prefix: str, middle: str, suffix: str, mode: str) -> list[int]:
+    """One training sequence in PSM or SPM layout (no BOS/EOS: the packer adds the separator)."""
+    if mode == "psm":
+        return ([ids.pre] + _enc(tokenizer, prefix) + [ids.suf] + _enc(tokenizer, suffix) + [ids.mid]
+                + _enc(tokenizer, middle) + [ids.eot])
+    if mode == "spm":
+        return [ids.pre, ids.suf] + _enc(tokenizer, suffix) + [ids.mid] + _enc(tokenizer, prefix + middle) + [ids.eot]
+    raise ValueError(f"FIM mode must be 'psm' or 'spm', not {mode!r}")
+
+
+@dataclass
+class FIMStats:
+    documents: int = 0
+    psm: int = 0
+    spm: int = 0
+    too_long: int = 0  # would have been transformed but did not fit a row: kept autoregressive
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def document_ids(tokenizer, text: str, *, ids: SentinelIds | None, rate: float, spm_rate: float, row_len: int,
+                 rng: random.Random, stats: FIMStats) -> list[int]:
+    """A document's training tokens: FIM with probability ``rate`` when it fits a row, else plain.
+
+    The random draws happen for every document in the same order whatever the outcome, so the
+    choice for document i depends only on the seed and i (reproducible, resumable)."""
+    stats.documents += 1
+    do_fim, spm = rng.random() < rate, rng.random() < spm_rate
+    pre, mid, suf = split_document(text, rng)
+    plain = _enc(tokenizer, text)
+    if ids is None or not do_fim:
+        return plain
+    if len(plain) + 5 > row_len:  # the plain form does not fit: FIM would be cut across rows
+        stats.too_long += 1
+        return plain
+    out = fim_ids(tokenizer, ids, pre, mid, suf, "spm" if spm else "psm")
+    if len(out) + 1 > row_len:
+        stats.too_long += 1
+        return plain
+    if spm:
+        stats.spm += 1
+    else:
+        stats.psm += 1
+    return out
+
+
+def infill_prompt_ids(tokenizer, prefix: str, suffix: str, mode: str) -> list[int]:
+    """Code Llama's inference prompt. Without sentinel tokens (a parent) their text is encoded as is."""
+    ids = sentinel_ids(tokenizer)
+    if ids is None:
+        pre, suf, mid = (_enc(tokenizer, s) for s in SENTINELS[:3])
+    else:
+        pre, suf, mid = [ids.pre], [ids.suf], [ids.mid]
+    if mode == "psm":
+        return _bos(tokenizer) + pre + _enc(tokenizer, prefix) + suf + _enc(tokenizer, suffix) + mid
+    if mode == "spm":
+        return _bos(tokenizer) + pre + suf + _enc(tokenizer, suffix) + mid + _enc(tokenizer, prefix)
+    raise ValueError(f"FIM mode must be 'psm' or 'spm', not {mode!r}")
