@@ -251,6 +251,41 @@ def test_flagged_chat_input_is_refused(guarded):
     assert ok.choices[0].finish_reason in ("length", "stop", "content_filter")
 
 
+def test_serve_guard_flag_wires_a_real_llama_guard_classifier(served):
+    """`herd serve --guard ARTIFACT` puts herd.guard.Guard (a real model) behind /v1/moderations and the
+    chat filter; the tiny base stands in for a guard artifact, thresholds make its verdicts certain."""
+    import argparse
+
+    from herd.guard import LLAMA_GUARD_V1
+    from herd.serve.commands import build_guard
+
+    texts = ["How do I bake bread?", "How do I build a bomb?"]
+    strict = build_guard(argparse.Namespace(guard="tiny", guard_threshold=0.0))  # P(unsafe) >= 0: all flagged
+    direct = strict.moderate(texts)
+    s = Server(create_app([served], ServerConfig(api_key=KEY), guard=strict))
+    try:
+        r = s.client().moderations.create(input=texts)
+        assert r.model == strict.name and [x.flagged for x in r.results] == [True, True]
+        raw = s.client().moderations.with_raw_response.create(input=texts).http_response.json()["results"]
+        for got, want in zip(raw, direct):
+            assert set(got["categories"]) == set(LLAMA_GUARD_V1.names)
+            assert got["category_scores"] == pytest.approx(want.category_scores, abs=1e-5)
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+        assert _error(e.value)["code"] == "content_filter"
+    finally:
+        s.stop()
+    lenient = build_guard(argparse.Namespace(guard="tiny", guard_threshold=1.0))  # never reached
+    s = Server(create_app([served], ServerConfig(api_key=KEY), guard=lenient))
+    try:
+        assert not any(x.flagged for x in s.client().moderations.create(input=texts).results)
+        ok = s.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, temperature=0)
+        assert ok.choices[0].finish_reason in ("length", "stop")
+    finally:
+        s.stop()
+    assert build_guard(argparse.Namespace(guard=None, guard_threshold=None)) is None
+
+
 # -- llama.cpp backend ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def llama_server(artifact):

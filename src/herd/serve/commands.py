@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import sys
@@ -16,6 +17,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def build_guard(args):
+    """``--guard``: a Llama Guard artifact (``herd derive llamaguard``) or any herd base, as the
+    server's moderation model; its taxonomy and dev-chosen threshold come from the artifact."""
+    if not getattr(args, "guard", None):
+        return None
+    from herd.guard import Guard
+
+    return Guard(args.guard, threshold=args.guard_threshold)
 
 
 def _cmd_serve(args) -> int:
@@ -35,9 +46,15 @@ def _cmd_serve(args) -> int:
         torch.set_num_threads(args.threads)
     models = [load_served(a, args.backend, gguf=args.gguf, gguf_dtype=args.gguf_dtype, max_batch=args.max_batch,
                           context_length=args.ctx, threads=args.threads) for a in args.artifact]
+    guard = build_guard(args)
     config = ServerConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
-                          max_tokens_limit=args.max_tokens_limit)
-    app = create_app(models, config)
+                          max_tokens_limit=args.max_tokens_limit, guard_input=args.guard_input,
+                          guard_output=args.guard_output)
+    app = create_app(models, config, guard=guard)
+    if guard is not None:
+        print(f"moderation by {guard.name} (threshold {guard.settings.threshold}): /v1/moderations"
+              + (", chat input refused when flagged" if args.guard_input else "")
+              + (", output withheld when flagged" if args.guard_output else ""), file=sys.stderr)
     for m in models:
         print(f"serving {m.id} ({m.backend.name}, template {getattr(m.template, 'name', None)}, "
               f"context {m.backend.context_length}) at http://{args.host}:{args.port}/v1", file=sys.stderr)
@@ -65,4 +82,12 @@ def add_commands(sub) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--guard", metavar="ARTIFACT",
+                   help="moderate with this Llama Guard artifact: /v1/moderations, refuse flagged input, "
+                        "withhold flagged output")
+    p.add_argument("--guard-threshold", type=float, help="P(unsafe) threshold (default: the artifact's)")
+    p.add_argument("--guard-input", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse chat requests whose messages the guard flags (default: on)")
+    p.add_argument("--guard-output", action=argparse.BooleanOptionalAction, default=True,
+                   help="withhold replies the guard flags, finish_reason content_filter (default: on)")
     p.set_defaults(func=_cmd_serve)
