@@ -61,6 +61,7 @@ class TrainStage(_Strict):
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
     schedule: Literal["cosine"] = "cosine"
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(default=1e-8, gt=0)
     grad_clip: float | None = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False

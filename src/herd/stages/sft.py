@@ -33,7 +33,8 @@ def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
                       micro_batch_rows=cfg.micro_batch_rows, row_len=cfg.max_len, pack=cfg.pack,
                       warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio,
-                      weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), grad_clip=cfg.grad_clip,
+                      weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                      grad_clip=cfg.grad_clip,
                       seed=cfg.seed, precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
                       fsdp=cfg.fsdp, gradient_checkpointing=cfg.gradient_checkpointing, progress=progress)
 
