@@ -78,6 +78,7 @@ def register_eval(name: str, config: type[EvalConfig] = EvalConfig):
 def load_eval_modules() -> None:
     """Import the modules that register evals (kept in one place so registration is explicit)."""
     from herd.chat_eval import evals as chat_evals  # noqa: F401
+    from herd.code import evals as code_evals  # noqa: F401
     from herd.evals import builtin  # noqa: F401
     from herd.gorilla import eval as gorilla_eval  # noqa: F401
     from herd.guard import evaluate as guard_eval  # noqa: F401

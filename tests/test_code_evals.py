@@ -1,0 +1,239 @@
+"""HumanEval / infilling / MBPP scoring pieces, and the registered evals end to end on the tiny model.
+
+The tiny random Llama scores 0 everywhere: the end-to-end tests check wiring, structure and counts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from herd.code import humaneval as he
+from herd.code import sandbox as sb
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HUMANEVAL = SHARED / "humaneval" / "HumanEval.jsonl.gz"
+INFILLING = SHARED / "humaneval_infilling" / "HumanEval-SingleLineInfilling.jsonl.gz"
+MBPP = SHARED / "mbpp" / "mbpp.jsonl"
+needs_data = pytest.mark.skipif(not (HUMANEVAL.is_file() and INFILLING.is_file() and MBPP.is_file()),
+                                reason="shared code-eval data not present")
+
+
+# ---- pass@k ----------------------------------------------------------------------------------------------
+
+def test_pass_at_k_matches_a_hand_computation():
+    # n=5 samples, c=2 correct: pass@1 = 2/5; pass@2 = 1 - C(3,2)/C(5,2) = 1 - 3/10; pass@3 = 1 - 1/10
+    assert he.pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert he.pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    assert he.pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    assert he.pass_at_k(5, 2, 4) == 1.0  # n - c < k: every 4-subset holds a correct sample
+    assert he.pass_at_k(10, 0, 5) == 0.0
+    assert he.pass_at_k(10, 10, 1) == 1.0
+    for n in (1, 7, 20, 200):
+        for c in range(0, n + 1, max(1, n // 7)):
+            for k in (1, 2, 10, 100):
+                if k <= n:
+                    exact = 1.0 - math.comb(n - c, k) / math.comb(n, k)
+                    assert he.pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+    assert he.estimate_pass_at_k([5, 5], [2, 0], 2) == pytest.approx([0.7, 0.0])
+
+
+# ---- text handling ---------------------------------------------------------------------------------------
+
+def test_truncation_keeps_indentation_and_cuts_at_the_first_stop():
+    text = "    x = 1\n    return x\n\ndef other():\n    pass\n"
+    assert he.truncate(text, he.STOP_SEQUENCES) == "    x = 1\n    return x\n"
+    assert he.truncate("    return 1\n# done\nprint(2)", he.STOP_SEQUENCES) == "    return 1"
+    assert he.truncate("    return 1", he.STOP_SEQUENCES) == "    return 1"
+    assert he.truncate("x = 1\n[DONE]\nmore", he.MBPP_STOP) == "x = 1\n"
+    assert set(he.STOP_SEQUENCES) == {"\ndef", "\nclass", "\nif", "\nprint", "\n#"}
+
+
+def test_infilling_exact_match_compares_stripped_lines():
+    canonical = "        for idx2, elem2 in enumerate(numbers):\n"
+    assert he.exact_match("        for idx2, elem2 in enumerate(numbers):\n", canonical)
+    assert he.exact_match("for idx2, elem2 in enumerate(numbers):", canonical)  # indentation, newline
+    assert he.exact_match("\n  for idx2, elem2 in enumerate(numbers):   \n\n", canonical)  # blank lines
+    assert not he.exact_match("        for idx2,elem2 in enumerate(numbers):\n", canonical)  # inner spaces
+    assert not he.exact_match("        for idx2, elem2 in enumerate(nums):\n", canonical)
+    assert not he.exact_match("", canonical)
+    two = "    a = 1\n    b = 2\n"
+    assert he.exact_match("a = 1\nb = 2", two) and not he.exact_match("b = 2\na = 1", two)
+    assert not he.exact_match("    a = 1\n", two)
+
+
+def test_single_line_infilling_keeps_one_line_with_its_newline():
+    assert he.first_line("    return x\n    more\n") == "    return x\n"
+    assert he.first_line("    return x") == "    return x\n"  # stopped by <EOT>/EOS before the newline
+    assert he.first_line("\n    return x\n") == "\n"
+
+
+def test_decoding_a_continuation_keeps_its_leading_spaces(tokenizer):
+    ids = tokenizer("    return x\n", add_special_tokens=False)["input_ids"]
+    assert he.decode_continuation(tokenizer, ids) == "    return x\n"
+    assert he.decode_continuation(tokenizer, []) == ""
+
+
+def test_decoding_a_continuation_survives_a_sentencepiece_decoder():
+    """Llama 2's decoder strips one leading space from a whole decode: a completion's indent loses a space."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁", "▁▁▁", "▁return", "▁x", "\n", "▁\n"]
+    tk = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=0))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    ids = [pieces.index(p) for p in ("▁▁▁", "▁return", "▁x", "\n")]
+    assert tok.decode(ids) == "   return x\n"  # the naive decode: three spaces, an IndentationError
+    assert he.decode_continuation(tok, ids) == "    return x\n"
+
+
+# ---- programs -----------------------------------------------------------------------------------------
+
+@needs_data
+def test_check_program_is_human_evals():
+    p = he.load_humaneval(HUMANEVAL)[0]
+    prog = he.check_program(p, p["canonical_solution"])
+    assert prog == p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + "\n" + "check(has_close_elements)"
+
+
+@needs_data
+def test_canonical_infilling_middles_pass_and_broken_ones_fail():
+    tasks = he.load_infilling(INFILLING)[:40:2]
+    assert all(he.exact_match(t["canonical_solution"], t["canonical_solution"]) for t in tasks)
+    good = sb.run_programs([he.infilling_program(t, t["canonical_solution"]) for t in tasks])
+    assert all(r.passed for r in good), [r for r in good if not r.passed]
+    broken = []
+    for t in tasks:
+        line = t["canonical_solution"]
+        broken.append(he.infilling_program(t, line[: len(line) - len(line.lstrip())] + "return (\n"))
+    assert not any(r.passed for r in sb.run_programs(broken))
+
+
+@needs_data
+def test_mbpp_prompt_and_programs():
+    rows = he.load_mbpp(MBPP)
+    by_id = {r["task_id"]: r for r in rows}
+    test = he.mbpp_split(rows)
+    assert len(rows) == 974 and len(test) == 500 and test[0]["task_id"] == 11
+    prompt = he.mbpp_prompt(test[0], [by_id[i] for i in he.MBPP_SHOTS])
+    assert prompt.startswith("You are an expert Python programmer, and here is your task: Write a function to "
+                             "find the similar elements from the given two tuple lists. Your code should pass "
+                             "these tests:\n\nassert similar_elements(")
+    assert prompt.count("[BEGIN]\n") == 4 and prompt.count("\n[DONE]\n") == 3 and "\r" not in prompt
+    assert prompt.endswith("assert remove_Occ(\"PHP\",\"P\") == \"H\"\n[BEGIN]\n")
+    # reference solutions pass (367 needs its setup code after the candidate); a wrong one fails
+    sel = [by_id[i] for i in (11, 12, 367, 500)]
+    res = sb.run_programs([he.mbpp_program(p, p["code"]) for p in sel] + [he.mbpp_program(sel[0], "pass")])
+    assert [r.passed for r in res] == [True, True, True, True, False], res
+
+
+# ---- the registered evals ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def derived_dir(tiny_ref, tmp_path_factory):
+    """The tiny model with Code Llama's FIM sentinels added, saved like a derived artifact."""
+    from herd.base import load_model, load_tokenizer
+    from herd.code.fim import add_sentinels
+
+    out = tmp_path_factory.mktemp("derived")
+    tok, model = load_tokenizer(tiny_ref), load_model(tiny_ref)
+    add_sentinels(tok, model)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _ctx(tiny_ref, derived_dir, out_dir):
+    from herd.base import load_tokenizer
+    from herd.evals.registry import EvalContext
+
+    # like the scorecard: ctx.tokenizer is the derived one, which the parent must not be fed
+    return EvalContext(recipe=None, template=None, tokenizer=load_tokenizer(derived_dir), eval_examples=[],
+                       parent_path=tiny_ref.path, derived_path=derived_dir, out_dir=out_dir, progress=False)
+
+
+def _eval(name):
+    from herd.evals.registry import EVALS, load_eval_modules
+
+    load_eval_modules()
+    return EVALS[name]
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _check_metrics(metrics, names):
+    assert [m["name"] for m in metrics] == names
+    for m in metrics:
+        assert m.keys() == {"task", "name", "dataset", "parent", "derived", "better"}
+        assert m["better"] == "higher" and 0.0 <= m["parent"] <= 100.0 and 0.0 <= m["derived"] <= 100.0
+
+
+def test_configs_validate():
+    cfg_cls, _ = _eval("humaneval")
+    assert cfg_cls().k == [1, 10] and cfg_cls().n_samples >= 10 and cfg_cls().timeout == 3.0
+    with pytest.raises(ValidationError):
+        cfg_cls(k=[1, 10], n_samples=5)
+    with pytest.raises(ValidationError):
+        cfg_cls(workers=4)
+    with pytest.raises(ValidationError):
+        cfg_cls(n_problem=3)  # a typo is an error, not a silent default
+    assert "not found" in cfg_cls(data="/nonexistent/HumanEval.jsonl.gz").unavailable(Path.cwd())
+    inf_cls, _ = _eval("humaneval_infilling")
+    assert inf_cls().modes == ["psm", "spm"]
+    with pytest.raises(ValidationError):
+        inf_cls(modes=["pms"])
+    mbpp_cls, _ = _eval("mbpp")
+    assert mbpp_cls().k == [1] and mbpp_cls().shots == [2, 3, 4]
+
+
+@needs_data
+def test_humaneval_eval_end_to_end(tiny_ref, derived_dir, tmp_path):
+    cfg_cls, fn = _eval("humaneval")
+    cfg = cfg_cls(data=str(HUMANEVAL), n_problems=2, k=[1, 2], n_samples=2, max_new_tokens=8, batch_size=4)
+    out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
+    _check_metrics(out.metrics, ["pass@1", "pass@2"])
+    assert "2 problems" in out.metrics[0]["dataset"] and "greedy" in out.metrics[0]["task"]
+    assert [Path(f).name for f in out.files] == ["humaneval-parent.jsonl", "humaneval-derived.jsonl"]
+    for role, f in zip(("parent", "derived"), out.files):
+        rows = _rows(f)
+        assert len(rows) == 2 + 2 * 2  # greedy + n_samples per problem
+        assert [r["kind"] for r in rows].count("greedy") == 2 and {r["role"] for r in rows} == {role}
+        assert {r["task_id"] for r in rows} == {"HumanEval/0", "HumanEval/1"}
+        assert all(r["status"] in sb.STATUSES and isinstance(r["completion"], str) for r in rows)
+        assert all(r["status"] != "error" for r in rows)  # the sandbox itself ran every program
+    st = out.extra["humaneval"]["statuses"]
+    assert sum(st["parent"].values()) == sum(st["derived"].values()) == 6
+    assert "HumanEval" in out.markdown and "Sandbox:" in out.markdown
+
+
+@needs_data
+def test_infilling_eval_end_to_end_uses_each_roles_tokenizer(tiny_ref, derived_dir, tmp_path):
+    cfg_cls, fn = _eval("humaneval_infilling")
+    cfg = cfg_cls(data=str(INFILLING), n_problems=3, max_new_tokens=6, batch_size=4)
+    out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
+    _check_metrics(out.metrics, ["exact_match_psm", "pass@1_psm", "exact_match_spm", "pass@1_spm"])
+    assert out.extra["humaneval_infilling"]["single_line"] is True
+    for f in out.files:
+        rows = _rows(f)
+        assert len(rows) == 3 * 2 and [r["mode"] for r in rows] == ["psm"] * 3 + ["spm"] * 3
+        assert all(r["middle"].endswith("\n") and r["middle"].count("\n") == 1 for r in rows)  # one line
+        assert all(isinstance(r["exact_match"], bool) and r["status"] in sb.STATUSES for r in rows)
+        assert all(r["status"] != "error" for r in rows)
+
+
+@needs_data
+def test_mbpp_eval_end_to_end(tiny_ref, derived_dir, tmp_path):
+    cfg_cls, fn = _eval("mbpp")
+    cfg = cfg_cls(data=str(MBPP), n_problems=2, max_new_tokens=8, batch_size=2)
+    out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
+    _check_metrics(out.metrics, ["pass@1"])
+    assert "3-shot" in out.metrics[0]["task"] and "task_ids 11-510 (2 problems" in out.metrics[0]["dataset"]
+    assert [len(_rows(f)) for f in out.files] == [2, 2]
