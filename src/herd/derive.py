@@ -90,6 +90,9 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     return train, evals, records, n_dup, transformed
 
 
+ALIGN_KINDS = ("reward_model", "rejection_sampling", "dpo")
+
+
 def add_stage_results(card: dict, stage_runs: list) -> None:
     """Per-stage rows for the scorecard: each pretraining stage's held-out LM loss (its parent vs its
     output, plain text never trained on) and a table of what every stage trained."""
@@ -122,6 +125,8 @@ def add_stage_results(card: dict, stage_runs: list) -> None:
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
+    from herd.align import stage_registry
+    from herd.recipe import POLICY_KINDS
     from herd.stages.pretrain import check_sources, run_pretrain
     from herd.stages.sft import run_sft
     from herd.training import dist_env
@@ -129,7 +134,9 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     recipe = load_recipe(recipe_name, profile, overrides)
     if max_steps:
         for st in recipe.stages:
-            st.max_steps = max_steps
+            for target in (st, getattr(st, "sft", None)):  # rejection sampling trains through its sft settings
+                if target is not None and "max_steps" in type(target).model_fields:
+                    target.max_steps = max_steps
         recipe.deviations.append(f"setting stages.*.max_steps: {max_steps} (command line)")
     template = get_template(recipe.template)
     base_spec = base or recipe.base
@@ -160,17 +167,24 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     parent: BaseRef = ref
     training = None
     stage_runs: list = []
+    final = None
     for i, stage in enumerate(recipe.stages, 1):
         key = sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in data_records],
                            "train": len(train), "template": template.jinja, "stage": stage.model_dump(mode="json"),
                            "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records],
-                           **({"transforms": recipe.transforms} if recipe.transforms else {})})
+                           **({"transforms": recipe.transforms} if recipe.transforms else {}),
+                           # later stages may use earlier non-policy outputs (a reward model): chain them
+                           **({"after": [d.name for _, d, _ in stage_runs]} if stage_runs else {})})
         stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
         name = f"{recipe.name}-{ref.name}-{profile}"
         if is_artifact(stage_dir):
             if rank == 0:
                 print(f"[{stage.name}] done already: {stage_dir}")
             training = read_lineage(stage_dir).get("metrics")
+        elif stage.kind in ALIGN_KINDS:
+            _, run = stage_registry()[stage.kind]
+            _, training = run(stage, parent, template, stage_dir, name=name, resume=resume, recipe=recipe_rec,
+                              progress=progress, workspace=workspace)
         elif stage.kind == "pretrain":
             _, training = run_pretrain(stage, parent, template, stage_dir, name=name, resume=resume,
                                        recipe=recipe_rec, progress=progress, recipe_dir=recipe_dir)
@@ -180,16 +194,18 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         stage_runs.append((stage, stage_dir, training))
         if rank != 0:
             continue
-        parent = resolve_base(stage_dir)
+        if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on
+            parent = resolve_base(stage_dir)
+            final = stage_dir
     if rank != 0:
         return DeriveResult(stage_dir, None, None)
-    final = stage_dir
     link = workspace / "model"
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(final.name, link)
     # 3. scorecard: derived vs the recipe's parent, same inputs
-    card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress)
+    card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress,
+                         stages=[(st, d) for st, d, _ in stage_runs])
     add_stage_results(card, stage_runs)
     if transformed:
         from herd.data.transforms import report_markdown

@@ -118,7 +118,13 @@ class PretrainStage(TrainStage):
     heldout_max_rows: int = Field(default=32, ge=0)
 
 
-Stage = Annotated[SFTStage | PretrainStage, Field(discriminator="kind")]
+# The alignment stages' settings live with their code; imported here, after DataSource/LoraSpec/SFTStage
+# exist, because herd.align.config builds on them (the module imports no torch).
+from herd.align.config import DPOStage, RejectionSamplingStage, RewardModelStage  # noqa: E402
+
+Stage = Annotated[SFTStage | PretrainStage | RewardModelStage | RejectionSamplingStage | DPOStage,
+                  Field(discriminator="kind")]
+POLICY_KINDS = ("sft", "pretrain", "rejection_sampling", "dpo")  # stages whose output is the next parent
 
 
 class PublishedResult(_Strict):
@@ -150,6 +156,15 @@ class Recipe(_Strict):
     profile: str = "full"
     deviations: list[str] = []  # filled in by load_recipe: profile notes + computed differences
     source_file: str | None = None
+
+
+def eval_max_len(recipe: Recipe) -> int:
+    """The row length evals use: the last stage that has one (a rejection-sampling stage's SFT run)."""
+    for st in reversed(recipe.stages):
+        n = getattr(st, "max_len", None) or getattr(getattr(st, "sft", None), "max_len", None)
+        if n:
+            return n
+    return 2048
 
 
 def recipe_path(name_or_path: str) -> Path:

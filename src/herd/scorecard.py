@@ -17,14 +17,15 @@ from herd.templates import Template
 
 
 def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived_path: Path,
-                  eval_examples: list[Example], *, progress: bool = True) -> dict:
+                  eval_examples: list[Example], *, progress: bool = True, stages: list | None = None) -> dict:
     """Run the recipe's evals on parent and derived with identical inputs; returns the scorecard dict."""
     from herd.base import load_tokenizer
 
     load_eval_modules()
     ctx = EvalContext(recipe=recipe, template=template, tokenizer=load_tokenizer(derived_path),
                       eval_examples=eval_examples, parent_path=Path(parent_path),
-                      derived_path=Path(derived_path), out_dir=Path(derived_path), progress=progress)
+                      derived_path=Path(derived_path), out_dir=Path(derived_path), progress=progress,
+                      stages=list(stages or []))
     metrics, extra, sections, not_run = [], {}, [], []
     for name, cfg in configured_evals(recipe):
         why = cfg.unavailable(_recipe_dir(recipe))
@@ -81,8 +82,9 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
               "|---|---|---:|---:|---|"]
     for m in card["metrics"]:
         lines.append(f"| {m['task']} | {m['dataset']} | {m['parent']} | {m['derived']} | {m['better']} |")
-    if training:
-        lines += ["", "## Training", "",
+    if training and all(k in training for k in ("steps", "tokens", "trained_tokens", "seconds", "tokens_per_s",
+                                                  "first_loss", "final_loss")):
+        lines += ["", "## Training (last stage)", "",
                   f"{training['steps']} optimizer steps, {training['tokens']:,} tokens "
                   f"({training['trained_tokens']:,} trained) in {training['seconds']} s "
                   f"= {training['tokens_per_s']} tokens/s; loss {training['first_loss']:.4f} → "

@@ -82,8 +82,9 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
     """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived."""
     from herd.data.tokenize import tokenize_examples
     from herd.evals.heldout import heldout_loss
+    from herd.recipe import eval_max_len
 
-    max_len = ctx.recipe.stages[-1].max_len
+    max_len = eval_max_len(ctx.recipe)
     groups = defaultdict(list)
     for ex in ctx.eval_examples:
         groups[str(ex.meta.get(cfg.key) or "(none)")].append(ex)

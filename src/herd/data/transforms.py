@@ -51,7 +51,7 @@ class TransformContext:
         return self._tokenizer
 
     def sft_max_len(self) -> int:
-        return min(st.max_len for st in self.recipe.stages)
+        return min(st.max_len for st in self.recipe.stages if st.kind == "sft")
 
 
 TransformFn = Callable[[list[Example], TransformConfig, TransformContext], list[Example]]

@@ -21,7 +21,9 @@ class SideBySideConfig(EvalConfig):
 
 @register_eval("heldout_loss", HeldoutLossConfig)
 def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
-    max_len = ctx.recipe.stages[-1].max_len
+    from herd.recipe import eval_max_len
+
+    max_len = eval_max_len(ctx.recipe)
     items, rep = tokenize_examples(ctx.eval_examples, ctx.template, ctx.tokenizer, max_len)
     if not items:
         return EvalOutput(extra={"heldout_data": rep.as_dict()})

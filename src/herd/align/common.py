@@ -1,0 +1,116 @@
+"""What the alignment stages share: reading their data, encoding pairs, and writing the artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from herd.align.logprobs import Encoded, encode_reply
+from herd.align.preference import PreferencePair, dedupe_items, load_sources, split_items
+from herd.artifacts import model_card, new_lineage, publish, write_lineage
+from herd.base import BaseRef
+from herd.data.report import DataReport
+from herd.errors import ConfigError, HerdError
+from herd.templates import Template, TemplateError
+
+
+def recipe_dir(recipe: dict | None) -> Path | None:
+    """Relative data paths resolve against the recipe file's folder, as ``herd derive`` does."""
+    f = (recipe or {}).get("file")
+    return Path(f).parent if f else None
+
+
+@dataclass
+class PairData:
+    train: list[PreferencePair]
+    evals: list[PreferencePair]
+    records: list[dict]  # per file: name, path, sha256, records (lineage)
+    report: DataReport
+    duplicates: int = 0
+
+
+def load_pair_data(cfg, recipe: dict | None) -> PairData:
+    """A pairwise stage's data: read + validate, dedupe, deterministic held-out split, optional cap."""
+    report = DataReport()
+    items, records = load_sources(cfg.data, relative_to=recipe_dir(recipe), report=report)
+    bad = [x for x in items if not isinstance(x, PreferencePair)]
+    if bad:
+        raise ConfigError(f"stage {cfg.name}: needs preference pairs, but {bad[0].source} holds labelled "
+                          "single replies (format kto)")
+    items, dups = dedupe_items(items)
+    train, evals = split_items(items, cfg.eval_size, cfg.split_seed)
+    if cfg.max_train_pairs:
+        train = train[: cfg.max_train_pairs]
+    return PairData(train, evals, records, report, dups)
+
+
+@dataclass
+class EncodedPairs:
+    pairs: list[PreferencePair] = field(default_factory=list)
+    chosen: list[Encoded] = field(default_factory=list)
+    rejected: list[Encoded] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def encode_pairs(pairs: list[PreferencePair], template: Template, tokenizer, max_len: int) -> EncodedPairs:
+    """Render both sides of every pair. A pair with a side over ``max_len`` is dropped, not cut (a cut
+    reply would be compared on an arbitrary prefix), and counted; so is one the template refuses."""
+    out = EncodedPairs()
+    for p in pairs:
+        try:
+            c = encode_reply(template, tokenizer, p.prompt, p.chosen)
+            r = encode_reply(template, tokenizer, p.prompt, p.rejected)
+        except TemplateError as e:
+            out.dropped[f"template refused it ({e})"] += 1
+            continue
+        if max(len(c), len(r)) > max_len:
+            out.dropped[f"longer than max_len {max_len} tokens"] += 1
+            continue
+        if c.n_reply == 0 or r.n_reply == 0:
+            out.dropped["no reply tokens"] += 1
+            continue
+        out.pairs.append(p)
+        out.chosen.append(c)
+        out.rejected.append(r)
+    return out
+
+
+def parent_record(parent: BaseRef) -> dict:
+    rec = parent.describe()
+    rec.pop("path", None)
+    rec["lineage_id"] = (parent.lineage or {}).get("id")
+    return rec
+
+
+def finish_artifact(tmp: Path, out: Path, *, name: str, parent: BaseRef, template_rec: dict, cfg,
+                    recipe: dict | None, data: list[dict], metrics: dict, history: list[dict] | None = None,
+                    extra_md: str = "") -> Path:
+    """Write metrics, loss plot, lineage.json and README into the staging folder, then publish it."""
+    from herd.training import save_loss_png
+
+    if history is not None:
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        if history:
+            save_loss_png(history, tmp / "loss.png", title=f"{name}: {cfg.name} loss")
+    lineage = new_lineage(name, parent=parent_record(parent), template=template_rec, recipe=recipe,
+                          stage={"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")},
+                          data=data)
+    lineage["metrics"] = metrics
+    lineage = write_lineage(tmp, lineage)
+    (tmp / "README.md").write_text(model_card(lineage, extra_md=extra_md))
+    return publish(tmp, out)
+
+
+def require_pairs(enc: EncodedPairs, stage: str, what: str) -> None:
+    if not enc.pairs:
+        raise HerdError(f"stage {stage}: no usable {what} pairs (dropped: {dict(enc.dropped) or 'none'})")
+
+
+def clean_work(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""The ``dpo`` stage: Direct Preference Optimization of the parent against itself, frozen, as reference.
+
+The reference log-probs ``log π0(reply | prompt)`` of every pair are computed once, before training,
+with the parent's weights and kept in the work folder: the reference is never updated, so this is
+exact, halves the memory of keeping a second model, and makes a resumed run use the very same numbers.
+The policy is the parent (full fine-tuning) or the parent with a fresh LoRA adapter (merged into the
+saved weights, like the sft stage). The summary reports DPO's implicit-reward accuracy and margins
+``β[(log π − log π0)(chosen) − (…)(rejected)]`` on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from herd.align.common import EncodedPairs, encode_pairs, finish_artifact, load_pair_data, require_pairs
+from herd.align.config import DPOStage
+from herd.align.logprobs import batched_logps, pad_right, sequence_logps
+from herd.align.loop import PairLoopConfig, autocast, single_process, train_items
+from herd.align.losses import dpo_loss
+from herd.artifacts import save_model_folder, staging_dir, template_record
+from herd.base import BaseRef, load_model, load_tokenizer
+from herd.templates import Template
+from herd.training import device
+
+
+def _loop_config(cfg: DPOStage, progress: bool) -> PairLoopConfig:
+    return PairLoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
+                          micro_batch=cfg.micro_batch, warmup_ratio=cfg.warmup_ratio,
+                          min_warmup_steps=cfg.min_warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+                          weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                          grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
+                          checkpoint_every=cfg.checkpoint_every, progress=progress)
+
+
+def pair_logps(model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str = "fp32"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) sequence log-probs of encoded pairs under ``model``, no gradient, computed
+    with the training loop's autocast so reference and policy agree exactly at step 0."""
+    with autocast(precision):
+        return (batched_logps(model, enc.chosen, pad_id, batch_size, device()),
+                batched_logps(model, enc.rejected, pad_id, batch_size, device()))
+
+
+def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str,
+               key: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs, cached under ``work`` (the cache is trusted only for the same pairs)."""
+    path = work / f"ref_logps_{name}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == repr(key):
+            return saved["chosen"], saved["rejected"]
+    chosen, rejected = pair_logps(model, enc, pad_id, batch_size, precision)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": repr(key), "chosen": chosen, "rejected": rejected}, tmp)
+    tmp.replace(path)
+    return chosen, rejected
+
+
+def dpo_metrics(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> dict:
+    """Held-out DPO numbers: loss, implicit-reward accuracy (ties wrong) and margins, log-prob shifts."""
+    if pc.numel() == 0:
+        return {"pairs": 0}
+    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, beta)
+    return {"pairs": int(pc.numel()), "loss": round(float(losses.mean()), 5),
+            "reward_accuracy": round(float((chosen_r > rejected_r).float().mean()), 4),
+            "reward_margin": round(float((chosen_r - rejected_r).mean()), 5),
+            "chosen_reward": round(float(chosen_r.mean()), 5), "rejected_reward": round(float(rejected_r.mean()), 5),
+            "chosen_logp_shift": round(float((pc - rc).mean()), 5),
+            "rejected_logp_shift": round(float((pr - rr).mean()), 5)}
+
+
+def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, name: str, resume: bool = False,
+            recipe: dict | None = None, progress: bool = True, workspace: Path | None = None) -> tuple[Path, dict]:
+    """Train the parent with DPO on ``cfg.data`` and write the artifact at ``out``; returns (path, summary)."""
+    single_process(cfg.name)
+    data = load_pair_data(cfg, recipe)
+    tok = load_tokenizer(parent)
+    pad = tok.pad_token_id
+    train = encode_pairs(data.train, template, tok, cfg.max_len)
+    held = encode_pairs(data.evals, template, tok, cfg.max_len)
+    require_pairs(train, cfg.name, "training")
+    if progress:
+        print(f"[{cfg.name}] {len(train)} training / {len(held)} held-out pairs"
+              + (f"; dropped {dict(train.dropped)}" if train.dropped else ""))
+    work = out.with_name(out.name + ".work")
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(parent).to(device())
+    key = {"parent": parent.sha256, "template": template.jinja, "max_len": cfg.max_len, "precision": cfg.precision}
+    ref_c, ref_r = _reference(work, "train", model, train, pad, cfg.eval_batch, cfg.precision,
+                              {**key, "pairs": [p.key() for p in train.pairs]})
+    held_ref = _reference(work, "heldout", model, held, pad, cfg.eval_batch, cfg.precision,
+                          {**key, "pairs": [p.key() for p in held.pairs]}) if held.pairs else None
+    if cfg.method == "lora":
+        from herd.stages.sft import apply_lora
+
+        torch.manual_seed(cfg.seed)
+        model = apply_lora(model, cfg.lora)
+
+    def loss_fn(idx: list[int]):
+        dev = next(model.parameters()).device
+        ids, att, lab = pad_right([train.chosen[i] for i in idx] + [train.rejected[i] for i in idx], pad)
+        logps = sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev))
+        pc, pr = logps.chunk(2)
+        losses, cr, rr = dpo_loss(pc, pr, ref_c[idx].to(dev), ref_r[idx].to(dev), cfg.beta)
+        return losses.sum(), {"reward_accuracy": float((cr > rr).sum()), "reward_margin": float((cr - rr).sum())}
+
+    result = train_items(model, len(train), loss_fn, _loop_config(cfg, progress), work, resume=resume,
+                         desc=cfg.name)
+    heldout = {"pairs": 0}
+    if held_ref is not None:
+        pc, pr = pair_logps(model, held, pad, cfg.eval_batch, cfg.precision)
+        heldout = dpo_metrics(pc, pr, held_ref[0], held_ref[1], cfg.beta)
+    hist = result.history
+    summary = {"steps": result.steps, "train_pairs": len(train), "seconds": round(result.seconds, 1),
+               "beta": cfg.beta, "first_loss": hist[0]["loss"] if hist else None,
+               "final_loss": hist[-1]["loss"] if hist else None, "heldout": heldout,
+               "data": {"read": data.report.as_dict(), "duplicates": data.duplicates,
+                        "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)}}
+    tmp = staging_dir(out)
+    model = model.cpu()
+    if cfg.method == "lora":
+        model.save_pretrained(tmp / "adapter")
+        model = model.merge_and_unload()
+    save_model_folder(model, tok, template, tmp)
+    md = (f"DPO (β {cfg.beta}): held-out implicit-reward accuracy {heldout.get('reward_accuracy')} on "
+          f"{heldout.get('pairs')} pairs, margin {heldout.get('reward_margin')}.")
+    finish_artifact(tmp, out, name=name, parent=parent, template_rec=template_record(template, tok), cfg=cfg,
+                    recipe=recipe, data=data.records, metrics=summary, history=hist, extra_md=md)
+    shutil.rmtree(work, ignore_errors=True)
+    return out, summary

@@ -1,0 +1,111 @@
+"""Sequence log-probabilities of replies given prompts, rendered through the artifact's template.
+
+DPO, rejection sampling and PPO all need ``log π(reply | prompt)``. The prompt and reply are rendered
+together by :meth:`herd.templates.Template.render`, whose labels mark exactly the generation-block
+tokens (each block tokenized on its own, so no token straddles the prompt/reply boundary); only the
+LAST labelled run, the reply itself, is counted: earlier assistant turns of a multi-turn prompt are
+context. The reply's template suffix (Llama 2's ``" " + answer + " " + EOS``) is part of what is scored,
+as it is what the model is trained to emit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from herd.templates import IGNORE_INDEX, Template
+
+
+@dataclass
+class Encoded:
+    """Token ids of prompt + reply and labels that are the ids on the reply's tokens only."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_reply(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def last_run_only(labels: list[int]) -> list[int]:
+    """Keep the last contiguous run of labelled positions (the final reply), mask the rest."""
+    out = [IGNORE_INDEX] * len(labels)
+    i = len(labels) - 1
+    while i >= 0 and labels[i] == IGNORE_INDEX:
+        i -= 1
+    while i >= 0 and labels[i] != IGNORE_INDEX:
+        out[i] = labels[i]
+        i -= 1
+    return out
+
+
+def encode_reply(template: Template, tokenizer, prompt: list[dict], reply: str) -> Encoded:
+    """Render ``prompt + [assistant reply]``; labels cover the reply's tokens only."""
+    r = template.render([*prompt, {"role": "assistant", "content": reply}], tokenizer)
+    return Encoded(r.input_ids, last_run_only(r.labels))
+
+
+def pad_right(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels), right-padded: real tokens keep positions 0..n-1, so a padded
+    row computes what it would alone."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    lab = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        ids[i, :n] = torch.tensor(s.input_ids)
+        att[i, :n] = 1
+        lab[i, :n] = torch.tensor(s.labels)
+    return ids, att, lab
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    """Sum of ``log p(token | prefix)`` over labelled tokens, per row (differentiable). The LM head runs
+    only on the positions that predict a labelled token, as herd's SFT loss does."""
+    lm = _causal_lm(model)
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    sel = target != IGNORE_INDEX
+    logits = lm.lm_head(hidden[:, :-1][sel]).float()
+    tok_logps = torch.log_softmax(logits, dim=-1).gather(1, target[sel].unsqueeze(1)).squeeze(1)
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[sel]
+    return torch.zeros(labels.shape[0], dtype=tok_logps.dtype, device=tok_logps.device).index_add(0, rows, tok_logps)
+
+
+@torch.no_grad()
+def batched_logps(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """:func:`sequence_logps` of many encoded sequences, in right-padded batches (CPU float32 result).
+    Sequences are batched in length order to waste little padding; the result keeps input order."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(len(seqs), dtype=torch.float32)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    try:
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            ids, att, lab = pad_right([seqs[j] for j in idx], pad_id)
+            out[idx] = sequence_logps(model, ids.to(device), att.to(device), lab.to(device)).float().cpu()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def reply_logps(model: nn.Module, tokenizer, template: Template, prompts: list[list[dict]], replies: list[str],
+                batch_size: int = 8) -> torch.Tensor:
+    """``log π(reply | prompt)`` for each (prompt, reply), rendered through ``template``."""
+    seqs = [encode_reply(template, tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
+    return batched_logps(model, seqs, tokenizer.pad_token_id, batch_size)

@@ -1,0 +1,144 @@
+"""One optimisation loop for the pairwise stages (reward model, DPO): items in, a loss per item out.
+
+It reuses herd's SFT engine where the mechanics are the same (``plan_steps``: the data order is a
+function of the seed; ``save_checkpoint``/``load_checkpoint``: weights, optimizer, loop state and RNG
+written atomically), so a run killed with SIGKILL and resumed reaches the same weights as an
+uninterrupted one. What differs from SFT is the unit: a step is ``global_batch`` ITEMS (pairs, as the
+papers count batches) and the step loss is the mean over them, whatever the micro-batching.
+Single process: the alignment stages refuse to run under torchrun (a clear error, not a silent 1/N run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from herd.errors import HerdError
+from herd.training import (
+    LoopConfig,
+    LoopResult,
+    device,
+    find_checkpoint,
+    load_checkpoint,
+    plan_steps,
+    resolve_precision,
+    save_checkpoint,
+)
+
+# loss_fn(item indices) -> (sum of per-item losses, {stat name: sum over the items})
+ItemLoss = Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class PairLoopConfig:
+    lr: float = 1e-5
+    epochs: float = 1.0
+    max_steps: int | None = None
+    global_batch: int = 64  # items (pairs) per optimizer step
+    micro_batch: int = 4  # items per forward/backward
+    warmup_ratio: float = 0.03
+    min_warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    seed: int = 42
+    precision: str = "auto"
+    checkpoint_every: int = 0
+    progress: bool = True
+
+
+def single_process(stage: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise HerdError(f"stage {stage}: runs in one process; launch it without torchrun")
+
+
+def autocast(precision: str):
+    """The loop's autocast context (bf16 where ``precision`` resolves to it, else a no-op), for code that
+    must compute exactly as training does (DPO's reference log-probs)."""
+    amp = resolve_precision(precision)
+    return torch.autocast(device().type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
+def lr_at(step: int, total: int, cfg: PairLoopConfig) -> float:
+    """Linear warmup over ``max(min_warmup_steps, ceil(warmup_ratio·total))`` steps (Llama 2's RM: 3 %,
+    at least 5), then cosine decay to ``min_lr_ratio·lr`` (Llama 2's RM: 10 %)."""
+    warm = min(total, max(cfg.min_warmup_steps, math.ceil(cfg.warmup_ratio * total)))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_items(model: nn.Module, n_items: int, loss_fn: ItemLoss, cfg: PairLoopConfig, run_dir: Path, *,
+                resume: bool = False, desc: str = "train") -> LoopResult:
+    """Train ``model`` in place; ``run_dir`` holds ``checkpoint/`` and ``metrics.jsonl``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = device()
+    torch.manual_seed(cfg.seed)
+    model.to(dev)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
+    plan = plan_steps(n_items, LoopConfig(epochs=cfg.epochs, max_steps=cfg.max_steps,
+                                          global_batch=cfg.global_batch, seed=cfg.seed))
+    total = len(plan)
+    start, history = 0, []
+    if resume and (found := find_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(found, model, opt)
+        start, history = state["step"], state["history"]
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        lr = lr_at(step, total, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        items = plan[step]
+        step_loss, sums = 0.0, {}
+        for i in range(0, len(items), cfg.micro_batch):
+            with autocast(cfg.precision):
+                loss_sum, stats = loss_fn(items[i:i + cfg.micro_batch])
+            (loss_sum / len(items)).backward()
+            step_loss += float(loss_sum.detach())
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip else None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rec = {"step": step + 1, "epoch": round((step + 1) / total * cfg.epochs, 4), "loss": step_loss / len(items),
+               "lr": lr, "grad_norm": grad_norm, "items": len(items),
+               **{k: v / len(items) for k, v in sums.items()},
+               "elapsed": round(time.perf_counter() - t0, 3)}
+        history.append(rec)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            save_checkpoint(run_dir / "checkpoint", model, opt, {"step": step + 1, "history": history}, 0)
+            if kill_after and step + 1 >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    if bar:
+        bar.close()
+    return LoopResult(steps=total, history=history, seconds=time.perf_counter() - t0)

@@ -1,0 +1,295 @@
+"""The alignment stages end to end on the tiny random Llama: reward model, DPO, rejection sampling.
+
+The toy preference set is separable on purpose (every chosen reply ends with the word "banana"), so a
+reward model that learns anything reaches near-perfect held-out accuracy within a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from herd.align.config import DPOStage, RejectionSamplingStage, RewardModelStage
+from herd.artifacts import read_lineage
+from herd.paths import repo_root
+from herd.templates import get_template
+
+torch.set_num_threads(1)
+
+WORDS = "apple river stone cloud green quick table music paper light window summer".split()
+TEMPLATE = "llama2_chat"
+
+
+def toy_pairs(path: Path, n: int = 120, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    recs = []
+    for _ in range(n):
+        q = " ".join(rng.choice(WORDS) for _ in range(5))
+        a, b = (" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(2))
+        recs.append({"prompt": f"Tell me about {q}", "chosen": f"{a} banana", "rejected": b})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def rm_config(data: Path, **kw) -> RewardModelStage:
+    base = dict(data=[{"name": "toy", "path": str(data), "format": "preference"}], eval_size=20, global_batch=8,
+                micro_batch=8, lr=1e-3, min_warmup_steps=0, precision="fp32", max_len=128)
+    return RewardModelStage(**{**base, **kw})
+
+
+def dpo_config(data: Path, **kw) -> DPOStage:
+    base = dict(data=[{"name": "toy", "path": str(data), "format": "preference"}], eval_size=20, global_batch=8,
+                micro_batch=4, lr=1e-3, precision="fp32", max_len=128)
+    return DPOStage(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    return toy_pairs(tmp_path_factory.mktemp("toy") / "toy.jsonl")
+
+
+@pytest.fixture(scope="module")
+def reward_artifact(tmp_path_factory, toy_data, tiny_ref):
+    from herd.align.reward import run_reward_model
+
+    out = tmp_path_factory.mktemp("rm") / "01-reward-abc"
+    path, summary = run_reward_model(rm_config(toy_data), tiny_ref, get_template(TEMPLATE), out, name="toy",
+                                     progress=False)
+    return path, summary
+
+
+def test_configs_are_strict(toy_data):
+    with pytest.raises(ValidationError):
+        rm_config(toy_data, nonsense=1)
+    with pytest.raises(ValidationError):
+        DPOStage(data=[])
+    cfg = RewardModelStage(data=[{"name": "x", "path": "p", "format": "hh_rlhf"}])
+    assert (cfg.kind, cfg.lr, cfg.min_lr_ratio, cfg.min_warmup_steps, cfg.global_batch) == \
+        ("reward_model", 1e-5, 0.1, 5, 512)
+    assert RejectionSamplingStage(data=cfg.data, reward_model="rm").sft.kind == "sft"
+
+
+def test_reward_model_learns_separable_pairs(reward_artifact):
+    path, summary = reward_artifact
+    assert summary["heldout"]["pairs"] == 20
+    assert summary["heldout"]["accuracy"] > 0.9, summary
+    assert summary["final_loss"] < summary["first_loss"]
+    lineage = read_lineage(path)
+    assert lineage["stage"]["kind"] == "reward_model" and lineage["metrics"]["heldout"]["accuracy"] > 0.9
+    assert lineage["data"][0]["records"] == 120 and (path / "heldout_rewards.jsonl").is_file()
+    assert not path.with_name(path.name + ".work").exists() and not path.with_name(path.name + ".partial").exists()
+
+
+def test_reward_artifact_loads_in_plain_transformers(reward_artifact, tokenizer):
+    """AutoModelForSequenceClassification's own pooling (pad id) gives herd's reward (last real token)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from herd.align.reward import load_reward_model
+
+    path, _ = reward_artifact
+    model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path))
+    assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
+    rm = load_reward_model(path)
+    prompt = [{"role": "user", "content": "Tell me about apple river"}]
+    replies = ["stone cloud banana", "stone cloud green quick table"]
+    ours = rm.score([prompt, prompt], replies)
+    template = get_template(TEMPLATE)
+    for reply, want in zip(replies, ours):
+        text = template.render_text([*prompt, {"role": "assistant", "content": reply}], tok)[0]
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            got = model(**enc).logits[0, 0]
+        assert float(got) == pytest.approx(float(want), abs=1e-4)
+    assert ours[0] > ours[1]
+
+
+def _run_killed(kind: str, cfg, out: Path, kill_after: int) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from pathlib import Path\n"
+        "from herd.base import resolve_base\n"
+        "from herd.templates import get_template\n"
+        f"from herd.align import config, {'reward' if kind == 'reward_model' else 'dpo'} as mod\n"
+        f"cls = {{'reward_model': config.RewardModelStage, 'dpo': config.DPOStage}}['{kind}']\n"
+        "cfg = cls.model_validate_json(sys.argv[1])\n"
+        f"fn = {{'reward_model': 'run_reward_model', 'dpo': 'run_dpo'}}['{kind}']\n"
+        f"getattr(mod, fn)(cfg, resolve_base('tiny'), get_template('{TEMPLATE}'), Path(sys.argv[2]), name='toy',"
+        " progress=False)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HERD_TEST_KILL_AFTER_STEP=str(kill_after))
+    return subprocess.run([sys.executable, "-c", code, cfg.model_dump_json(), str(out)], capture_output=True,
+                          text=True, env=env, cwd=repo_root())
+
+
+def _kill_resume_identical(kind: str, cfg, tmp_path: Path, tiny_ref, run) -> None:
+    template = get_template(TEMPLATE)
+    straight, _ = run(cfg, tiny_ref, template, tmp_path / "straight", name="toy", progress=False)
+    killed = _run_killed(kind, cfg, tmp_path / "killed", kill_after=4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    state = json.loads((tmp_path / "killed.work" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and not (tmp_path / "killed").exists()
+    resumed, _ = run(cfg, tiny_ref, template, tmp_path / "killed", name="toy", resume=True, progress=False)
+    h1 = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    h2 = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert len(h1) == len(h2) > 4 and [h["loss"] for h in h1] == [h["loss"] for h in h2]
+    w1, w2 = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+@pytest.mark.slow
+def test_reward_model_kill_and_resume_is_identical(tmp_path, toy_data, tiny_ref):
+    from herd.align.reward import run_reward_model
+
+    _kill_resume_identical("reward_model", rm_config(toy_data, checkpoint_every=2, max_train_pairs=64),
+                           tmp_path, tiny_ref, run_reward_model)
+
+
+def test_dpo_prefers_chosen_on_heldout(tmp_path, toy_data, tiny_ref):
+    from transformers import AutoModelForCausalLM
+
+    from herd.align.dpo import run_dpo
+
+    path, summary = run_dpo(dpo_config(toy_data), tiny_ref, get_template(TEMPLATE), tmp_path / "dpo",
+                            name="toy", progress=False)
+    held = summary["heldout"]
+    assert held["pairs"] == 20 and held["reward_accuracy"] > 0.9 and held["reward_margin"] > 0, held
+    assert held["loss"] < 0.6931  # below the policy == reference value log 2
+    assert summary["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1 starts at the reference
+    assert read_lineage(path)["stage"]["kind"] == "dpo"
+    AutoModelForCausalLM.from_pretrained(str(path))  # plain transformers loads the artifact
+    assert not list(tmp_path.glob("*.work"))
+
+
+def test_dpo_lora_merges_adapter(tmp_path, toy_data, tiny_ref):
+    from herd.align.dpo import run_dpo
+
+    cfg = dpo_config(toy_data, method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=3)
+    path, summary = run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "dpo", name="toy", progress=False)
+    assert (path / "adapter" / "adapter_config.json").is_file() and summary["steps"] == 3
+    base, tuned = load_file(str(tiny_ref.path / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert tuned.keys() == base.keys()
+    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], tuned["model.layers.0.self_attn.q_proj.weight"])
+
+
+@pytest.mark.slow
+def test_dpo_kill_and_resume_is_identical(tmp_path, toy_data, tiny_ref):
+    from herd.align.dpo import run_dpo
+
+    _kill_resume_identical("dpo", dpo_config(toy_data, checkpoint_every=2, max_train_pairs=64), tmp_path,
+                           tiny_ref, run_dpo)
+
+
+def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, reward_artifact):
+    from transformers import AutoModelForCausalLM
+
+    from herd.align.rejection import run_rejection_sampling
+    from herd.align.reward import load_reward_model
+
+    rm_path, _ = reward_artifact
+    cfg = RejectionSamplingStage(
+        data=[{"name": "toy", "path": str(toy_data), "format": "preference", "max_records": 20}], eval_size=4,
+        reward_model=rm_path.name.split("-")[1], k=4, max_new_tokens=8, gen_batch=4,
+        sft={"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 128, "precision": "fp32"})
+    path, summary = run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
+                                           progress=False, workspace=rm_path.parent)  # RM found by stage name
+    rows = [json.loads(x) for x in (path / "rejection_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["prompts"] == 16 and all(len(r["replies"]) == 4 for r in rows)
+    for r in rows:
+        assert r["kept"] == max(range(4), key=lambda j: (r["rewards"][j], -j))
+    rm = load_reward_model(rm_path)
+    rescored = rm.score([rows[0]["prompt"]] * 4, rows[0]["replies"])
+    assert rescored.tolist() == pytest.approx(rows[0]["rewards"], abs=1e-4)
+    curve = summary["max_of_k"]
+    assert len(curve) == 4 and all(a <= b + 1e-9 for a, b in zip(curve, curve[1:]))
+    assert curve[0] == pytest.approx(summary["reward_sampled"]["mean"], abs=1e-4)
+    assert curve[-1] == pytest.approx(summary["reward_kept"]["mean"], abs=1e-4)
+    assert summary["heldout_greedy_reward"]["n"] == 4 and summary["sft"]["steps"] == 2
+    lineage = read_lineage(path)
+    assert lineage["stage"]["kind"] == "rejection_sampling" and lineage["metrics"]["k"] == 4
+    AutoModelForCausalLM.from_pretrained(str(path))
+    assert not list(tmp_path.glob("rs.*"))  # work folders cleaned up
+
+
+def test_rejection_selection_feeds_sft(monkeypatch, tmp_path, toy_data, tiny_ref, reward_artifact):
+    """The SFT engine receives exactly prompt + highest-scored reply for each prompt."""
+    import herd.align.rejection as rej
+    import herd.stages.sft as sft
+
+    rm_path, _ = reward_artifact
+    seen = {}
+
+    def fake_sample(model, tokenizer, template, prompts, cfg, cache, progress=True):
+        return [["plain words", "more words banana", "banana"] for _ in prompts]
+
+    def fake_run_sft(cfg, parent, template, examples, out, **kw):
+        seen["examples"] = examples
+        raise RuntimeError("stop after selection")
+
+    monkeypatch.setattr(rej, "sample_replies", fake_sample)
+    monkeypatch.setattr(sft, "run_sft", fake_run_sft)
+    cfg = RejectionSamplingStage(data=[{"name": "toy", "path": str(toy_data), "format": "preference",
+                                        "max_records": 6}], eval_size=0, reward_model=str(rm_path), k=3)
+    with pytest.raises(RuntimeError, match="stop after selection"):
+        rej.run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
+                                   progress=False)
+    rm = rej.load_reward_model(rm_path)
+    for ex in seen["examples"]:
+        prompt, kept = ex.messages[:-1], ex.messages[-1]["content"]
+        scores = rm.score([prompt] * 3, ["plain words", "more words banana", "banana"])
+        assert kept == ["plain words", "more words banana", "banana"][int(scores.argmax())]
+        assert ex.meta["reward"] == pytest.approx(float(scores.max()), abs=1e-5)
+
+
+def test_scorer_combines_helpfulness_and_safety(tmp_path):
+    """Two reward models: Llama 2's piecewise Rc on σ(raw scores); one model: its raw score."""
+    from types import SimpleNamespace
+
+    from herd.align.rejection import Scorer, resolve_reward_model
+    from herd.errors import ConfigError
+
+    helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, 2.0, 2.0]))
+    safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([0.0, -3.0, 1.0]))  # σ: 0.5, 0.047, 0.73
+    prompts, replies = [[{"role": "user", "content": "x"}]] * 3, ["a", "b", "c"]
+    got = Scorer(helpful, safety)(prompts, replies, [False, False, True])
+    s = torch.sigmoid(torch.tensor([0.0, -3.0, 1.0]))
+    assert got.tolist() == pytest.approx([float(torch.sigmoid(torch.tensor(2.0))), float(s[1]), float(s[2])])
+    assert Scorer(helpful)(prompts, replies, [False] * 3).tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ConfigError, match="reward model 'rm' not found"):
+        resolve_reward_model("rm", tmp_path, None)
+
+
+def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer, toy_data):
+    """Finished chunks are read back, a chunk cut by a kill is sampled again, nothing twice."""
+    import herd.generation as gen
+    from herd.align.rejection import sample_replies
+
+    calls = []
+
+    def fake_generate(model, tok, texts, **kw):
+        calls.append(kw["seed"])
+        return [f"reply {kw['seed']} {i}" for i in range(len(texts))]
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    cfg = RejectionSamplingStage(data=[{"name": "t", "path": str(toy_data), "format": "preference"}],
+                                 reward_model="rm", k=2, gen_batch=2, seed=5)
+    prompts = [{"messages": [{"role": "user", "content": f"q{i}"}], "safety": False} for i in range(5)]
+    cache = tmp_path / "samples.jsonl"
+    first = sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False)
+    assert len(first) == 5 and all(len(r) == 2 for r in first) and calls == [5, 5 + 7919, 5 + 2 * 7919]
+    lines = cache.read_text().splitlines()
+    cache.write_text(lines[0] + "\n" + lines[1][:10])  # killed while writing chunk 1
+    calls.clear()
+    again = sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False)
+    assert again == first and calls == [5 + 7919, 5 + 2 * 7919]
+    calls.clear()
+    assert sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False) == first
+    assert calls == [] and len(cache.read_text().splitlines()) == 3
