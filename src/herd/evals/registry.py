@@ -47,6 +47,7 @@ class EvalContext:
     derived_path: Path
     out_dir: Path
     progress: bool = True
+    stages: list = field(default_factory=list)  # (stage config, artifact folder) of this derivation, in order
     _cache: dict = field(default_factory=dict)
 
     def model(self, role: str):
@@ -77,8 +78,10 @@ def register_eval(name: str, config: type[EvalConfig] = EvalConfig):
 
 def load_eval_modules() -> None:
     """Import the modules that register evals (kept in one place so registration is explicit)."""
+    from herd.align import evals as align_evals  # noqa: F401
     from herd.chat_eval import evals as chat_evals  # noqa: F401
     from herd.code import evals as code_evals  # noqa: F401
     from herd.evals import builtin  # noqa: F401
     from herd.gorilla import eval as gorilla_eval  # noqa: F401
     from herd.guard import evaluate as guard_eval  # noqa: F401
+    from herd.medical import evals as medical_evals  # noqa: F401
