@@ -23,10 +23,11 @@ from herd.selfinstruct.teachers import make_teacher
 
 class SelfInstructBuild(BuildConfig, GenerationSettings):
     """Alpaca's Self-Instruct generation (recipes.md §1.2). Sampling fields left out take the published
-    values (3 seeds, 5 requests a batch, temperature 1.0, top_p 1.0, 3072 tokens)."""
+    values (3 seeds, 5 requests a batch, temperature 1.0, top_p 1.0, 3072 tokens). ``variant:
+    self-instruct`` runs the original pipeline (``n`` instructions, then up to 5 instances each)."""
 
     kind: Literal["self_instruct"] = "self_instruct"
-    variant: Literal["alpaca"] = "alpaca"       # the original variant yields instructions without outputs
+    variant: Literal["alpaca", "self-instruct"] = "alpaca"
     teacher: str | None = None                  # default: the base being derived
     model: str | None = None                    # endpoint teachers: served model id
     api: Literal["completions", "chat"] = "completions"
@@ -49,8 +50,10 @@ def build_self_instruct(cfg: SelfInstructBuild, out_path: Path, ctx: BuildContex
     print(report)
     del teacher
     gc.collect()
-    if st.kept == 0:  # an empty file is not a dataset: stop here with the report's reasons
-        raise HerdError(f"build {cfg.name}: the teacher {spec} produced no task that passed the filters in "
+    if st.kept == 0 or (st.instances is not None and not st.instances["records"]):
+        # an empty file is not a dataset: stop here with the report's reasons
+        what = "task" if st.instances is None else "instance"
+        raise HerdError(f"build {cfg.name}: the teacher {spec} produced no {what} that passed the filters in "
                         f"{st.requests} requests (see the report above); use a stronger teacher or raise "
                         "max_requests / max_tokens")
     return BuildResult(path=out, format="alpaca", report=st.to_dict())

@@ -33,20 +33,26 @@ def add_commands(sub) -> None:
                         description="Prompts a teacher with sampled seed tasks, parses the numbered tasks it "
                         "continues with, filters them (length, blacklist, 'Write a program', punctuation/non-"
                         "ASCII start, ROUGE-L > 0.7 against seeds and every kept task) and appends the kept "
-                        "ones to --out (Alpaca JSON Lines). Re-running the same command continues.")
+                        "ones to --out (Alpaca JSON Lines). --variant self-instruct runs the original pipeline: "
+                        "bootstrapped instructions, then classification identification, instance generation "
+                        "(output-first for classification tasks, input-first otherwise) and the original's "
+                        "instance filters; --out gets one record per instance, the steps' files lie beside it. "
+                        "Re-running the same command continues.")
     p.add_argument("--teacher", required=True, help="a base herd loads (smollm2, tiny, HF folder, GGUF, artifact) "
                    "or an OpenAI-compatible URL (http://host:port/v1)")
-    p.add_argument("--n", type=int, required=True, help="keep generating until this many tasks are kept")
+    p.add_argument("--n", type=int, required=True, help="keep generating until this many tasks are kept "
+                   "(self-instruct: instructions bootstrapped; each then gets up to 5 instances)")
     p.add_argument("--out", required=True, help="JSON Lines output (append-only; FILE.state.json beside it)")
     p.add_argument("--seeds", help="seed tasks JSONL (default: the 175 Self-Instruct seeds in shared data)")
     p.add_argument("--prompt-file", help="Alpaca's prompt.txt (default: the shared copy)")
     p.add_argument("--variant", choices=("alpaca", "self-instruct"), default="alpaca",
-                   help="alpaca (default) or the original Self-Instruct instruction bootstrapping")
+                   help="alpaca (default) or the original Self-Instruct (instructions, then instances)")
     p.add_argument("--seed", type=int, default=42, help="sampling seed (in-process teachers are deterministic)")
     p.add_argument("--batch-size", type=int, help="requests per batch (published: 5)")
-    p.add_argument("--max-tokens", type=int, help="tokens per request (published: 3072 Alpaca, 1024 original)")
-    p.add_argument("--temperature", type=float, help="published: 1.0 Alpaca, 0.7 original")
-    p.add_argument("--top-p", type=float, help="published: 1.0 Alpaca, 0.5 original")
+    p.add_argument("--max-tokens", type=int, help="tokens per request (published: 3072 Alpaca, 1024 original; "
+                   "the original's later steps keep their published settings)")
+    p.add_argument("--temperature", type=float, help="published: 1.0 Alpaca, 0.7 original (bootstrapping)")
+    p.add_argument("--top-p", type=float, help="published: 1.0 Alpaca, 0.5 original (bootstrapping)")
     p.add_argument("--max-requests", type=int, help="stop after this many requests even if --n is not reached")
     p.add_argument("--keep-empty-output", action="store_true", help="keep tasks whose output is empty")
     p.add_argument("--api-key", help="endpoint key (default: $OPENAI_API_KEY)")

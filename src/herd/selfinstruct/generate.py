@@ -9,6 +9,10 @@ restart truncates a half-written batch, reloads the kept tasks into the novelty 
 the next request; request ``r`` samples its seeds from its own seeded stream and batches always start
 at multiples of the batch size, so with an in-process teacher a resumed run writes what an unbroken
 one would have.
+
+``variant="self-instruct"`` runs the original pipeline: the loop above bootstraps instructions into
+``OUT-stem.machine_generated_instructions.jsonl``, then ``instances`` identifies classification tasks,
+generates their instances and writes one Alpaca record per instance to ``OUT`` (each step resumable).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from herd.errors import ConfigError, HerdError
 from herd.hashing import sha256_file
 from herd.selfinstruct.filters import REASONS, blacklist_regex, filter_reason
+from herd.selfinstruct.instances import check_out, format_instance_report, run_instance_steps, step_paths
 from herd.selfinstruct.parse import parse_alpaca, parse_self_instruct
 from herd.selfinstruct.prompt import (
     VARIANTS,
@@ -66,11 +71,15 @@ class GenerationState:
     finish: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
     adopted: int = 0                            # records found without a state file (kept, not counted)
+    instances: dict | None = None               # original variant: counts of steps 2-4 (not saved in state)
 
     def to_dict(self) -> dict:
-        return {"settings": self.settings, "requests": self.requests, "kept": self.kept, "items": self.items,
-                "bytes": self.bytes, "finish": dict(self.finish), "rejected": dict(self.rejected),
-                "adopted": self.adopted}
+        d = {"settings": self.settings, "requests": self.requests, "kept": self.kept, "items": self.items,
+             "bytes": self.bytes, "finish": dict(self.finish), "rejected": dict(self.rejected),
+             "adopted": self.adopted}
+        if self.instances is not None:
+            d["instances"] = self.instances
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> GenerationState:
@@ -106,7 +115,11 @@ def open_state(out: Path, settings: dict) -> tuple[GenerationState, list[dict]]:
     """The state to continue from and the records already kept (a half-written batch is cut off)."""
     sp = state_path(out)
     if sp.exists():
-        st = GenerationState.from_dict(json.loads(sp.read_text()))
+        d = json.loads(sp.read_text())
+        if "pipeline" in d:
+            raise ConfigError(f"{out} holds the original Self-Instruct's instances (variant self-instruct); use "
+                              "another --out, or that variant")
+        st = GenerationState.from_dict(d)
         diff = sorted(k for k in set(st.settings) | set(settings) if st.settings.get(k) != settings.get(k))
         if diff:
             raise ConfigError(f"{out} was generated with other settings ({', '.join(diff)} differ); use another "
@@ -154,6 +167,10 @@ def generate_self_instruct(cfg: GenerationSettings, teacher, out: str | Path, *,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     v = VARIANTS[cfg.variant]
+    final = out
+    if v.name == "self-instruct":  # step 1 bootstraps into its own file; OUT gets the instances
+        check_out(final)
+        out = step_paths(final)["instructions"]
     settings = settings_record(cfg, teacher.key)
     seeds = load_seeds(cfg.seeds)
     header = load_prompt_header(cfg.prompt_file) if v.name == "alpaca" else ""
@@ -214,12 +231,16 @@ def generate_self_instruct(cfg: GenerationSettings, teacher, out: str | Path, *,
                 bar.set_postfix_str(_postfix(st))
     if bar is not None:
         bar.close()
+    if v.name == "self-instruct":
+        st.instances = run_instance_steps(machine, settings, teacher, final, progress=progress, log=log)
     return st
 
 
 def format_report(st: GenerationState, out: Path | str) -> str:
-    """The rejection table: reason, count, share of the tasks that reached the filters."""
-    lines = [f"self-instruct → {out}",
+    """The rejection table: reason, count, share of the tasks that reached the filters (then, for the
+    original variant, its classification and instance counts and the instances' drop reasons)."""
+    head = out if st.instances is None else step_paths(Path(out))["instructions"]
+    lines = [f"self-instruct → {head}",
              f"  requests {st.requests} (finish: " + ", ".join(f"{k} {n}" for k, n in sorted(st.finish.items()))
              + f"); well-formed tasks {st.items}; kept {st.kept}"
              + (f" (incl. {st.adopted} found in the file)" if st.adopted else "")]
@@ -228,4 +249,6 @@ def format_report(st: GenerationState, out: Path | str) -> str:
             share = f"{100 * st.rejected[k] / st.items:5.1f} % of tasks" if st.items and k not in (
                 "truncated", "malformed", "response_truncated") else "   (not a task)"
             lines.append(f"  rejected {k:<18} {st.rejected[k]:>7}  {share}")
+    if st.instances is not None:
+        lines += ["self-instruct instances:"] + format_instance_report(st.instances, out)
     return "\n".join(lines)

@@ -198,7 +198,10 @@ class OpenAITeacher:
         if self.logit_bias:
             extra["logit_bias"] = self.logit_bias
         while True:
-            common = dict(model=self.model, max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p,
+            # the original Self-Instruct's later steps ask for temperature 0 with top_p 0 (greedy either way);
+            # servers that insist on 0 < top_p (vLLM, herd serve) get the equivalent top_p 1
+            top_p = s.top_p if s.top_p > 0 or s.temperature > 0 else 1.0
+            common = dict(model=self.model, max_tokens=max_tokens, temperature=s.temperature, top_p=top_p,
                           stop=stop, seed=seed, **extra)
             try:
                 if self.chat:
