@@ -24,6 +24,7 @@ from herd.code.fim import (
 )
 from herd.data.documents import CorpusReport, check_source, detect_license, stream_source
 from herd.errors import DataError
+from tests.conftest import SHARED
 from tests.test_resume_and_distributed import _final, _run
 
 DOC = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n"
@@ -249,3 +250,40 @@ def test_pretrain_kill_and_resume_is_identical(tmp_path, corpus):
     first = [json.loads(x)["loss"] for x in next((tmp_path / "killed").glob("01-code-*")).joinpath(
         "metrics.jsonl").read_text().splitlines()]
     assert len(first) == 6
+
+
+# -- Meditron: mixture with replay and decontamination ------------------------------------------------
+
+def test_meditron_mixture_shares_and_decontamination_reach_the_scorecard(tmp_path):
+    from herd.api import derive
+
+    res = derive("meditron", base="tiny", out=tmp_path / "ws", max_steps=1, progress=False,
+                 overrides={"stages": {"gap_replay": {"total_tokens": 20480, "max_len": 512}},
+                            "evals": {"pubmedqa": {"enabled": False}, "medqa": {"enabled": False}}})
+    rep = json.loads(next((tmp_path / "ws").glob("01-gap_replay-*")).joinpath("lineage.json").read_text())
+    rep = rep["metrics"]["data_report"]
+    assert rep["rows"] == 40  # the budget is filled although held-out documents leave the stream
+    shares = {m["name"]: m for m in rep["mixture"]["sources"]}
+    for m in shares.values():
+        assert abs(m["realised_share"] - m["target_share"]) < 0.01
+    assert rep["decontamination"]["max_overlap"] < 0.5 and rep["decontamination"]["test_ids"] == 500
+    assert rep["corpus"]["pubmedqa_abstracts"]["dropped"] == {"in the official test split": 500}
+    md = (res.path / "scorecard.md").read_text()
+    assert "mixture (token shares" in md and "decontamination:" in md
+
+
+def test_a_test_context_in_the_training_text_stops_the_run_before_training(tmp_path):
+    from herd.api import derive
+    from herd.medical.corpus import pubmedqa_test_texts
+
+    pmid, text = next(iter(pubmedqa_test_texts(SHARED / "pubmedqa")))
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text(json.dumps({"text": "Some notes. " + text.upper() + " More notes."}) + "\n")
+    with pytest.raises(DataError, match=pmid):
+        derive("meditron", base="tiny", out=tmp_path / "ws", max_steps=1, progress=False,
+               overrides={"stages": {"gap_replay": {"data": [
+                   {"name": "abstracts", "path": "shared:pubmedqa", "format": "pubmedqa", "share": 0.5},
+                   {"name": "leaky", "path": str(leak), "format": "text", "share": 0.5}],
+                   "total_tokens": 4096, "max_len": 512}},
+                   "evals": {"pubmedqa": {"enabled": False}, "medqa": {"enabled": False}}})
+    assert not list((tmp_path / "ws").glob("01-*/model.safetensors"))

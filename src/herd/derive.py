@@ -119,6 +119,20 @@ def add_stage_results(card: dict, stage_runs: list) -> None:
              **{k: tr.get(k) for k in ("steps", "tokens", "seconds", "first_loss", "final_loss", "heldout")},
              **({"fim": data["fim"]} if isinstance(data, dict) and data.get("fim") else {}),
              **({"mixture": data["mixture"]} if isinstance(data, dict) and data.get("mixture") else {})})
+    for stage, _, tr in stage_runs:
+        data = (tr or {}).get("data") or (tr or {}).get("data_report") or {}
+        mix = data.get("mixture") if isinstance(data, dict) else None
+        if mix:
+            rows += ["", f"Stage `{stage.name}` mixture (token shares; the published recipe's sources are "
+                     "listed in the deviations):", "", "| source | target share | realised share | tokens | epochs |",
+                     "|---|---:|---:|---:|---:|"]
+            rows += [f"| {m['name']} | {m['target_share']:.4f} | {m['realised_share']:.4f} | {m['tokens']:,} | "
+                     f"{m['epochs']} |" for m in mix["sources"]]
+        if isinstance(data, dict) and data.get("decontamination"):
+            dc = data["decontamination"]
+            rows += ["", f"Stage `{stage.name}` decontamination: {dc['train_docs']} documents checked against "
+                     f"{dc['test_texts']} texts of {', '.join(dc['test_sets'])} ({dc['test_ids']} ids); largest "
+                     f"{dc['ngram']}-gram overlap {dc['max_overlap']} (a leak is ≥ {dc['threshold']} and stops the run)."]
     card["sections"].insert(0, "\n".join(rows))
 
 

@@ -99,6 +99,15 @@ class FIMSpec(_Strict):
     seed: int = 0
 
 
+class TestSet(_Strict):
+    """Evaluation texts that must never be trained on: every training document is checked against them
+    (exact normalised match, or 13-gram overlap) before any row is written (herd.medical.corpus)."""
+
+    name: str
+    path: str
+    format: Literal["pubmedqa"] = "pubmedqa"  # the official test split's contexts and long answers
+
+
 class PretrainStage(TrainStage):
     """Continued pretraining: causal LM on raw documents joined by a separator and cut into rows of
     ``max_len`` tokens (no masking, no padding); ``global_batch`` counts ROWS (sequences), as papers do.
@@ -116,6 +125,7 @@ class PretrainStage(TrainStage):
     rope_theta: float | None = Field(default=None, gt=0)  # LCFT: new RoPE base period written into the config
     heldout_fraction: float = Field(default=0.0, ge=0, lt=1)  # documents held out (by hash) for a held-out loss
     heldout_max_rows: int = Field(default=32, ge=0)
+    decontaminate: list[TestSet] = []  # test sets no training document may contain
 
 
 # The alignment stages' settings live with their code; imported here, after DataSource/LoraSpec/SFTStage

@@ -205,6 +205,39 @@ class CodeFormat:
             yield text
 
 
+# -- PubMedQA (Meditron's demo medical corpus) ---------------------------------------------------------
+
+@register_doc_format("pubmedqa")
+class PubMedQAFormat:
+    """PQA-L abstracts (contexts under ``#`` section headers + the long answer) whose PMID is NOT in the
+    official test split (``herd.medical.corpus``); ``path`` is the dataset folder or ori_pqal.json."""
+
+    @staticmethod
+    def check(path: Path, options: dict) -> None:
+        from herd.medical.corpus import load_pqal, load_test_labels
+
+        unknown = set(options) - {"exclude_test"}
+        if unknown:
+            raise DataError(str(path), f"unknown pubmedqa option(s) {sorted(unknown)}", field="options")
+        load_pqal(path)
+        load_test_labels(path)
+
+    @staticmethod
+    def stream(path: Path, options: dict, report: CorpusReport) -> Iterator[str]:
+        from herd.medical.corpus import load_pqal, load_test_labels, pubmedqa_train_documents
+
+        exclude = bool(options.get("exclude_test", True))
+        n_all = len(load_pqal(path))
+        n_test = len(set(load_test_labels(path)) & set(load_pqal(path))) if exclude else 0
+        report.seen += n_all
+        if n_test:
+            report.dropped["in the official test split"] += n_test
+        for doc in pubmedqa_train_documents(path, exclude_test=exclude):
+            report.kept += 1
+            report.bytes += len(doc.encode("utf-8"))
+            yield doc
+
+
 def check_source(fmt: str, path: Path, options: dict) -> None:
     if fmt not in DOC_FORMATS:
         raise DataError(str(path), f"unknown document format '{fmt}' (known: {', '.join(sorted(DOC_FORMATS))})", field="format")

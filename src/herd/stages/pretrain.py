@@ -109,7 +109,7 @@ class _RowWriter:
 
 
 def _documents(cfg: PretrainStage, tok, recipe_dir: Path | None, reports: dict
-               ) -> tuple[Iterator[tuple[str, str | None, list[int] | None]], dict | None]:
+               ) -> tuple[Iterator[tuple[str, str | None, list[int] | None]], object | None]:
     """(source, text, ids) per document: text when FIM/own tokenization applies, ids from the mixture."""
     def stream(src: DocSource) -> Iterator[str]:
         reports[src.name] = CorpusReport(src.name)
@@ -123,9 +123,27 @@ def _documents(cfg: PretrainStage, tok, recipe_dir: Path | None, reports: dict
 
     sources = [Source(name=s.name, docs=(lambda s=s: stream(s)), share=1.0 if s.share is None else s.share)
                for s in cfg.data]
-    holder: dict = {}
-    it = mix_stream(sources, tok, cfg.total_tokens, cfg.seed, report_out=holder)
-    return ((name, None, ids) for name, ids in it), holder
+    # held-out documents leave the stream: ask the mixture for enough that the training rows fill the budget
+    # (the row writer stops there; the mixture interleaves by deficit, so shares hold along the stream)
+    total = int(cfg.total_tokens / (1 - cfg.heldout_fraction) * 1.02) + cfg.max_len if cfg.total_tokens else None
+    mix = mix_stream(sources, tok, total, cfg.seed, doc_overhead=1)  # +1: the separator
+    return ((name, None, ids) for name, ids in mix), mix.report
+
+
+def check_decontamination(cfg: PretrainStage, recipe_dir: Path | None = None) -> dict:
+    """Stream every source once against the stage's test sets; a leak raises DataError naming the test id."""
+    if not cfg.decontaminate:
+        return {}
+    from itertools import chain
+
+    from herd.medical.corpus import assert_no_leakage, pubmedqa_test_texts
+
+    tests = list(chain.from_iterable(pubmedqa_test_texts(resolve_data_path(t.path, recipe_dir))
+                                     for t in cfg.decontaminate))
+    docs = chain.from_iterable(stream_source(s.format, source_path(s, recipe_dir), s.options, CorpusReport(s.name))
+                               for s in cfg.data)
+    res = assert_no_leakage(docs, tests, source=f"stage {cfg.name} documents")
+    return {"test_sets": [t.name for t in cfg.decontaminate], **res}
 
 
 def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None = None, progress: bool = True
@@ -140,6 +158,7 @@ def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None =
         meta = json.loads(meta_path.read_text())
         return RowSet(train_path, cfg.max_len), RowSet(held_path, cfg.max_len), meta["report"]
     work.mkdir(parents=True, exist_ok=True)
+    decontamination = check_decontamination(cfg, recipe_dir)
     sep = separator_id(tok, cfg.separator)
     ids_fim = sentinel_ids(tok) if cfg.fim else None
     rng = random.Random(cfg.fim.seed if cfg.fim else 0)
@@ -180,8 +199,10 @@ def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None =
               "budget_reached": writer.full}
     if cfg.fim:
         report["fim"] = stats.as_dict()
-    if mix_report:
-        report["mixture"] = mix_report.get("report").as_dict() if mix_report.get("report") else None
+    if mix_report is not None:
+        report["mixture"] = mix_report.as_dict()
+    if decontamination:
+        report["decontamination"] = decontamination
     meta_path.write_text(json.dumps({"key": key, "report": report}, indent=2) + "\n")
     return RowSet(train_path, cfg.max_len), RowSet(held_path, cfg.max_len), report
 
