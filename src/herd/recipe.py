@@ -118,6 +118,7 @@ class PretrainStage(TrainStage):
 
     name: str = "pretrain"
     kind: Literal["pretrain"] = "pretrain"
+    epochs: float = Field(default=1.0, gt=0)  # a token budget (total_tokens) usually bounds the run instead
     data: list[DocSource] = Field(min_length=1)
     total_tokens: int | None = Field(default=None, gt=0)  # mixture budget (None: every source once)
     separator: str = "auto"  # token between documents: "auto" = <|endoftext|> if the vocabulary has it, else EOS

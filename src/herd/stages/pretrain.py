@@ -222,9 +222,13 @@ def set_rope_theta(model, theta: float, max_len: int) -> None:
 def prepare_model(model, tok, cfg: PretrainStage) -> None:
     """The stage's model changes, in a fixed order so a rebuilt model matches the trained one."""
     if cfg.fim is not None:
+        import torch
+
         from herd.code.fim import add_sentinels
 
-        add_sentinels(tok, model)
+        with torch.random.fork_rng(devices=[]):  # mean resizing samples the new rows: seeded, so reruns match
+            torch.manual_seed(cfg.seed)
+            add_sentinels(tok, model)
     if cfg.rope_theta is not None:
         set_rope_theta(model, cfg.rope_theta, cfg.max_len)
 
