@@ -90,7 +90,7 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     return train, evals, records, n_dup, transformed
 
 
-ALIGN_KINDS = ("reward_model", "rejection_sampling", "dpo")
+ALIGN_KINDS = ("reward_model", "rejection_sampling", "dpo", "ppo")
 
 
 def add_stage_results(card: dict, stage_runs: list) -> None:

@@ -21,7 +21,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
     try:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i:i + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=eos_ids or None)
             if temperature > 0:

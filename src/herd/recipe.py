@@ -131,11 +131,11 @@ class PretrainStage(TrainStage):
 
 # The alignment stages' settings live with their code; imported here, after DataSource/LoraSpec/SFTStage
 # exist, because herd.align.config builds on them (the module imports no torch).
-from herd.align.config import DPOStage, RejectionSamplingStage, RewardModelStage  # noqa: E402
+from herd.align.config import DPOStage, PPOStage, RejectionSamplingStage, RewardModelStage  # noqa: E402
 
-Stage = Annotated[SFTStage | PretrainStage | RewardModelStage | RejectionSamplingStage | DPOStage,
+Stage = Annotated[SFTStage | PretrainStage | RewardModelStage | RejectionSamplingStage | DPOStage | PPOStage,
                   Field(discriminator="kind")]
-POLICY_KINDS = ("sft", "pretrain", "rejection_sampling", "dpo")  # stages whose output is the next parent
+POLICY_KINDS = ("sft", "pretrain", "rejection_sampling", "dpo", "ppo")  # stages whose output is the next parent
 
 
 class PublishedResult(_Strict):

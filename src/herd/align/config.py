@@ -102,3 +102,49 @@ class RejectionSamplingStage(_Strict):
     score_batch: int = Field(default=8, gt=0)
     seed: int = 0
     sft: SFTStage = SFTStage(name="sft", epochs=1.0)  # how the kept replies are trained
+
+
+class PPOStage(_Strict):
+    """Llama 2's PPO (§5.2 step 5): the parent is the policy, a frozen copy the reference, the reward
+    ``whiten(logit(Rc)) − β·KL`` from the stage's reward model(s), a separate value model (a scalar head
+    on a copy of the parent). Defaults: §5.2 step 5 (β 0.01 for 7B/13B, 0.005 for 34B/70B; batch 512
+    prompts, mini-batch 64, one gradient step per mini-batch, clip 0.2; AdamW β 0.9/0.95, eps 1e-5,
+    weight decay 0.1, grad clip 1.0, constant lr 1e-6; 200-400 iterations). GAE γ/λ, the value model's
+    learning rate and clip, and the generation length are not given in the paper (γ 1, λ 0.95, TRL's)."""
+
+    name: str = "ppo"
+    kind: Literal["ppo"] = "ppo"
+    data: list[DataSource] = Field(min_length=1)  # prompts: any preference/KTO file, or SFT formats
+    eval_size: int = Field(default=20, ge=0)  # held-out prompts: greedy mean reward of parent vs result
+    split_seed: int = 42
+    max_prompts: int | None = Field(default=None, gt=0)
+    max_prompt_len: int = Field(default=1024, ge=8)  # prompts longer (tokens) are dropped, counted
+    # a reward-model artifact folder, or the name of an earlier stage of this derivation
+    reward_model: str
+    safety_reward_model: str | None = None  # with it, Rc = Rs if safety prompt or Rs < threshold else Rh
+    safety_threshold: float = Field(default=0.15, gt=0, lt=1)
+    beta: float = Field(default=0.01, ge=0)  # KL penalty coefficient
+    iterations: int = Field(default=200, gt=0)  # the paper: 200-400, early-stopped on held-out prompts
+    batch_size: int = Field(default=512, gt=0)  # prompts (one sample each) per PPO iteration
+    mini_batch: int = Field(default=64, gt=0)  # samples per gradient step
+    micro_batch: int = Field(default=8, gt=0)  # samples per forward/backward (memory only)
+    ppo_epochs: int = Field(default=1, gt=0)  # passes over an iteration's samples (the paper: 1)
+    clip: float = Field(default=0.2, gt=0)  # policy ratio clip ε
+    value_clip: float = Field(default=0.2, gt=0)  # value prediction clip around the rollout's values
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    lr: float = Field(default=1e-6, gt=0)  # constant
+    value_lr: float | None = Field(default=None, gt=0)  # None = lr (one optimiser, as TRL)
+    weight_decay: float = Field(default=0.1, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(default=1e-5, gt=0)
+    grad_clip: float | None = 1.0  # per model (policy, value)
+    temperature: float = Field(default=1.0, gt=0)  # sampling; log-probs are of logits / temperature
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=256, gt=0)
+    gen_batch: int = Field(default=16, gt=0)
+    score_batch: int = Field(default=8, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=0, ge=0)  # iterations; 0 = none
+    seed: int = 0

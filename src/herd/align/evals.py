@@ -47,6 +47,7 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.errors import ConfigError
     from herd.generation import generate
+    from herd.recipe import POLICY_KINDS
 
     by_name = {st.name: (st, Path(d)) for st, d in ctx.stages}
     if cfg.reward_model not in by_name or cfg.baseline not in by_name:
@@ -55,7 +56,7 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     rm_stage, rm_dir = by_name[cfg.reward_model]
     names = [st.name for st, _ in ctx.stages]
     later = [(st, Path(d)) for st, d in ctx.stages[names.index(cfg.baseline) + 1:]
-             if st.kind in ("sft", "rejection_sampling", "dpo")]
+             if st.kind in POLICY_KINDS and st.kind != "pretrain"]
     recipe_rec = {"file": ctx.recipe.source_file}
     held = load_pair_data(rm_stage, recipe_rec).evals
     prompts, seen = [], set()

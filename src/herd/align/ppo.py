@@ -1,0 +1,451 @@
+"""The ``ppo`` stage: Llama 2's PPO (dossier §5.2 step 5), a hand-written loop.
+
+Models: the policy is the parent (``LlamaForCausalLM``, trained in full); the reference π0 is a frozen
+copy of the parent; the reward is the stage's reward model, or Llama 2's piecewise ``Rc`` of a
+helpfulness and a safety reward model (:class:`herd.align.rejection.Scorer`); the value function is a
+SEPARATE model, ``LlamaForSequenceClassification`` loaded from the parent (its transformer plus a fresh
+scalar head) read at every reply position. A separate value model rather than a head on the policy
+trunk: the value loss then never moves the policy's weights (no value-loss coefficient to tune, and the
+saved policy is trained by the policy objective alone), at the price of a third copy of the weights.
+
+One iteration:
+
+1. ``batch_size`` training prompts (a seeded permutation per pass over the prompts), one reply each,
+   sampled from the policy at ``temperature`` with :func:`herd.generation.generate` (seeded by the
+   iteration, so a resumed run regenerates the interrupted iteration's samples exactly);
+2. each (prompt, reply) rendered through the template (:func:`herd.align.logprobs.encode_reply`): the
+   reply's template tokens (Llama 2: ``" " + answer + " " + EOS``) are the actions, as in every other
+   alignment stage. The reply text is re-tokenized, not the sampled ids (the template strips and
+   terminates it), so a sample cut at ``max_new_tokens`` is credited with the template's EOS;
+3. ``Rc`` in (0, 1) from the reward model(s) (σ of the raw score with one model);
+4. per token ``r_t = −β·(log π(a_t) − log π0(a_t))`` plus ``whiten(logit(Rc))`` at the last token
+   (:func:`herd.align.losses.ppo_token_rewards`, whitened over the iteration's batch);
+5. GAE advantages (:func:`gae`), whitened over the batch's tokens; returns = advantages + values;
+6. ``ppo_epochs`` passes over the samples in shuffled mini-batches of ``mini_batch``, one optimizer step
+   each: clipped policy loss (:func:`policy_loss`) + clipped value loss (:func:`value_loss`), token means
+   over the mini-batch.
+
+Models run in eval mode throughout (no dropout), so the ratio is exactly 1 at a mini-batch's first
+step on fresh samples. Atomic checkpoints every ``checkpoint_every`` iterations (policy + value weights,
+optimizer, history, RNG; herd.training's helpers), resumed with ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from herd.align.common import finish_artifact, recipe_dir
+from herd.align.config import PPOStage
+from herd.align.logprobs import Encoded, _causal_lm, encode_reply, pad_right
+from herd.align.loop import autocast, single_process
+from herd.align.losses import logit, ppo_token_rewards, whiten
+from herd.artifacts import save_model_folder, staging_dir, template_record
+from herd.base import BaseRef, load_model, load_tokenizer
+from herd.errors import HerdError
+from herd.templates import IGNORE_INDEX, Template, TemplateError
+from herd.training import device, find_checkpoint, load_checkpoint, save_checkpoint
+
+# score_fn(prompts, replies, is_safety) -> Rc in (0, 1), shape [n]
+ScoreFn = Callable[[list[list[dict]], list[str], list[bool]], torch.Tensor]
+
+# -- pure pieces ------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`herd.align.losses.whiten` over the masked entries; masked-out entries become 0."""
+    sel = mask.bool()
+    out = torch.zeros_like(x)
+    out[sel] = whiten(x[sel])
+    return out
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation on left-aligned reply tokens ([batch, T], ``mask`` 1 on a row's
+    first n tokens): ``δ_t = r_t + γ·V_{t+1} − V_t`` (V past the last token is 0),
+    ``A_t = δ_t + γλ·A_{t+1}``. Returns (advantages, returns = advantages + values), 0 where masked."""
+    m = mask.to(values.dtype)
+    rewards, values = rewards * m, values * m
+    T = rewards.shape[1]
+    adv = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    for t in reversed(range(T)):
+        nxt = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * nxt - values[:, t]
+        last = (delta + gamma * lam * last) * m[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * m
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, negated, as a token mean: ``max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))`` with
+    ``ρ = exp(log π − log π_old)``. Returns (loss, clip fraction, approx KL(π_old‖π) = mean ½(log ρ)²)."""
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = masked_mean(0.5 * log_ratio.detach() ** 2, mask)
+    return loss, clipfrac.detach(), approx_kl
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss ``½·max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²)``, token mean; returns
+    (loss, fraction of tokens where the clipped term is the larger)."""
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+    a, b = (values - returns) ** 2, (v_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.maximum(a, b), mask), masked_mean((b > a).float(), mask).detach()
+
+
+def iteration_prompts(n: int, batch: int, iteration: int, seed: int) -> list[int]:
+    """Prompt indices of one iteration: consecutive slices of seeded permutations, one per pass."""
+    out = []
+    for pos in range(iteration * batch, (iteration + 1) * batch):
+        epoch, k = divmod(pos, n)
+        out.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))[k].item())
+    return out
+
+
+# -- per-token model outputs -------------------------------------------------------------------------
+
+
+def _compact(full: torch.Tensor, sel: torch.Tensor, width: int) -> torch.Tensor:
+    """Entries of ``full`` [B, T] where ``sel`` is true, left-aligned per row into [B, width] (0 after)."""
+    rows, cols = sel.nonzero(as_tuple=True)
+    rank = (sel.cumsum(dim=1) - 1)[rows, cols]
+    out = full.new_zeros((full.shape[0], width))
+    return out.index_put((rows, rank), full[rows, cols])
+
+
+def _reply_sel(labels: torch.Tensor) -> torch.Tensor:
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def token_logps(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, labels: torch.Tensor, width: int,
+                temperature: float = 1.0) -> torch.Tensor:
+    """``log π(a_t | prefix)`` of each reply token, left-aligned [B, width] (float32, differentiable);
+    logits are divided by ``temperature``, the distribution the samples were drawn from."""
+    lm = _causal_lm(model)
+    hidden = lm.model(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+    sel = _reply_sel(labels)
+    logits = lm.lm_head(hidden[:, :-1][sel]).float() / temperature
+    lp = torch.log_softmax(logits, dim=-1).gather(1, labels[:, 1:][sel].unsqueeze(1)).squeeze(1)
+    full = torch.zeros(sel.shape, dtype=lp.dtype, device=lp.device).index_put(sel.nonzero(as_tuple=True), lp)
+    return _compact(full, sel, width)
+
+
+def token_values(value_model: nn.Module, ids: torch.Tensor, att: torch.Tensor, labels: torch.Tensor,
+                 width: int) -> torch.Tensor:
+    """The value head at the positions that predict each reply token (the state before it), [B, width]."""
+    hidden = value_model.model(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+    v = value_model.score(hidden[:, :-1]).squeeze(-1).float()
+    return _compact(v, _reply_sel(labels), width)
+
+
+# -- one iteration ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    prompts: list[dict]
+    replies: list[str]
+    seqs: list[Encoded]
+    scores: torch.Tensor  # Rc, [N]
+    mask: torch.Tensor  # [N, L]
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    dropped: int = 0
+
+
+def _batched(fn, seqs: list[Encoded], pad_id: int, width: int, batch: int, dev) -> torch.Tensor:
+    out = torch.zeros((len(seqs), width), dtype=torch.float32)
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch):
+            ids, att, lab = pad_right(seqs[i:i + batch], pad_id)
+            r = fn(ids.to(dev), att.to(dev), lab.to(dev)).float().cpu()
+            out[i:i + batch, : r.shape[1]] = r
+    return out
+
+
+def rollout(policy, ref, value_model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn,
+            cfg: PPOStage, seed: int) -> Rollout:
+    """Sample, score and evaluate one batch of prompts (no gradient): everything the updates need."""
+    from herd.generation import generate
+
+    texts = [template.prompt(p["messages"], tok) for p in prompts]
+    replies = generate(policy, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                       top_p=cfg.top_p, stop=template.stop_strings(tok), batch_size=cfg.gen_batch, seed=seed)
+    keep, seqs = [], []
+    for i, (p, r) in enumerate(zip(prompts, replies)):
+        try:
+            enc = encode_reply(template, tok, p["messages"], r)
+        except TemplateError:
+            continue
+        if enc.n_reply > 0:
+            keep.append(i)
+            seqs.append(enc)
+    if not seqs:
+        raise HerdError(f"stage {cfg.name}: no usable sample in this iteration")
+    kept_p, kept_r = [prompts[i] for i in keep], [replies[i] for i in keep]
+    scores = score_fn([p["messages"] for p in kept_p], kept_r, [bool(p.get("safety")) for p in kept_p]).float()
+    width = max(s.n_reply for s in seqs)
+    n_reply = torch.tensor([s.n_reply for s in seqs])
+    mask = (torch.arange(width).unsqueeze(0) < n_reply.unsqueeze(1)).float()
+    dev, pad = device(), tok.pad_token_id
+    with autocast(cfg.precision):
+        old = _batched(lambda i, a, b: token_logps(policy, i, a, b, width, cfg.temperature), seqs, pad, width,
+                       cfg.micro_batch, dev)
+        ref_lp = _batched(lambda i, a, b: token_logps(ref, i, a, b, width, cfg.temperature), seqs, pad, width,
+                          cfg.micro_batch, dev)
+        values = _batched(lambda i, a, b: token_values(value_model, i, a, b, width), seqs, pad, width,
+                          cfg.micro_batch, dev)
+    old, ref_lp, values = old * mask, ref_lp * mask, values * mask
+    rewards = ppo_token_rewards(scores, old, ref_lp, mask, cfg.beta)
+    adv, ret = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        adv = masked_whiten(adv, mask)
+    return Rollout(kept_p, kept_r, seqs, scores, mask, old, ref_lp, values, rewards, adv, ret,
+                   dropped=len(prompts) - len(keep))
+
+
+def ppo_update(policy, value_model, opt, ro: Rollout, cfg: PPOStage, pad_id: int, generator: torch.Generator
+               ) -> dict[str, float]:
+    """``ppo_epochs`` passes of shuffled mini-batches, one optimizer step each; returns mean stats."""
+    dev = device()
+    n = len(ro.seqs)
+    p_params = [p for p in policy.parameters() if p.requires_grad]
+    v_params = [p for p in value_model.parameters() if p.requires_grad]
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
+                                                     "approx_kl", "policy_grad_norm")}
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, cfg.mini_batch):
+            mb = order[start:start + cfg.mini_batch]
+            tokens = float(ro.mask[mb].sum())
+            sums = dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl"), 0.0)
+            for i in range(0, len(mb), cfg.micro_batch):
+                idx = mb[i:i + cfg.micro_batch]
+                ids, att, lab = pad_right([ro.seqs[j] for j in idx], pad_id)
+                ids, att, lab = ids.to(dev), att.to(dev), lab.to(dev)
+                w = int(ro.mask[idx].sum(dim=1).max())
+                m = ro.mask[idx, :w].to(dev)
+                share = float(m.sum()) / tokens  # token means over the whole mini-batch
+                with autocast(cfg.precision):
+                    lp = token_logps(policy, ids, att, lab, w, cfg.temperature)
+                    v = token_values(value_model, ids, att, lab, w)
+                pl, cf, kl = policy_loss(lp, ro.old_logps[idx, :w].to(dev), ro.advantages[idx, :w].to(dev), m,
+                                         cfg.clip)
+                vl, vcf = value_loss(v, ro.values[idx, :w].to(dev), ro.returns[idx, :w].to(dev), m, cfg.value_clip)
+                ((pl + vl) * share).backward()
+                for k, x in zip(sums, (pl, vl, cf, vcf, kl)):
+                    sums[k] += float(x.detach()) * share
+            gn = torch.nn.utils.clip_grad_norm_(p_params, cfg.grad_clip or float("inf"))
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(v_params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            for k, x in sums.items():
+                stats[k].append(x)
+            stats["policy_grad_norm"].append(float(gn))
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def _optimizer(policy, value_model, cfg: PPOStage) -> torch.optim.Optimizer:
+    groups = []
+    for model, lr in ((policy, cfg.lr), (value_model, cfg.value_lr or cfg.lr)):
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, foreach=True)
+
+
+@dataclass
+class PPOResult:
+    iterations: int
+    history: list[dict]
+    seconds: float
+    last: Rollout | None
+
+
+def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn,
+              cfg: PPOStage, run_dir: Path, *, resume: bool = False, progress: bool = True) -> PPOResult:
+    """Train ``policy`` and ``value_model`` in place for ``cfg.iterations``; ``run_dir`` holds
+    ``checkpoint/`` and ``metrics.jsonl``. ``ref`` is never updated."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = device()
+    for m in (policy, ref, value_model):
+        m.to(dev)
+        m.eval()
+    ref.requires_grad_(False)
+    both = nn.ModuleDict({"policy": policy, "value": value_model})  # one checkpoint for the two models
+    opt = _optimizer(policy, value_model, cfg)
+    start, history = 0, []
+    if resume and (found := find_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(found, both, opt)
+        start, history = state["iteration"], state["history"]
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, unit="it", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    ro = None
+    for it in range(start, cfg.iterations):
+        idx = iteration_prompts(len(prompts), cfg.batch_size, it, cfg.seed)
+        ro = rollout(policy, ref, value_model, tok, template, [prompts[i] for i in idx], score_fn, cfg,
+                     seed=cfg.seed + 7919 * it)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+        st = ppo_update(policy, value_model, opt, ro, cfg, tok.pad_token_id, gen)
+        seq_kl = ((ro.old_logps - ro.ref_logps) * ro.mask).sum(dim=1)
+        rec = {"step": it + 1, "loss": st["policy_loss"] + st["value_loss"],
+               "score_mean": float(ro.scores.mean()), "reward_mean": float(logit(ro.scores).mean()),
+               "kl": float(seq_kl.mean()), "total_reward_mean": float(ro.rewards.sum(dim=1).mean()),
+               **st, "reply_tokens": float(ro.mask.sum(dim=1).mean()), "samples": len(ro.seqs),
+               "dropped": ro.dropped, "elapsed": round(time.perf_counter() - t0, 3)}
+        history.append(rec)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if bar:
+            bar.update(1)
+            bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", kl=f"{rec['kl']:.3f}")
+        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            save_checkpoint(run_dir / "checkpoint", both, opt, {"iteration": it + 1, "history": history}, 0)
+            if kill_after and it + 1 >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    if bar:
+        bar.close()
+    return PPOResult(cfg.iterations, history, time.perf_counter() - t0, ro)
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def reward_scores(scorer) -> ScoreFn:
+    """Rc in (0, 1) from a :class:`herd.align.rejection.Scorer`: the combined reward with a safety model,
+    σ(raw score) with the helpfulness model alone (so logit(Rc) is the raw score back)."""
+    def fn(prompts, replies, is_safety):
+        out = scorer(prompts, replies, is_safety)
+        return out if scorer.safety is not None else torch.sigmoid(out)
+    return fn
+
+
+def greedy_reward(model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn, cfg: PPOStage) -> dict:
+    """Distribution of Rc (and its mean logit, the raw reward) of greedy replies to ``prompts``."""
+    from herd.align.rejection import distribution
+    from herd.generation import generate
+
+    if not prompts:
+        return {"n": 0}
+    texts = [template.prompt(p["messages"], tok) for p in prompts]
+    replies = generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                       stop=template.stop_strings(tok), batch_size=cfg.gen_batch)
+    rc = score_fn([p["messages"] for p in prompts], replies, [bool(p.get("safety")) for p in prompts])
+    return {**distribution(rc), "reward_mean": round(float(logit(rc).mean()), 5)}
+
+
+def _prompt_len(template: Template, tok, p: dict) -> int:
+    return len(tok(template.prompt(p["messages"], tok), add_special_tokens=False)["input_ids"])
+
+
+def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, name: str, resume: bool = False,
+            recipe: dict | None = None, progress: bool = True, workspace: Path | None = None) -> tuple[Path, dict]:
+    """PPO of the parent against the stage's reward model(s); writes the artifact at ``out``."""
+    from transformers import LlamaForSequenceClassification
+
+    from herd.align.preference import split_by_prompt
+    from herd.align.rejection import _P, Scorer, load_prompts, resolve_reward_model
+    from herd.align.reward import load_reward_model
+    from herd.data.report import DataReport
+
+    single_process(cfg.name)
+    report = DataReport()
+    prompts, data_records = load_prompts(cfg.data, relative_to=recipe_dir(recipe), report=report)
+    tok = load_tokenizer(parent)
+    n_read = len(prompts)
+    prompts = [p for p in prompts if _prompt_len(template, tok, p) <= cfg.max_prompt_len]
+    too_long = n_read - len(prompts)
+    train_p, held_p = split_by_prompt([_P(p) for p in prompts], cfg.eval_size, cfg.split_seed)
+    train_p, held_p = [x.d for x in train_p], [x.d for x in held_p]
+    if cfg.max_prompts:
+        train_p = train_p[: cfg.max_prompts]
+    if not train_p:
+        raise HerdError(f"stage {cfg.name}: no training prompts")
+    work = out.with_name(out.name + ".work")
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    helpful = load_reward_model(resolve_reward_model(cfg.reward_model, workspace, recipe), template)
+    safety = (load_reward_model(resolve_reward_model(cfg.safety_reward_model, workspace, recipe), template)
+              if cfg.safety_reward_model else None)
+    score_fn = reward_scores(Scorer(helpful, safety, cfg.safety_threshold, cfg.score_batch))
+    dev = device()
+    policy = load_model(parent).to(dev)
+    ref = load_model(parent).to(dev)
+    torch.manual_seed(cfg.seed)  # the value head's initialisation
+    value_model = LlamaForSequenceClassification.from_pretrained(str(parent.path), num_labels=1,
+                                                                 dtype=torch.float32).to(dev)
+    if progress:
+        print(f"[{cfg.name}] {len(train_p)} training / {len(held_p)} held-out prompts; {cfg.iterations} "
+              f"iterations x {cfg.batch_size} samples" + (f"; {too_long} prompts over max_prompt_len" if too_long
+                                                         else ""))
+    before = greedy_reward(policy, tok, template, held_p, score_fn, cfg)
+    result = train_ppo(policy, ref, value_model, tok, template, train_p, score_fn, cfg, work, resume=resume,
+                       progress=progress)
+    after = greedy_reward(policy, tok, template, held_p, score_fn, cfg)
+    hist = result.history
+
+    def first_last(key):
+        return [round(hist[0][key], 5), round(hist[-1][key], 5)] if hist else None
+
+    summary = {"steps": result.iterations, "iterations": result.iterations, "train_prompts": len(train_p),
+               "heldout_prompts": len(held_p), "seconds": round(result.seconds, 1), "beta": cfg.beta,
+               "first_loss": hist[0]["loss"] if hist else None, "final_loss": hist[-1]["loss"] if hist else None,
+               "reward_mean_first_last": first_last("reward_mean"), "kl_first_last": first_last("kl"),
+               "clip_frac_mean": round(sum(h["clip_frac"] for h in hist) / len(hist), 5) if hist else None,
+               "heldout_greedy_reward_parent": before, "heldout_greedy_reward": after,
+               "reward_models": [str(helpful.path)] + ([str(safety.path)] if safety else []),
+               "value_model": "separate: scalar head on a copy of the parent",
+               "data": {"read": report.as_dict(), "prompts": n_read, "over_max_prompt_len": too_long}}
+    tmp = staging_dir(out)
+    save_model_folder(policy.cpu(), tok, template, tmp)
+    if result.last is not None:  # the last iteration's samples, for inspection
+        ro = result.last
+        with open(tmp / "ppo_samples.jsonl", "w") as f:
+            for p, r, s in zip(ro.prompts, ro.replies, ro.scores.tolist()):
+                f.write(json.dumps({"prompt": p["messages"], "reply": r, "score": round(s, 5)},
+                                   ensure_ascii=False) + "\n")
+    md = (f"PPO (β {cfg.beta}, {result.iterations} iterations x {cfg.batch_size} samples): held-out greedy mean "
+          f"reward {before.get('reward_mean')} (parent) → {after.get('reward_mean')}.")
+    finish_artifact(tmp, out, name=name, parent=parent, template_rec=template_record(template, tok), cfg=cfg,
+                    recipe=recipe, data=data_records, metrics=summary, history=hist, extra_md=md)
+    shutil.rmtree(work, ignore_errors=True)
+    return out, summary
+
+
+__all__ = ["gae", "greedy_reward", "iteration_prompts", "masked_whiten", "policy_loss", "ppo_update", "rollout",
+           "run_ppo", "token_logps", "token_values", "train_ppo", "value_loss"]
