@@ -118,15 +118,18 @@ def test_vicuna_end_to_end_with_transform_report_and_mtbench_pairwise(tmp_path):
 @pytest.mark.slow
 def test_llama2chat_end_to_end_trains_gatt_records(tmp_path, capsys):
     from herd.api import derive
+    from tests.test_align_pipeline import SMALL
 
-    derive("llama2chat", base="tiny", out=tmp_path / "ws", max_steps=2, overrides=SMALL_EVAL)
+    derive("llama2chat", base="tiny", out=tmp_path / "ws", max_steps=2,
+           overrides={**SMALL, **SMALL_EVAL, "evals": {**SMALL["evals"], **SMALL_EVAL["evals"]}})
     out = capsys.readouterr().out
     assert "[data] transforms:" in out and "gatt: changed" in out
     model = (tmp_path / "ws" / "model").resolve()
+    sft = next((tmp_path / "ws").glob("01-sft-*[!k]"))  # the SFT stage (the final model is the DPO stage)
     card = json.loads((model / "scorecard.json").read_text())
     entries = {(e["step"], e["action"]): e["count"] for e in card["extra"]["data_transforms"]["entries"]}
     assert entries[("gatt", "changed")] == 214  # every tool-free dialogue of 2+ exchanges
-    lin = json.loads((model / "lineage.json").read_text())
+    lin = json.loads((sft / "lineage.json").read_text())
     assert lin["template"]["name"] == "llama2_chat" and lin["stage"]["config"]["max_len"] == 2048
     assert {m["task"] for m in card["metrics"]} >= {"held-out response loss"}
 
