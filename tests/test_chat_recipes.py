@@ -169,6 +169,7 @@ def test_dolly_end_to_end_from_a_user_file(tmp_path):
     assert lin["data_transforms"]["report"]["sizes"]["transform stratified_sample"] == {"in": 100, "out": 100}
     samples = card["samples"]
     assert samples and all("### End" not in s["derived"] for s in samples)  # cut at the template's stop
+    assert "data: the recipe's files replaced on the command line by dolly.jsonl" in card["deviations"]
 
 
 def test_dolly_without_its_file_says_where_to_put_it(tmp_path, capsys):

@@ -152,6 +152,9 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                 if target is not None and "max_steps" in type(target).model_fields:
                     target.max_steps = max_steps
         recipe.deviations.append(f"setting stages.*.max_steps: {max_steps} (command line)")
+    if data:
+        recipe.deviations.append("data: the recipe's files replaced on the command line by "
+                                 + ", ".join(Path(p).name for p in data))
     template = get_template(recipe.template)
     base_spec = base or recipe.base
     rank, _ = dist_env()
