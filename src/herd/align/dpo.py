@@ -18,21 +18,12 @@ import torch
 from herd.align.common import EncodedPairs, encode_pairs, finish_artifact, load_pair_data, require_pairs
 from herd.align.config import DPOStage
 from herd.align.logprobs import batched_logps, pad_right, sequence_logps
-from herd.align.loop import PairLoopConfig, autocast, single_process, train_items
+from herd.align.loop import autocast, pair_loop_config, single_process, train_items
 from herd.align.losses import dpo_loss
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.templates import Template
 from herd.training import device
-
-
-def _loop_config(cfg: DPOStage, progress: bool) -> PairLoopConfig:
-    return PairLoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
-                          micro_batch=cfg.micro_batch, warmup_ratio=cfg.warmup_ratio,
-                          min_warmup_steps=cfg.min_warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
-                          weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                          grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
-                          checkpoint_every=cfg.checkpoint_every, progress=progress)
 
 
 def pair_logps(model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str = "fp32"
@@ -109,7 +100,7 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
         losses, cr, rr = dpo_loss(pc, pr, ref_c[idx].to(dev), ref_r[idx].to(dev), cfg.beta)
         return losses.sum(), {"reward_accuracy": float((cr > rr).sum()), "reward_margin": float((cr - rr).sum())}
 
-    result = train_items(model, len(train), loss_fn, _loop_config(cfg, progress), work, resume=resume,
+    result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
                          desc=cfg.name)
     heldout = {"pairs": 0}
     if held_ref is not None:

@@ -85,10 +85,10 @@ def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
 
 
 @torch.no_grad()
-def batched_logps(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8,
-                  device: torch.device | None = None) -> torch.Tensor:
-    """:func:`sequence_logps` of many encoded sequences, in right-padded batches (CPU float32 result).
-    Sequences are batched in length order to waste little padding; the result keeps input order."""
+def map_batches(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int, fn,
+                device: torch.device | None = None) -> torch.Tensor:
+    """``fn(model, ids, attention_mask, labels) -> [batch]`` over length-sorted right-padded batches, in
+    eval mode; a CPU float32 vector in input order (little padding wasted, order kept)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -98,10 +98,16 @@ def batched_logps(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids, att, lab = pad_right([seqs[j] for j in idx], pad_id)
-            out[idx] = sequence_logps(model, ids.to(device), att.to(device), lab.to(device)).float().cpu()
+            out[idx] = fn(model, ids.to(device), att.to(device), lab.to(device)).float().cpu()
     finally:
         model.train(was_training)
     return out
+
+
+def batched_logps(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """:func:`sequence_logps` of many encoded sequences (CPU float32, input order)."""
+    return map_batches(model, seqs, pad_id, batch_size, sequence_logps, device)
 
 
 def reply_logps(model: nn.Module, tokenizer, template: Template, prompts: list[list[dict]], replies: list[str],

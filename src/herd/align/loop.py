@@ -142,3 +142,13 @@ def train_items(model: nn.Module, n_items: int, loss_fn: ItemLoss, cfg: PairLoop
     if bar:
         bar.close()
     return LoopResult(steps=total, history=history, seconds=time.perf_counter() - t0)
+
+
+def pair_loop_config(cfg, progress: bool) -> PairLoopConfig:
+    """A pair stage's settings (reward model, DPO: the shared ``_PairTraining`` fields) for the loop."""
+    return PairLoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
+                          micro_batch=cfg.micro_batch, warmup_ratio=cfg.warmup_ratio,
+                          min_warmup_steps=cfg.min_warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+                          weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                          grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
+                          checkpoint_every=cfg.checkpoint_every, progress=progress)

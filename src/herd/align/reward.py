@@ -26,8 +26,8 @@ from herd.align.common import (
     require_pairs,
 )
 from herd.align.config import RewardModelStage
-from herd.align.logprobs import Encoded, encode_reply, pad_right
-from herd.align.loop import PairLoopConfig, single_process, train_items
+from herd.align.logprobs import Encoded, encode_reply, map_batches, pad_right
+from herd.align.loop import pair_loop_config, single_process, train_items
 from herd.align.losses import bradley_terry_loss, rating_margin
 from herd.artifacts import staging_dir, template_record
 from herd.base import BaseRef, load_tokenizer
@@ -54,22 +54,9 @@ def pooled_rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return model.score(pooled).squeeze(-1).float()
 
 
-@torch.no_grad()
 def score_encoded(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> torch.Tensor:
-    """Rewards of already-encoded sequences, in length-sorted right-padded batches (input order kept)."""
-    dev = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = torch.zeros(len(seqs), dtype=torch.float32)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    try:
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            ids, att, _ = pad_right([seqs[j] for j in idx], pad_id)
-            out[idx] = pooled_rewards(model, ids.to(dev), att.to(dev)).cpu()
-    finally:
-        model.train(was)
-    return out
+    """Rewards of already-encoded sequences (CPU float32, input order)."""
+    return map_batches(model, seqs, pad_id, batch_size, lambda m, ids, att, _lab: pooled_rewards(m, ids, att))
 
 
 @dataclass
@@ -110,15 +97,6 @@ def load_reward_model(path: str | Path, template: Template | None = None) -> Rew
     tok = AutoTokenizer.from_pretrained(str(path))
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else reward_pad_id(tok)
     return RewardModel(model, tok, template, int(pad), path)
-
-
-def _loop_config(cfg: RewardModelStage, progress: bool) -> PairLoopConfig:
-    return PairLoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
-                          micro_batch=cfg.micro_batch, warmup_ratio=cfg.warmup_ratio,
-                          min_warmup_steps=cfg.min_warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
-                          weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                          grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
-                          checkpoint_every=cfg.checkpoint_every, progress=progress)
 
 
 def pair_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ratings: list[str | None] | None = None
@@ -180,7 +158,7 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     if not resume:
         shutil.rmtree(work, ignore_errors=True)
     before, _, _ = held_out()
-    result = train_items(model, len(train), loss_fn, _loop_config(cfg, progress), work, resume=resume,
+    result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
                          desc=cfg.name)
     after, rc, rr = held_out()
     hist = result.history
