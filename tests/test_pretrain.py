@@ -267,7 +267,11 @@ def test_meditron_mixture_shares_and_decontamination_reach_the_scorecard(tmp_pat
     for m in shares.values():
         assert abs(m["realised_share"] - m["target_share"]) < 0.01
     assert rep["decontamination"]["max_overlap"] < 0.5 and rep["decontamination"]["test_ids"] == 500
-    assert rep["corpus"]["pubmedqa_abstracts"]["dropped"] == {"in the official test split": 500}
+    corpus = rep["corpus"]["pubmedqa_abstracts"]  # the budget cut the stream: what was read adds up
+    assert corpus["seen"] == corpus["kept"] + corpus["dropped"]["in the official test split"]
+    full = CorpusReport("pubmedqa")
+    assert len(list(stream_source("pubmedqa", SHARED / "pubmedqa", {}, full))) == 500
+    assert (full.seen, full.kept, dict(full.dropped)) == (1000, 500, {"in the official test split": 500})
     md = (res.path / "scorecard.md").read_text()
     assert "mixture (token shares" in md and "decontamination:" in md
 
