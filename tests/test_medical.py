@@ -310,3 +310,17 @@ def test_eval_turns_an_unscorable_config_into_a_config_error(tiny_ref, tokenizer
     data.write_text(json.dumps({"question": "q?", "options": {"A": "x", "A A": "y"}, "answer_idx": "A"}) + "\n")
     with pytest.raises(ConfigError, match="evals.medqa: .*share a first token"):
         run_medqa(_ctx(tiny_ref, tokenizer, tmp_path), MedQAConfig(data=str(data), shots=0))
+
+
+def test_subsets_are_seeded_samples_not_a_label_sorted_prefix():
+    """PubMedQA's ground-truth file lists every "yes" item first: a prefix would reward always-yes."""
+    from herd.medical.evals import pubmedqa_items, subset
+
+    test, _ = pubmedqa_items(SHARED / "pubmedqa")
+    assert {it.answer for it in test[:60]} == {"yes"}  # the trap
+    sample = subset(test, 60, 1234)
+    assert len(sample) == 60 and sample == subset(test, 60, 1234)
+    assert {it.answer for it in sample} == {"yes", "no", "maybe"}
+    order = [test.index(it) for it in sample]
+    assert order == sorted(order) and sample != subset(test, 60, 1)
+    assert subset(test, None, 0) == test and subset(test, 10_000, 0) == test

@@ -17,6 +17,7 @@ Upstream averages 3 demo seeds (1234, 432, 32); here one seed per run (``seed``,
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -50,7 +51,7 @@ PUBMEDQA_LABELS = ["yes", "no", "maybe"]
 
 
 class MedicalMCQConfig(EvalConfig):
-    n: int | None = Field(default=None, gt=0)  # first n test items (file order); None = all
+    n: int | None = Field(default=None, gt=0)  # a seeded random subset of n test items; None = all
     shots: int = Field(default=3, ge=0)  # Meditron raw 7B: 3-shot (70B: 5)
     mode: Literal["top_token", "loglik"] = "top_token"
     batch_size: int = Field(default=4, gt=0)
@@ -215,6 +216,17 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
     return EvalOutput(metrics=metrics, extra=extra, markdown="\n".join(md) + "\n", files=files)
 
 
+def subset(items: list, n: int | None, seed: int) -> list:
+    """``n`` items drawn with a seed, in file order; all when n is None or too large.
+
+    Not the first n: PubMedQA's test_ground_truth.json lists its 276 "yes" items first, so a prefix
+    would score an always-"yes" model 100%."""
+    if n is None or n >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
 def _recipe_dir(ctx: EvalContext) -> Path:
     src = getattr(ctx.recipe, "source_file", None)
     return Path(src).parent if src else Path.cwd()
@@ -226,10 +238,11 @@ def run_pubmedqa(ctx: EvalContext, cfg: PubMedQAConfig) -> EvalOutput:
 
     path = resolve_data_path(cfg.data, _recipe_dir(ctx))
     test, pool = pubmedqa_items(path)
-    items = test[: cfg.n]
+    items = subset(test, cfg.n, cfg.seed)
     demos = pick_demos(pool, cfg.shots, cfg.seed)
     return run_mcq(ctx, cfg, key="pubmedqa", title="PubMedQA", items=items, demos_for=lambda it: demos,
-                   dataset=f"PubMedQA PQA-L official test split ({len(items)} of {len(test)} items)",
+                   dataset=f"PubMedQA PQA-L official test split ({len(items)} of {len(test)} items"
+                   + (f", seeded sample {cfg.seed})" if len(items) < len(test) else ")"),
                    instruction=cfg.instruction or PUBMEDQA_INSTRUCTION)
 
 
@@ -239,8 +252,9 @@ def run_medqa(ctx: EvalContext, cfg: MedQAConfig) -> EvalOutput:
 
     path = resolve_data_path(cfg.data, _recipe_dir(ctx))
     every = medqa_items(path)
-    items = every[: cfg.n]
+    items = subset(every, cfg.n, cfg.seed)
     return run_mcq(ctx, cfg, key="medqa", title="MedQA-USMLE 4-option", items=items,
                    demos_for=lambda it: pick_demos(every, cfg.shots, cfg.seed, exclude=it.id),
-                   dataset=f"MedQA-USMLE 4-option test ({len(items)} of {len(every)} items; demos from the test file)",
+                   dataset=f"MedQA-USMLE 4-option test ({len(items)} of {len(every)} items"
+                   + (f", seeded sample {cfg.seed}" if len(items) < len(every) else "") + "; demos from the test file)",
                    instruction=cfg.instruction or MEDQA_INSTRUCTION, target=cfg.target)
