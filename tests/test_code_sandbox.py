@@ -111,7 +111,7 @@ def test_verdicts_passed_failed_timeout_and_error(monkeypatch):
                                              "while True:\n    pass", "def f(:\n    pass"], timeout=1.0)
     assert (ok.passed, ok.status) == (True, "passed")
     assert (bad.passed, bad.status) == (False, "failed") and bad.detail.startswith("AssertionError")
-    assert (slow.status, slow.detail) == ("timeout", "time limit 1.0 s") and 1.0 <= slow.seconds < 4
+    assert (slow.status, slow.detail) == ("timeout", "time limit 1.0 s") and slow.seconds >= 1.0
     assert syntax.status == "failed" and "SyntaxError" in syntax.detail
     assert ok.as_dict().keys() == {"passed", "status", "detail", "seconds"}
     # "error" is the harness failing, never the program: here an interpreter that does not exist
