@@ -114,3 +114,16 @@ def require_pairs(enc: EncodedPairs, stage: str, what: str) -> None:
 
 def clean_work(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
+
+
+def load_encoded_pairs(cfg, recipe: dict | None, template: Template, tokenizer, progress: bool
+                       ) -> tuple[PairData, EncodedPairs, EncodedPairs]:
+    """A pair stage's data, read, split and encoded (reward model, DPO), with the one-line report."""
+    data = load_pair_data(cfg, recipe)
+    train = encode_pairs(data.train, template, tokenizer, cfg.max_len)
+    held = encode_pairs(data.evals, template, tokenizer, cfg.max_len)
+    require_pairs(train, cfg.name, "training")
+    if progress:
+        print(f"[{cfg.name}] {len(train)} training / {len(held)} held-out pairs"
+              + (f"; dropped {dict(train.dropped)}" if train.dropped else ""))
+    return data, train, held

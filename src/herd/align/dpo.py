@@ -15,7 +15,11 @@ from pathlib import Path
 
 import torch
 
-from herd.align.common import EncodedPairs, encode_pairs, finish_artifact, load_pair_data, require_pairs
+from herd.align.common import (
+    EncodedPairs,
+    finish_artifact,
+    load_encoded_pairs,
+)
 from herd.align.config import DPOStage
 from herd.align.logprobs import batched_logps, pad_right, sequence_logps
 from herd.align.loop import autocast, pair_loop_config, single_process, train_items
@@ -67,15 +71,9 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
             recipe: dict | None = None, progress: bool = True, workspace: Path | None = None) -> tuple[Path, dict]:
     """Train the parent with DPO on ``cfg.data`` and write the artifact at ``out``; returns (path, summary)."""
     single_process(cfg.name)
-    data = load_pair_data(cfg, recipe)
     tok = load_tokenizer(parent)
     pad = tok.pad_token_id
-    train = encode_pairs(data.train, template, tok, cfg.max_len)
-    held = encode_pairs(data.evals, template, tok, cfg.max_len)
-    require_pairs(train, cfg.name, "training")
-    if progress:
-        print(f"[{cfg.name}] {len(train)} training / {len(held)} held-out pairs"
-              + (f"; dropped {dict(train.dropped)}" if train.dropped else ""))
+    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress)
     work = out.with_name(out.name + ".work")
     if not resume:
         shutil.rmtree(work, ignore_errors=True)

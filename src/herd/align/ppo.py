@@ -378,8 +378,7 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     """PPO of the parent against the stage's reward model(s); writes the artifact at ``out``."""
     from transformers import LlamaForSequenceClassification
 
-    from herd.align.preference import split_by_prompt
-    from herd.align.rejection import _P, Scorer, load_prompts, resolve_reward_model
+    from herd.align.rejection import Scorer, load_prompts, resolve_reward_model, split_prompts
     from herd.align.reward import load_reward_model
     from herd.data.report import DataReport
 
@@ -390,12 +389,7 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     n_read = len(prompts)
     prompts = [p for p in prompts if _prompt_len(template, tok, p) <= cfg.max_prompt_len]
     too_long = n_read - len(prompts)
-    train_p, held_p = split_by_prompt([_P(p) for p in prompts], cfg.eval_size, cfg.split_seed)
-    train_p, held_p = [x.d for x in train_p], [x.d for x in held_p]
-    if cfg.max_prompts:
-        train_p = train_p[: cfg.max_prompts]
-    if not train_p:
-        raise HerdError(f"stage {cfg.name}: no training prompts")
+    train_p, held_p = split_prompts(prompts, cfg)
     work = out.with_name(out.name + ".work")
     if not resume:
         shutil.rmtree(work, ignore_errors=True)

@@ -259,14 +259,10 @@ def split_by_prompt(items: list, eval_size: int, seed: int = 42) -> tuple[list, 
 
 
 def dedupe_items(items: list) -> tuple[list, int]:
-    """Drop exact duplicates (keeps the first); returns the kept list and how many were dropped."""
-    seen, kept = set(), []
-    for x in items:
-        k = x.key()
-        if k not in seen:
-            seen.add(k)
-            kept.append(x)
-    return kept, len(items) - len(kept)
+    """Drop exact duplicates (keeps the first): :func:`herd.data.split.dedupe`, which keys on ``.key()``."""
+    from herd.data.split import dedupe
+
+    return dedupe(items)
 
 
 # -- a stage's data sources -----------------------------------------------------------------------

@@ -234,12 +234,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     single_process(cfg.name)
     report = DataReport()
     prompts, data_records = load_prompts(cfg.data, relative_to=recipe_dir(recipe), report=report)
-    train_p, held_p = split_by_prompt([_P(p) for p in prompts], cfg.eval_size, cfg.split_seed)
-    train_p, held_p = [x.d for x in train_p], [x.d for x in held_p]
-    if cfg.max_prompts:
-        train_p = train_p[: cfg.max_prompts]
-    if not train_p:
-        raise HerdError(f"stage {cfg.name}: no training prompts")
+    train_p, held_p = split_prompts(prompts, cfg)
     work = out.with_name(out.name + ".rs-work")
     sft_out = out.with_name(out.name + ".rs-sft")
     if not resume:
@@ -303,6 +298,18 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     shutil.rmtree(sft_out, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     return out, summary
+
+
+def split_prompts(prompts: list[dict], cfg) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) prompts: split by prompt with the stage's seed, training capped at
+    ``max_prompts``; shared by rejection sampling and PPO."""
+    train_p, held_p = split_by_prompt([_P(p) for p in prompts], cfg.eval_size, cfg.split_seed)
+    train_p, held_p = [x.d for x in train_p], [x.d for x in held_p]
+    if cfg.max_prompts:
+        train_p = train_p[: cfg.max_prompts]
+    if not train_p:
+        raise HerdError(f"stage {cfg.name}: no training prompts")
+    return train_p, held_p
 
 
 class _P:

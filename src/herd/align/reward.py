@@ -20,10 +20,8 @@ import torch
 from torch import nn
 
 from herd.align.common import (
-    encode_pairs,
     finish_artifact,
-    load_pair_data,
-    require_pairs,
+    load_encoded_pairs,
 )
 from herd.align.config import RewardModelStage
 from herd.align.logprobs import Encoded, encode_reply, map_batches, pad_right
@@ -123,15 +121,9 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     from transformers import LlamaForSequenceClassification
 
     single_process(cfg.name)
-    data = load_pair_data(cfg, recipe)
     tok = load_tokenizer(parent)
     pad = reward_pad_id(tok)
-    train = encode_pairs(data.train, template, tok, cfg.max_len)
-    held = encode_pairs(data.evals, template, tok, cfg.max_len)
-    require_pairs(train, cfg.name, "training")
-    if progress:
-        print(f"[{cfg.name}] {len(train)} training / {len(held)} held-out pairs"
-              + (f"; dropped {dict(train.dropped)}" if train.dropped else ""))
+    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress)
     margins = torch.tensor([rating_margin(p.rating, cfg.margin, p.margin) for p in train.pairs])
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = LlamaForSequenceClassification.from_pretrained(str(parent.path), num_labels=1, dtype=torch.float32)
