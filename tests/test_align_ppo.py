@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from pydantic import ValidationError
 
 import herd.recipe  # noqa: F401  (herd.align.config imports herd.recipe, which imports it back)
 from herd.align.config import PPOStage
 from herd.paths import repo_root
+from tests.align_helpers import toy_recipe
 
 torch.set_num_threads(1)
 
@@ -203,6 +203,31 @@ def test_ppo_raises_toy_reward(tmp_path, tiny_ref):
             len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 5)
 
 
+def test_early_stopping_keeps_the_best_evaluated_policy(tmp_path, tiny_ref):
+    """Held-out rewards 0.1, 0.5, 0.3, 0.2 with patience 2: training stops after iteration 4 (of 6) and the
+    policy is the one evaluated at iteration 2, as Llama 2 early-stops PPO on held-out prompts."""
+    from herd.align.ppo import train_ppo
+    from herd.base import load_tokenizer
+    from herd.templates import get_template
+
+    tok = load_tokenizer(tiny_ref)
+    policy, ref, value = build_models(tiny_ref)
+    scripted, seen = iter([0.1, 0.5, 0.3, 0.2]), []
+
+    def evaluate():
+        seen.append({k: v.clone() for k, v in policy.state_dict().items()})
+        return {"reward_mean": next(scripted)}
+
+    cfg = ppo_config(iterations=6, batch_size=8, eval_every=1, patience=2)
+    res = train_ppo(policy, ref, value, tok, get_template(TEMPLATE), toy_prompts(), LowHalfReward(tok), cfg,
+                    tmp_path / "run", progress=False, evaluate=evaluate)
+    assert res.iterations == 4 and len(seen) == 4 and [h["heldout_reward"] for h in res.history] == [0.1, 0.5, 0.3, 0.2]
+    assert res.best == {"iteration": 2, "heldout_reward": 0.5, "stopped_at": 4}
+    final = policy.state_dict()
+    assert all(torch.equal(final[k], seen[1][k]) for k in final)
+    assert not all(torch.equal(final[k], seen[3][k]) for k in final)  # training did move it after iteration 2
+
+
 _KILLED = """
 import sys, torch
 torch.set_num_threads(1)
@@ -248,32 +273,13 @@ def test_ppo_stage_through_derive(tmp_path):
     from herd.api import derive
     from herd.artifacts import read_lineage
 
-    rng_words = "apple river stone cloud green quick table music paper light window summer".split()
-    pairs, sft = [], []
-    for i in range(40):
-        q = " ".join(rng_words[(i + j) % 12] for j in range(4))
-        a = " ".join(rng_words[(3 * i + j) % 12] for j in range(5))
-        pairs.append({"prompt": f"Tell me about {q} {i}", "chosen": f"{a} banana", "rejected": a})
-        sft.append({"instruction": f"Tell me about {q} {i}", "input": "", "output": f"{a} banana"})
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    (tmp_path / "sft.json").write_text(json.dumps(sft))
-    recipe = {
-        "name": "ppotoy", "title": "toy PPO", "method": "SFT, reward model, PPO", "dossier": "recipes.md §5",
-        "paper_base": "Llama 2", "template": TEMPLATE, "eval_size": 4,
-        "data": [{"name": "sft", "path": "sft.json", "format": "alpaca"}],
-        "stages": [
-            {"name": "sft", "kind": "sft", "max_steps": 1, "global_batch": 4, "max_len": 128, "precision": "fp32"},
-            {"name": "rm", "kind": "reward_model", "data": [{"name": "p", "path": "pairs.jsonl",
-                                                             "format": "preference"}],
-             "eval_size": 4, "max_train_pairs": 16, "global_batch": 8, "lr": 1e-3, "precision": "fp32",
-             "max_len": 128},
-            {"name": "ppo", "kind": "ppo", "data": [{"name": "p", "path": "pairs.jsonl", "format": "preference"}],
-             "reward_model": "rm", "eval_size": 2, "iterations": 2, "batch_size": 4, "mini_batch": 2,
-             "micro_batch": 2, "max_new_tokens": 6, "lr": 1e-4, "precision": "fp32"}],
-        "evals": {"heldout_loss": {}},
-    }
-    path = tmp_path / "ppotoy.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = toy_recipe(tmp_path, [
+        {"name": "sft", "kind": "sft", "max_steps": 1, "global_batch": 4, "max_len": 128, "precision": "fp32"},
+        {"name": "rm", "kind": "reward_model", "data": [{"name": "p", "path": "pairs.jsonl", "format": "preference"}],
+         "eval_size": 4, "max_train_pairs": 16, "global_batch": 8, "lr": 1e-3, "precision": "fp32", "max_len": 128},
+        {"name": "ppo", "kind": "ppo", "data": [{"name": "p", "path": "pairs.jsonl", "format": "preference"}],
+         "reward_model": "rm", "eval_size": 2, "iterations": 2, "batch_size": 4, "mini_batch": 2,
+         "micro_batch": 2, "max_new_tokens": 6, "lr": 1e-4, "precision": "fp32"}], name="ppotoy", template=TEMPLATE)
     res = derive(str(path), base="tiny", profile="full", out=tmp_path / "ws", progress=False)
     dirs = sorted(p for p in (tmp_path / "ws").iterdir() if p.is_dir() and p.name[:2].isdigit())
     kinds = [read_lineage(d)["stage"]["kind"] for d in dirs]

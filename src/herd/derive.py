@@ -140,6 +140,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
     from herd.align import stage_registry
+    from herd.distributed import barrier, single_rank
     from herd.recipe import POLICY_KINDS
     from herd.stages.pretrain import check_sources, run_pretrain
     from herd.stages.sft import run_sft
@@ -165,7 +166,13 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     # 1. everything validated before a model loads (data builds may load a teacher: they run first)
     if recipe.data and recipe.builds:
         _load_data(recipe, data, transform=False)  # the given files are checked before a build spends time
-    built = _run_builds(recipe, base_spec, workspace, progress) if recipe.builds and rank == 0 else []
+    built = []
+    if recipe.builds:  # rank 0 builds; the others then read the cached files (builds are keyed by settings)
+        if rank == 0:
+            built = _run_builds(recipe, base_spec, workspace, progress)
+        barrier()
+        if rank != 0:
+            built = _run_builds(recipe, base_spec, workspace, progress=False)
     train, evals, data_records, n_dup, transformed = _load_data(recipe, data, built, base_spec)
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
     for st in recipe.stages:
@@ -209,8 +216,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             _, training = run_sft(stage, parent, template, train, stage_dir, name=name, resume=resume,
                                   recipe=recipe_rec, data=data_records, progress=progress)
         stage_runs.append((stage, stage_dir, training))
-        if rank != 0:
-            continue
+        barrier()  # rank 0 published the stage: every rank starts the next one from it
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on
             parent = resolve_base(stage_dir)
             final = stage_dir
@@ -221,8 +227,9 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         link.unlink()
     os.symlink(final.name, link)
     # 3. scorecard: derived vs the recipe's parent, same inputs
-    card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress,
-                         stages=[(st, d) for st, d, _ in stage_runs])
+    with single_rank():  # the other ranks are done: evaluation helpers must not wait for them
+        card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress,
+                             stages=[(st, d) for st, d, _ in stage_runs])
     add_stage_results(card, stage_runs)
     if transformed:
         from herd.data.transforms import report_markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from herd.paths import cache_dir
@@ -40,7 +41,7 @@ def sha256_file(path: str | Path) -> str:
             h.update(chunk)
     digest = h.hexdigest()
     memo[key] = digest
-    tmp = memo_path.with_suffix(".tmp")
+    tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")  # per process: torchrun ranks hash the same files
     tmp.write_text(json.dumps(memo))
     tmp.replace(memo_path)
     return digest

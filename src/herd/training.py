@@ -259,7 +259,7 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 # -- the loop -------------------------------------------------------------------------------------
 
-def _wrap_distributed(module: nn.Module, cfg: LoopConfig, world: int) -> nn.Module:
+def wrap_distributed(module: nn.Module, cfg: LoopConfig, world: int) -> nn.Module:
     if world == 1:
         return module
     if cfg.fsdp:
@@ -285,7 +285,7 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     model.train()
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loss_mod = _wrap_distributed(MaskedLMLoss(model), cfg, world)
+    loss_mod = wrap_distributed(MaskedLMLoss(model), cfg, world)
     params = [p for p in loss_mod.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -389,11 +389,15 @@ class _null:
         return False
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full (gathered) model state on every rank's CPU — works for plain, DDP and FSDP2 models."""
+def full_state_dict(model: nn.Module, all_ranks: bool = False) -> dict[str, torch.Tensor]:
+    """The full (gathered) model state — plain, DDP and FSDP2 models; a collective under torchrun. On
+    rank 0's CPU only (other ranks get an empty dict), or with ``all_ranks`` on every rank's CPU."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not all_ranks:
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def save_loss_png(history: list[dict], path: str | Path, title: str = "training loss") -> None:

@@ -44,6 +44,7 @@ class _PairTraining(_Strict):
     checkpoint_every: int = Field(default=0, ge=0)  # optimizer steps; 0 = none
     eval_batch: int = Field(default=8, gt=0)  # pairs per scoring forward on held-out data
     seed: int = 42
+    fsdp: bool = False  # under torchrun: shard with FSDP2 instead of replicating with DDP
 
 
 class RewardModelStage(_PairTraining):
@@ -147,4 +148,9 @@ class PPOStage(_Strict):
     score_batch: int = Field(default=8, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(default=0, ge=0)  # iterations; 0 = none
+    # Llama 2 "use[s] evaluations on held-out prompts for early stopping": every eval_every iterations the
+    # greedy mean reward on the held-out prompts is measured; the best iteration's policy is the result,
+    # and training stops after `patience` evaluations without improvement (0 = never early)
+    eval_every: int = Field(default=0, ge=0)
+    patience: int = Field(default=0, ge=0)
     seed: int = 0

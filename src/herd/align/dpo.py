@@ -22,21 +22,25 @@ from herd.align.common import (
 )
 from herd.align.config import DPOStage
 from herd.align.logprobs import batched_logps, pad_right, sequence_logps
-from herd.align.loop import autocast, pair_loop_config, single_process, train_items
+from herd.align.loop import autocast, pair_loop_config, train_items
 from herd.align.losses import dpo_loss
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.distributed import barrier, map_rows
 from herd.templates import Template
-from herd.training import device
+from herd.training import device, dist_env, full_state_dict
 
 
 def pair_logps(model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str = "fp32"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) sequence log-probs of encoded pairs under ``model``, no gradient, computed
     with the training loop's autocast so reference and policy agree exactly at step 0."""
-    with autocast(precision):
-        return (batched_logps(model, enc.chosen, pad_id, batch_size, device()),
-                batched_logps(model, enc.rejected, pad_id, batch_size, device()))
+    def logps(seqs):  # under torchrun the ranks share the batches; every rank gets all values
+        with autocast(precision):
+            return map_rows(lambda part: batched_logps(model, part, pad_id, batch_size, device()), seqs,
+                            batch_size, key=len)
+
+    return logps(enc.chosen), logps(enc.rejected)
 
 
 def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str,
@@ -48,9 +52,10 @@ def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, bat
         if saved.get("key") == repr(key):
             return saved["chosen"], saved["rejected"]
     chosen, rejected = pair_logps(model, enc, pad_id, batch_size, precision)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": repr(key), "chosen": chosen, "rejected": rejected}, tmp)
-    tmp.replace(path)
+    if dist_env()[0] == 0:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"key": repr(key), "chosen": chosen, "rejected": rejected}, tmp)
+        tmp.replace(path)
     return chosen, rejected
 
 
@@ -70,13 +75,14 @@ def dpo_metrics(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.
 def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, name: str, resume: bool = False,
             recipe: dict | None = None, progress: bool = True, workspace: Path | None = None) -> tuple[Path, dict]:
     """Train the parent with DPO on ``cfg.data`` and write the artifact at ``out``; returns (path, summary)."""
-    single_process(cfg.name)
+    rank, world = dist_env()
     tok = load_tokenizer(parent)
     pad = tok.pad_token_id
-    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress)
+    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress and rank == 0)
     work = out.with_name(out.name + ".work")
-    if not resume:
+    if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
+    barrier()
     work.mkdir(parents=True, exist_ok=True)
     model = load_model(parent).to(device())
     key = {"parent": parent.sha256, "template": template.jinja, "max_len": cfg.max_len, "precision": cfg.precision}
@@ -100,6 +106,15 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
 
     result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
                          desc=cfg.name)
+    if world > 1:  # the trained model is wrapped or sharded: evaluate and save a plain copy of its weights
+        state = full_state_dict(model, all_ranks=True)
+        model = load_model(parent)
+        if cfg.method == "lora":
+            from herd.stages.sft import apply_lora
+
+            model = apply_lora(model, cfg.lora)
+        model.load_state_dict(state)
+        model.to(device())
     heldout = {"pairs": 0}
     if held_ref is not None:
         pc, pr = pair_logps(model, held, pad, cfg.eval_batch, cfg.precision)
@@ -109,7 +124,10 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
                "beta": cfg.beta, "first_loss": hist[0]["loss"] if hist else None,
                "final_loss": hist[-1]["loss"] if hist else None, "heldout": heldout,
                "data": {"read": data.report.as_dict(), "duplicates": data.duplicates,
-                        "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)}}
+                        "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)},
+               "world_size": world}
+    if rank != 0:
+        return out, summary
     tmp = staging_dir(out)
     model = model.cpu()
     if cfg.method == "lora":

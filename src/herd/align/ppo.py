@@ -38,6 +38,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +48,14 @@ from torch import nn
 from herd.align.common import finish_artifact, recipe_dir
 from herd.align.config import PPOStage
 from herd.align.logprobs import Encoded, _causal_lm, encode_reply, pad_right
-from herd.align.loop import autocast, single_process
+from herd.align.loop import autocast
 from herd.align.losses import logit, ppo_token_rewards, whiten
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.distributed import all_sum, barrier, map_chunks, map_rows
 from herd.errors import HerdError
 from herd.templates import IGNORE_INDEX, Template, TemplateError
-from herd.training import device, find_checkpoint, load_checkpoint, save_checkpoint
+from herd.training import _dedupe_shared, device, dist_env, find_checkpoint, load_checkpoint, save_checkpoint
 
 # score_fn(prompts, replies, is_safety) -> Rc in (0, 1), shape [n]
 ScoreFn = Callable[[list[list[dict]], list[str], list[bool]], torch.Tensor]
@@ -180,12 +182,15 @@ class Rollout:
 
 
 def _batched(fn, seqs: list[Encoded], pad_id: int, width: int, batch: int, dev) -> torch.Tensor:
+    """``fn(ids, att, labels)`` -> [b, width] over batches of ``seqs`` (shared by the ranks under torchrun)."""
+    def part_fn(part: list[Encoded]) -> torch.Tensor:
+        ids, att, lab = pad_right(part, pad_id)
+        with torch.no_grad():
+            return fn(ids.to(dev), att.to(dev), lab.to(dev)).float()
+
     out = torch.zeros((len(seqs), width), dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(0, len(seqs), batch):
-            ids, att, lab = pad_right(seqs[i:i + batch], pad_id)
-            r = fn(ids.to(dev), att.to(dev), lab.to(dev)).float().cpu()
-            out[i:i + batch, : r.shape[1]] = r
+    r = map_rows(part_fn, seqs, batch)
+    out[:, : r.shape[1]] = r
     return out
 
 
@@ -194,9 +199,12 @@ def rollout(policy, ref, value_model, tok, template: Template, prompts: list[dic
     """Sample, score and evaluate one batch of prompts (no gradient): everything the updates need."""
     from herd.generation import generate
 
-    texts = [template.prompt(p["messages"], tok) for p in prompts]
-    replies = generate(policy, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                       top_p=cfg.top_p, stop=template.stop_strings(tok), batch_size=cfg.gen_batch, seed=seed)
+    stops = template.stop_strings(tok)
+    # chunk c is what generate(all, batch_size=gen_batch, seed) samples as its c-th batch
+    replies = map_chunks(lambda part, c: generate(policy, tok, [template.prompt(p["messages"], tok) for p in part],
+                                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                                  top_p=cfg.top_p, stop=stops, batch_size=len(part),
+                                                  seed=seed + c * cfg.gen_batch), prompts, cfg.gen_batch)
     keep, seqs = [], []
     for i, (p, r) in enumerate(zip(prompts, replies)):
         try:
@@ -230,37 +238,62 @@ def rollout(policy, ref, value_model, tok, template: Template, prompts: list[dic
                    dropped=len(prompts) - len(keep))
 
 
-def ppo_update(policy, value_model, opt, ro: Rollout, cfg: PPOStage, pad_id: int, generator: torch.Generator
-               ) -> dict[str, float]:
-    """``ppo_epochs`` passes of shuffled mini-batches, one optimizer step each; returns mean stats."""
+class PolicyValue(nn.Module):
+    """The policy and the value model as one module (one forward per micro-batch for DDP; one checkpoint)."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(self, ids, att, labels, width: int, temperature: float):
+        return (token_logps(self.policy, ids, att, labels, width, temperature),
+                token_values(self.value, ids, att, labels, width))
+
+
+def ppo_update(pv: PolicyValue, opt, ro: Rollout, cfg: PPOStage, pad_id: int, generator: torch.Generator,
+               forward: nn.Module | None = None) -> dict[str, float]:
+    """``ppo_epochs`` passes of shuffled mini-batches, one optimizer step each; returns mean stats.
+
+    ``forward`` is ``pv`` wrapped in DDP under torchrun: rank r takes every ``world``-th sample of a
+    mini-batch, gradients are averaged, so the step equals the single-process one."""
+    forward = forward or pv
+    rank, world = dist_env()
     dev = device()
     n = len(ro.seqs)
-    p_params = [p for p in policy.parameters() if p.requires_grad]
-    v_params = [p for p in value_model.parameters() if p.requires_grad]
-    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
-                                                     "approx_kl", "policy_grad_norm")}
+    p_params = [p for p in pv.policy.parameters() if p.requires_grad]
+    v_params = [p for p in pv.value.parameters() if p.requires_grad]
+    keys = ("policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl")
+    stats: dict[str, list[float]] = {k: [] for k in (*keys, "policy_grad_norm")}
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).tolist()
         for start in range(0, n, cfg.mini_batch):
             mb = order[start:start + cfg.mini_batch]
             tokens = float(ro.mask[mb].sum())
-            sums = dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl"), 0.0)
-            for i in range(0, len(mb), cfg.micro_batch):
-                idx = mb[i:i + cfg.micro_batch]
+            mine = mb[rank::world]
+            n_fwd = -(-len(mb[0::world]) // cfg.micro_batch)  # rank 0 has the most: every rank runs as many
+            sums = dict.fromkeys(keys, 0.0)
+            for f in range(n_fwd):
+                idx = mine[f * cfg.micro_batch:(f + 1) * cfg.micro_batch]
+                live = bool(idx)
+                idx = idx or mb[:1]  # an idle rank joins the gradient sync with a zero-weight forward
                 ids, att, lab = pad_right([ro.seqs[j] for j in idx], pad_id)
                 ids, att, lab = ids.to(dev), att.to(dev), lab.to(dev)
                 w = int(ro.mask[idx].sum(dim=1).max())
                 m = ro.mask[idx, :w].to(dev)
-                share = float(m.sum()) / tokens  # token means over the whole mini-batch
-                with autocast(cfg.precision):
-                    lp = token_logps(policy, ids, att, lab, w, cfg.temperature)
-                    v = token_values(value_model, ids, att, lab, w)
-                pl, cf, kl = policy_loss(lp, ro.old_logps[idx, :w].to(dev), ro.advantages[idx, :w].to(dev), m,
-                                         cfg.clip)
-                vl, vcf = value_loss(v, ro.values[idx, :w].to(dev), ro.returns[idx, :w].to(dev), m, cfg.value_clip)
-                ((pl + vl) * share).backward()
-                for k, x in zip(sums, (pl, vl, cf, vcf, kl)):
+                share = float(m.sum()) / tokens if live else 0.0  # token means over the whole mini-batch
+                ctx = forward.no_sync() if world > 1 and f < n_fwd - 1 else nullcontext()
+                with ctx:
+                    with autocast(cfg.precision):
+                        lp, v = forward(ids, att, lab, w, cfg.temperature)
+                    pl, cf, kl = policy_loss(lp, ro.old_logps[idx, :w].to(dev), ro.advantages[idx, :w].to(dev), m,
+                                             cfg.clip)
+                    vl, vcf = value_loss(v, ro.values[idx, :w].to(dev), ro.returns[idx, :w].to(dev), m,
+                                         cfg.value_clip)
+                    ((pl + vl) * (share * world)).backward()  # DDP averages over ranks
+                for k, x in zip(keys, (pl, vl, cf, vcf, kl)):
                     sums[k] += float(x.detach()) * share
+            if world > 1:
+                sums = dict(zip(keys, all_sum([sums[k] for k in keys])))
             gn = torch.nn.utils.clip_grad_norm_(p_params, cfg.grad_clip or float("inf"))
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(v_params, cfg.grad_clip)
@@ -287,30 +320,63 @@ class PPOResult:
     history: list[dict]
     seconds: float
     last: Rollout | None
+    best: dict | None = None  # early stopping: {"iteration", "heldout_reward", "stopped_at"}
+
+
+def _save_best(run_dir: Path, policy: nn.Module, rank: int) -> None:
+    """The policy's weights as the best so far (atomic: a kill leaves the previous best or this one)."""
+    if rank != 0:
+        return
+    from safetensors.torch import save_file
+
+    tmp = run_dir / "best.safetensors.tmp"
+    tensors, _ = _dedupe_shared({k: v.detach().cpu() for k, v in policy.state_dict().items()})
+    save_file(tensors, str(tmp))
+    tmp.replace(run_dir / "best.safetensors")
+
+
+def load_best(run_dir: Path, policy: nn.Module) -> None:
+    from safetensors.torch import load_file
+
+    policy.load_state_dict(load_file(str(Path(run_dir) / "best.safetensors")), strict=False)
 
 
 def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn,
-              cfg: PPOStage, run_dir: Path, *, resume: bool = False, progress: bool = True) -> PPOResult:
+              cfg: PPOStage, run_dir: Path, *, resume: bool = False, progress: bool = True,
+              evaluate: Callable[[], dict] | None = None) -> PPOResult:
     """Train ``policy`` and ``value_model`` in place for ``cfg.iterations``; ``run_dir`` holds
-    ``checkpoint/`` and ``metrics.jsonl``. ``ref`` is never updated."""
+    ``checkpoint/`` and ``metrics.jsonl``. ``ref`` is never updated. With ``cfg.eval_every`` and
+    ``evaluate`` (the held-out greedy reward of the current policy), the best evaluated iteration's
+    policy is kept in ``run_dir/best.safetensors`` and training stops after ``cfg.patience`` evaluations
+    without improvement."""
     run_dir = Path(run_dir)
+    rank, world = dist_env()
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = device()
     for m in (policy, ref, value_model):
         m.to(dev)
         m.eval()
     ref.requires_grad_(False)
-    both = nn.ModuleDict({"policy": policy, "value": value_model})  # one checkpoint for the two models
+    pv = PolicyValue(policy, value_model)
+    forward = pv
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        forward = DDP(pv)
     opt = _optimizer(policy, value_model, cfg)
     start, history = 0, []
+    best = {"iteration": None, "heldout_reward": None, "bad": 0, "stopped_at": None}
     if resume and (found := find_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(found, both, opt)
+        state = load_checkpoint(found, pv, opt)
         start, history = state["iteration"], state["history"]
+        best = state.get("best", best)
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    if rank == 0:
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    early = bool(cfg.eval_every and evaluate is not None)
     kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, unit="it", dynamic_ncols=True)
@@ -321,26 +387,50 @@ def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[d
         ro = rollout(policy, ref, value_model, tok, template, [prompts[i] for i in idx], score_fn, cfg,
                      seed=cfg.seed + 7919 * it)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-        st = ppo_update(policy, value_model, opt, ro, cfg, tok.pad_token_id, gen)
+        st = ppo_update(pv, opt, ro, cfg, tok.pad_token_id, gen, forward)
         seq_kl = ((ro.old_logps - ro.ref_logps) * ro.mask).sum(dim=1)
         rec = {"step": it + 1, "loss": st["policy_loss"] + st["value_loss"],
                "score_mean": float(ro.scores.mean()), "reward_mean": float(logit(ro.scores).mean()),
                "kl": float(seq_kl.mean()), "total_reward_mean": float(ro.rewards.sum(dim=1).mean()),
                **st, "reply_tokens": float(ro.mask.sum(dim=1).mean()), "samples": len(ro.seqs),
-               "dropped": ro.dropped, "elapsed": round(time.perf_counter() - t0, 3)}
+               "dropped": ro.dropped}
+        stop = False
+        if early and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
+            r = evaluate()["reward_mean"]
+            rec["heldout_reward"] = r
+            if best["heldout_reward"] is None or r > best["heldout_reward"]:
+                best.update(iteration=it + 1, heldout_reward=r, bad=0)
+                _save_best(run_dir, policy, rank)
+            else:
+                best["bad"] += 1
+                stop = bool(cfg.patience) and best["bad"] >= cfg.patience and it + 1 < cfg.iterations
+            if stop:
+                best["stopped_at"] = it + 1
+        rec["elapsed"] = round(time.perf_counter() - t0, 3)
         history.append(rec)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         if bar:
             bar.update(1)
             bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", kl=f"{rec['kl']:.3f}")
+        if stop:
+            if rank == 0:
+                print(f"[{cfg.name}] early stop at iteration {it + 1}: held-out reward has not improved on "
+                      f"{best['heldout_reward']:.4f} (iteration {best['iteration']}) for {cfg.patience} evaluations")
+            break
         if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            save_checkpoint(run_dir / "checkpoint", both, opt, {"iteration": it + 1, "history": history}, 0)
-            if kill_after and it + 1 >= kill_after:
+            save_checkpoint(run_dir / "checkpoint", pv, opt, {"iteration": it + 1, "history": history, "best": best},
+                            rank)
+            if kill_after and it + 1 >= kill_after and rank == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
     if bar:
         bar.close()
-    return PPOResult(cfg.iterations, history, time.perf_counter() - t0, ro)
+    if early and best["iteration"] is not None and best["iteration"] != len(history):
+        barrier()  # rank 0 wrote best.safetensors
+        load_best(run_dir, policy)
+    return PPOResult(len(history), history, time.perf_counter() - t0, ro,
+                     {k: v for k, v in best.items() if k != "bad"} if early else None)
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -357,14 +447,11 @@ def reward_scores(scorer) -> ScoreFn:
 
 def greedy_reward(model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn, cfg: PPOStage) -> dict:
     """Distribution of Rc (and its mean logit, the raw reward) of greedy replies to ``prompts``."""
-    from herd.align.rejection import distribution
-    from herd.generation import generate
+    from herd.align.rejection import distribution, greedy_replies
 
     if not prompts:
         return {"n": 0}
-    texts = [template.prompt(p["messages"], tok) for p in prompts]
-    replies = generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                       stop=template.stop_strings(tok), batch_size=cfg.gen_batch)
+    replies = greedy_replies(model, tok, template, prompts, cfg.max_new_tokens, cfg.gen_batch)
     rc = score_fn([p["messages"] for p in prompts], replies, [bool(p.get("safety")) for p in prompts])
     return {**distribution(rc), "reward_mean": round(float(logit(rc).mean()), 5)}
 
@@ -382,7 +469,7 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     from herd.align.reward import load_reward_model
     from herd.data.report import DataReport
 
-    single_process(cfg.name)
+    rank, world = dist_env()
     report = DataReport()
     prompts, data_records = load_prompts(cfg.data, relative_to=recipe_dir(recipe), report=report)
     tok = load_tokenizer(parent)
@@ -391,7 +478,7 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     too_long = n_read - len(prompts)
     train_p, held_p = split_prompts(prompts, cfg)
     work = out.with_name(out.name + ".work")
-    if not resume:
+    if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     helpful = load_reward_model(resolve_reward_model(cfg.reward_model, workspace, recipe), template)
     safety = (load_reward_model(resolve_reward_model(cfg.safety_reward_model, workspace, recipe), template)
@@ -403,13 +490,15 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     torch.manual_seed(cfg.seed)  # the value head's initialisation
     value_model = LlamaForSequenceClassification.from_pretrained(str(parent.path), num_labels=1,
                                                                  dtype=torch.float32).to(dev)
-    if progress:
+    if progress and rank == 0:
         print(f"[{cfg.name}] {len(train_p)} training / {len(held_p)} held-out prompts; {cfg.iterations} "
               f"iterations x {cfg.batch_size} samples" + (f"; {too_long} prompts over max_prompt_len" if too_long
                                                          else ""))
     before = greedy_reward(policy, tok, template, held_p, score_fn, cfg)
+    if cfg.eval_every and not held_p:
+        raise HerdError(f"stage {cfg.name}: eval_every needs held-out prompts (eval_size > 0)")
     result = train_ppo(policy, ref, value_model, tok, template, train_p, score_fn, cfg, work, resume=resume,
-                       progress=progress)
+                       progress=progress, evaluate=lambda: greedy_reward(policy, tok, template, held_p, score_fn, cfg))
     after = greedy_reward(policy, tok, template, held_p, score_fn, cfg)
     hist = result.history
 
@@ -424,7 +513,12 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
                "heldout_greedy_reward_parent": before, "heldout_greedy_reward": after,
                "reward_models": [str(helpful.path)] + ([str(safety.path)] if safety else []),
                "value_model": "separate: scalar head on a copy of the parent",
-               "data": {"read": report.as_dict(), "prompts": n_read, "over_max_prompt_len": too_long}}
+               **({"early_stopping": {"eval_every": cfg.eval_every, "patience": cfg.patience, **result.best}}
+                  if result.best else {}),
+               "data": {"read": report.as_dict(), "prompts": n_read, "over_max_prompt_len": too_long},
+               "world_size": world}
+    if rank != 0:
+        return out, summary
     tmp = staging_dir(out)
     save_model_folder(policy.cpu(), tok, template, tmp)
     if result.last is not None:  # the last iteration's samples, for inspection
@@ -442,4 +536,4 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
 
 
 __all__ = ["gae", "greedy_reward", "iteration_prompts", "masked_whiten", "policy_loss", "ppo_update", "rollout",
-           "run_ppo", "token_logps", "token_values", "train_ppo", "value_loss"]
+           "PolicyValue", "run_ppo", "token_logps", "token_values", "train_ppo", "value_loss"]

@@ -11,6 +11,10 @@ model's greedy replies.
 Resumable: samples are appended per chunk of prompts to ``<out>.rs-work/samples.jsonl`` (a resumed run
 skips finished chunks; generation is seeded per chunk, so the samples are the same either way) and the
 SFT run keeps its own atomic checkpoints.
+
+Under torchrun the ranks share sampling, scoring and the greedy evaluations chunk by chunk
+(:mod:`herd.distributed`: the same chunks and seeds as one process, so the same samples), each rank
+appending to its own cache file; the SFT run is herd's distributed SFT; rank 0 publishes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import torch
 
 from herd.align.common import recipe_dir
 from herd.align.config import RejectionSamplingStage
-from herd.align.loop import single_process
 from herd.align.losses import combine_rewards
 from herd.align.preference import (
     LABELED_FORMATS,
@@ -47,8 +50,10 @@ from herd.artifacts import (
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.data.records import Example
 from herd.data.report import DataReport
+from herd.distributed import barrier, map_chunks
 from herd.errors import ConfigError, DataError, HerdError
 from herd.templates import Template
+from herd.training import device, dist_env
 
 # -- pure pieces ------------------------------------------------------------------------------------
 
@@ -167,58 +172,77 @@ class Scorer:
 
 # -- sampling -------------------------------------------------------------------------------------
 
+def _read_cache(path: Path) -> dict[int, list[list[str]]]:
+    done: dict[int, list[list[str]]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill: that chunk is sampled again
+            continue
+        done[rec["chunk"]] = rec["replies"]
+    return done
+
+
 def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cfg: RejectionSamplingStage,
                    cache: Path, progress: bool = True) -> list[list[str]]:
-    """K samples per prompt, appended per chunk of ``gen_batch`` prompts to ``cache`` (JSON Lines)."""
+    """K samples per prompt, appended per chunk of ``gen_batch`` prompts to ``cache`` (JSON Lines; rank r
+    of a torchrun appends to ``<cache stem>.rank<r>.jsonl``, and every cache file is read on resume)."""
     from herd.generation import generate
 
+    rank, world = dist_env()
+    own = cache if rank == 0 else cache.with_name(f"{cache.stem}.rank{rank}{cache.suffix}")
     done: dict[int, list[list[str]]] = {}
-    if cache.is_file():
-        for line in cache.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut by a kill: that chunk is sampled again
-                continue
-            done[rec["chunk"]] = rec["replies"]
-        # rewrite without the cut line, so appended chunks start on a line of their own
-        atomic_write_text(cache, "".join(json.dumps({"chunk": c, "replies": r}) + "\n" for c, r in done.items()))
+    for path in sorted(cache.parent.glob(f"{cache.stem}*{cache.suffix}")):
+        done.update(_read_cache(path))
+    if own.is_file():  # rewrite without a cut line, so appended chunks start on a line of their own
+        atomic_write_text(own, "".join(json.dumps({"chunk": c, "replies": r}) + "\n"
+                                       for c, r in _read_cache(own).items()))
     stops = template.stop_strings(tokenizer)
-    chunks = range(0, len(prompts), cfg.gen_batch)
+    n_chunks = math.ceil(len(prompts) / cfg.gen_batch)
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(chunks), initial=sum(1 for c in chunks if c // cfg.gen_batch in done), desc="sample",
-                   unit="chunk", dynamic_ncols=True)
-    out: list[list[str]] = []
-    for start in chunks:
-        c = start // cfg.gen_batch
-        part = prompts[start:start + cfg.gen_batch]
-        if c not in done or len(done[c]) != len(part):
-            texts = [template.prompt(p["messages"], tokenizer) for p in part for _ in range(cfg.k)]
-            flat = generate(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, stop=stops, batch_size=cfg.gen_batch * cfg.k,
-                            seed=cfg.seed + 7919 * c)
-            done[c] = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
-            with open(cache, "a") as f:
-                f.write(json.dumps({"chunk": c, "replies": done[c]}) + "\n")
-            if bar:
-                bar.update(1)
-        out += done[c]
+        mine = range(0, n_chunks, world)
+        bar = tqdm(total=len(mine), initial=sum(1 for c in mine if c in done), desc="sample", unit="chunk",
+                   dynamic_ncols=True)
+
+    def one(part: list[dict], c: int) -> list[list[str]]:
+        if c in done and len(done[c]) == len(part):
+            return done[c]
+        texts = [template.prompt(p["messages"], tokenizer) for p in part for _ in range(cfg.k)]
+        flat = generate(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, stop=stops, batch_size=cfg.gen_batch * cfg.k, seed=cfg.seed + 7919 * c)
+        replies = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
+        with open(own, "a") as f:
+            f.write(json.dumps({"chunk": c, "replies": replies}) + "\n")
+        if bar:
+            bar.update(1)
+        return replies
+
+    out = map_chunks(one, prompts, cfg.gen_batch)
     if bar:
         bar.close()
     return out
 
 
-def _greedy_reward(model, tokenizer, template: Template, prompts: list[dict], scorer: Scorer,
-                   cfg: RejectionSamplingStage) -> dict:
+def greedy_replies(model, tokenizer, template: Template, prompts: list[dict], max_new_tokens: int,
+                   batch_size: int) -> list[str]:
+    """Greedy replies to ``prompts`` in batches of ``batch_size`` (shared by the ranks under torchrun)."""
     from herd.generation import generate
 
+    stops = template.stop_strings(tokenizer)
+    return map_chunks(lambda part, _c: generate(model, tokenizer, [template.prompt(p["messages"], tokenizer)
+                                                                   for p in part],
+                                                max_new_tokens=max_new_tokens, temperature=0.0, stop=stops,
+                                                batch_size=len(part)), prompts, batch_size)
+
+
+def _greedy_reward(model, tokenizer, template: Template, prompts: list[dict], scorer: Scorer,
+                   cfg: RejectionSamplingStage) -> dict:
     if not prompts:
         return {"n": 0}
-    texts = [template.prompt(p["messages"], tokenizer) for p in prompts]
-    replies = generate(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                       stop=template.stop_strings(tokenizer), batch_size=cfg.gen_batch)
+    replies = greedy_replies(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.gen_batch)
     return distribution(scorer([p["messages"] for p in prompts], replies, [p["safety"] for p in prompts]))
 
 
@@ -229,17 +253,17 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
                            workspace: Path | None = None) -> tuple[Path, dict]:
     """Sample, score, keep the best, fine-tune; writes the artifact at ``out``; returns (path, summary)."""
     from herd.stages.sft import run_sft
-    from herd.training import device
 
-    single_process(cfg.name)
+    rank, world = dist_env()
     report = DataReport()
     prompts, data_records = load_prompts(cfg.data, relative_to=recipe_dir(recipe), report=report)
     train_p, held_p = split_prompts(prompts, cfg)
     work = out.with_name(out.name + ".rs-work")
     sft_out = out.with_name(out.name + ".rs-sft")
-    if not resume:
+    if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(sft_out, ignore_errors=True)
+    barrier()
     work.mkdir(parents=True, exist_ok=True)
     helpful = load_reward_model(resolve_reward_model(cfg.reward_model, workspace, recipe), template)
     safety = (load_reward_model(resolve_reward_model(cfg.safety_reward_model, workspace, recipe), template)
@@ -247,7 +271,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     scorer = Scorer(helpful, safety, cfg.safety_threshold, cfg.score_batch)
     tok = load_tokenizer(parent)
     model = load_model(parent).to(device())
-    if progress:
+    if progress and rank == 0:
         print(f"[{cfg.name}] {len(train_p)} prompts x {cfg.k} samples; {len(held_p)} held-out prompts")
     samples = sample_replies(model, tok, template, train_p, cfg, work / "samples.jsonl", progress)
     flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
@@ -264,11 +288,13 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     examples = [e for e in examples if e.messages[-1]["content"].strip()]
     if not examples:
         raise HerdError(f"stage {cfg.name}: every kept sample is empty")
+    barrier()  # every rank decides alike whether the SFT run is finished already
     if is_artifact(sft_out):
         sft_summary = read_lineage(sft_out).get("metrics") or {}
     else:
         _, sft_summary = run_sft(cfg.sft, parent, template, examples, sft_out, name=name, resume=resume,
                                  recipe=recipe, data=data_records, progress=progress)
+    barrier()  # rank 0 published the SFT model
     new_model = load_model(sft_out).to(device())
     held_after = _greedy_reward(new_model, tok, template, held_p, scorer, cfg)
     del new_model
@@ -278,7 +304,9 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
                "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,
                "reward_models": [str(helpful.path)] + ([str(safety.path)] if safety else []),
                "sft": {k: v for k, v in sft_summary.items() if k not in ("data", "data_report")},
-               "data": report.as_dict()}
+               "data": report.as_dict(), "world_size": world}
+    if rank != 0:
+        return out, summary
     tmp = staging_dir(out)
     tmp.rmdir()
     shutil.copytree(sft_out, tmp)  # copy, not move: a kill here leaves the finished SFT run for a resume

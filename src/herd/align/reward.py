@@ -25,13 +25,14 @@ from herd.align.common import (
 )
 from herd.align.config import RewardModelStage
 from herd.align.logprobs import Encoded, encode_reply, map_batches, pad_right
-from herd.align.loop import pair_loop_config, single_process, train_items
+from herd.align.loop import pair_loop_config, train_items
 from herd.align.losses import bradley_terry_loss, rating_margin
 from herd.artifacts import staging_dir, template_record
 from herd.base import BaseRef, load_tokenizer
+from herd.distributed import map_rows
 from herd.errors import HerdError
 from herd.templates import Template, get_template
-from herd.training import device
+from herd.training import device, dist_env, full_state_dict
 
 
 def reward_pad_id(tokenizer) -> int:
@@ -53,8 +54,11 @@ def pooled_rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
 
 
 def score_encoded(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> torch.Tensor:
-    """Rewards of already-encoded sequences (CPU float32, input order)."""
-    return map_batches(model, seqs, pad_id, batch_size, lambda m, ids, att, _lab: pooled_rewards(m, ids, att))
+    """Rewards of already-encoded sequences (CPU float32, input order); under torchrun the ranks share
+    the batches (every rank gets all rewards)."""
+    return map_rows(lambda part: map_batches(model, part, pad_id, batch_size,
+                                             lambda m, ids, att, _lab: pooled_rewards(m, ids, att)),
+                    seqs, batch_size, key=len)
 
 
 @dataclass
@@ -120,10 +124,10 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     """Train a reward model on ``cfg.data`` and write it at ``out``; returns (path, summary)."""
     from transformers import LlamaForSequenceClassification
 
-    single_process(cfg.name)
+    rank, world = dist_env()
     tok = load_tokenizer(parent)
     pad = reward_pad_id(tok)
-    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress)
+    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress and rank == 0)
     margins = torch.tensor([rating_margin(p.rating, cfg.margin, p.margin) for p in train.pairs])
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = LlamaForSequenceClassification.from_pretrained(str(parent.path), num_labels=1, dtype=torch.float32)
@@ -147,18 +151,27 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
         return pair_metrics(rc, rr, [p.rating for p in held.pairs]), rc, rr
 
     work = out.with_name(out.name + ".work")
-    if not resume:
+    if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     before, _, _ = held_out()
     result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
                          desc=cfg.name)
+    if world > 1:  # the trained model is wrapped or sharded: score with a plain copy of its weights
+        state = full_state_dict(model, all_ranks=True)
+        model = LlamaForSequenceClassification.from_pretrained(str(parent.path), num_labels=1, dtype=torch.float32)
+        model.load_state_dict(state)
+        model.config.pad_token_id = pad
+        model.to(device())
     after, rc, rr = held_out()
     hist = result.history
     summary = {"steps": result.steps, "train_pairs": len(train), "seconds": round(result.seconds, 1),
                "first_loss": hist[0]["loss"] if hist else None, "final_loss": hist[-1]["loss"] if hist else None,
                "heldout": after, "heldout_before": before, "margin_scheme": cfg.margin,
+               "world_size": world,
                "data": {"read": data.report.as_dict(), "duplicates": data.duplicates,
                         "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)}}
+    if rank != 0:
+        return out, summary
     tmp = staging_dir(out)
     model.config.architectures = ["LlamaForSequenceClassification"]
     model.save_pretrained(tmp, safe_serialization=True)
