@@ -173,7 +173,10 @@ def _check_metrics(metrics, names):
     assert [m["name"] for m in metrics] == names
     for m in metrics:
         assert m.keys() == {"task", "name", "dataset", "parent", "derived", "better"}
-        assert m["better"] == "higher" and 0.0 <= m["parent"] <= 100.0 and 0.0 <= m["derived"] <= 100.0
+        if m["name"].startswith("middle_nll"):  # nats/token
+            assert m["better"] == "lower" and m["parent"] > 0 and m["derived"] > 0
+        else:
+            assert m["better"] == "higher" and 0.0 <= m["parent"] <= 100.0 and 0.0 <= m["derived"] <= 100.0
 
 
 def test_configs_validate():
@@ -219,8 +222,11 @@ def test_infilling_eval_end_to_end_uses_each_roles_tokenizer(tiny_ref, derived_d
     cfg_cls, fn = _eval("humaneval_infilling")
     cfg = cfg_cls(data=str(INFILLING), n_problems=3, max_new_tokens=6, batch_size=4)
     out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
-    _check_metrics(out.metrics, ["exact_match_psm", "pass@1_psm", "exact_match_spm", "pass@1_spm"])
+    _check_metrics(out.metrics, ["exact_match_psm", "pass@1_psm", "middle_nll_psm", "exact_match_spm", "pass@1_spm",
+                                 "middle_nll_spm"])
     assert out.extra["humaneval_infilling"]["single_line"] is True
+    nll = next(m for m in out.metrics if m["name"] == "middle_nll_spm")
+    assert nll["better"] == "lower" and nll["parent"] > 0 and nll["derived"] > 0
     for f in out.files:
         rows = _rows(f)
         assert len(rows) == 3 * 2 and [r["mode"] for r in rows] == ["psm"] * 3 + ["spm"] * 3
@@ -237,3 +243,22 @@ def test_mbpp_eval_end_to_end(tiny_ref, derived_dir, tmp_path):
     _check_metrics(out.metrics, ["pass@1"])
     assert "3-shot" in out.metrics[0]["task"] and "task_ids 11-510 (2 problems" in out.metrics[0]["dataset"]
     assert [len(_rows(f)) for f in out.files] == [2, 2]
+
+
+def test_middle_nll_scores_exactly_the_middle_tokens(tiny_model, tokenizer):
+    """The NLL averages -log softmax over exactly the middle's tokens, the first predicted from the prompt's
+    last position (no off-by-one), in both layouts, with the sentinels as text for a tokenizer without them."""
+    import torch
+
+    from herd.code.fim import infill_prompt_ids
+
+    prob = {"prompt": "def f(x):\n", "suffix": "\n    return y\n", "canonical_solution": "    y"}
+    target = tokenizer(prob["canonical_solution"], add_special_tokens=False)["input_ids"]
+    assert len(target) >= 2
+    for mode in ("psm", "spm"):
+        got = he.middle_nll(tiny_model, tokenizer, [prob], mode)[0]
+        prompt = infill_prompt_ids(tokenizer, prob["prompt"], prob["suffix"], mode)
+        with torch.no_grad():
+            logp = tiny_model(input_ids=torch.tensor([prompt + target])).logits[0].log_softmax(-1)
+        want = -sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(target)) / len(target)
+        assert got == pytest.approx(float(want), abs=1e-5)

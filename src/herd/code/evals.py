@@ -63,6 +63,7 @@ class HumanEvalInfillingConfig(_ExecConfig):
     modes: list[Literal["psm", "spm"]] = Field(default_factory=lambda: ["psm", "spm"], min_length=1)
     single_line: bool | None = None  # stop at a newline; None: when the file is the single-line benchmark
     max_new_tokens: int = Field(default=128, gt=0)
+    middle_nll: bool = True  # also score the true middle's likelihood (a graded infilling measure)
 
 
 class MBPPConfig(_PassAtKConfig):
@@ -241,9 +242,10 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
             ctx.log(f"HumanEval infilling ({mode.upper()}), {role} ({len(problems)} tasks)")
             middles = he.infill(model, tok, problems, mode, single_line=single, max_new_tokens=cfg.max_new_tokens,
                                 batch_size=cfg.batch_size)
+            nll = he.middle_nll(model, tok, problems, mode) if cfg.middle_nll else [None] * len(problems)
             jobs += [{"task_id": p["task_id"], "role": role, "mode": mode, "middle": m,
-                      "exact_match": he.exact_match(m, p["canonical_solution"]),
-                      "program": he.infilling_program(p, m)} for p, m in zip(problems, middles)]
+                      "exact_match": he.exact_match(m, p["canonical_solution"]), "middle_nll": x,
+                      "program": he.infilling_program(p, m)} for p, m, x in zip(problems, middles, nll)]
         del tok, model  # so that _execute can free it
     _execute(ctx, cfg, jobs, "humaneval_infilling")
     files = [_write(ctx, f"humaneval-infilling-{role}.jsonl", [j for j in jobs if j["role"] == role])
@@ -259,6 +261,16 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
             metrics.append({"task": f"HumanEval {bench} infilling {label} % ({mode.upper()}, greedy)",
                             "name": f"{name}_{mode}", "dataset": dataset, "parent": val["parent"],
                             "derived": val["derived"], "better": "higher"})
+        if cfg.middle_nll:
+            nll = {role: [j["middle_nll"] for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
+            pairs = [(q, d) for q, d in zip(nll["parent"], nll["derived"]) if q is not None and d is not None]
+            wins = he.mean([float(d < q) for q, d in pairs])
+            metrics.append({"task": f"HumanEval {bench} infilling: NLL of the true middle, nats/token ({mode.upper()}, "
+                                    f"teacher-forced; derived lower on {_pct(wins)}% of tasks)",
+                            "name": f"middle_nll_{mode}", "dataset": dataset,
+                            "parent": round(he.mean([q for q, _ in pairs]), 4),
+                            "derived": round(he.mean([d for _, d in pairs]), 4),
+                            "better": "lower"})
     statuses = _statuses(jobs)
     extra = {"humaneval_infilling": {"tasks": len(problems), "modes": list(cfg.modes), "single_line": single,
                                      "statuses": statuses, "files": files}}

@@ -216,5 +216,32 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
     return middles
 
 
+def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str) -> list[float | None]:
+    """Mean negative log-likelihood (nats/token) of each problem's true middle after the PSM/SPM infilling
+    prompt, teacher-forced: a graded measure of infilling where exact match of a small model is all 0.
+
+    The middle is tokenized on its own (in SPM training it is encoded together with the prefix; the
+    boundary token may differ) and its closing <EOT> is not scored (a parent has no such token)."""
+    import torch
+
+    from herd.code.fim import infill_prompt_ids
+
+    out = []
+    dev = next(model.parameters()).device
+    model.eval()
+    for p in problems:
+        prompt = infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode)
+        target = tokenizer(p["canonical_solution"], add_special_tokens=False)["input_ids"]
+        if not target:
+            out.append(None)
+            continue
+        ids = torch.tensor([prompt + target], device=dev)
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1:-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(target, device=dev))
+        out.append(float(nll))
+    return out
+
+
 def mean(xs: Sequence[float]) -> float:
     return math.fsum(xs) / len(xs) if xs else 0.0
