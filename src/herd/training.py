@@ -25,6 +25,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -334,7 +335,7 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
                 pos = torch.zeros((1, 1), dtype=torch.long, device=dev)
                 lab = torch.full((1, 1), IGNORE_INDEX, device=dev)
             sync = m == n_mb - 1
-            ctx = loss_mod.no_sync() if (world > 1 and not cfg.fsdp and not sync) else _null()
+            ctx = loss_mod.no_sync() if (world > 1 and not cfg.fsdp and not sync) else nullcontext()
             with ctx, torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss_sum = loss_mod(ids, pos, lab)
             (loss_sum * (world / max(1, n_trained))).backward()
@@ -379,14 +380,6 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     if world > 1:
         dist.barrier()
     return LoopResult(steps=total, history=history, tokens=tokens, trained_tokens=trained, seconds=seconds)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def full_state_dict(model: nn.Module, all_ranks: bool = False) -> dict[str, torch.Tensor]:
