@@ -20,11 +20,11 @@ def derive(recipe: str, *, base: str | None = None, profile: str = "tiny", data:
 
 
 def artifact_path(path: str | Path) -> Path:
-    """An artifact folder, or a derive workspace (its ``model`` link)."""
-    p = Path(path)
-    if (p / "model").exists() and not (p / "config.json").exists():
-        return (p / "model").resolve()
-    return p
+    """An artifact folder, a derive run folder (its ``model`` link), or any other path unchanged
+    (a plain HF folder chats in its tokenizer's template)."""
+    from herd.artifacts import locate_artifact
+
+    return locate_artifact(path, strict=False)
 
 
 def artifact_template(path: Path, tokenizer):
@@ -101,9 +101,9 @@ def chat(artifact: str | Path, *, message: list[str] | None = None, max_new_toke
 
 def info(artifact: str | Path, *, as_json: bool = False) -> str:
     """Lineage and scorecard of an artifact, as text or JSON."""
-    from herd.artifacts import read_lineage
+    from herd.artifacts import locate_artifact, read_lineage
 
-    path = artifact_path(artifact)
+    path = locate_artifact(artifact)
     lin = read_lineage(path)
     card_md = (path / "scorecard.md").read_text() if (path / "scorecard.md").is_file() else None
     if as_json:

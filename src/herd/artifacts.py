@@ -110,6 +110,35 @@ def is_artifact(folder: str | Path) -> bool:
     return (Path(folder) / LINEAGE_FILE).is_file()
 
 
+RUN_LINK = "model"  # a derive run folder's link to its derived model
+
+
+def locate_artifact(path: str | Path, *, strict: bool = True) -> Path:
+    """The artifact behind whatever ``herd derive`` printed or wrote: an artifact or stage folder (it holds
+    ``lineage.json``), a run folder (its ``model`` link is followed) or that link itself.
+
+    Every command that takes an artifact goes through here, so they all accept the same things and fail
+    with the same message. ``strict=False`` returns other paths unchanged (plain HF folders are bases).
+    """
+    p = Path(path).expanduser()
+    if is_artifact(p):
+        return p.resolve() if p.is_symlink() else p
+    link = p / RUN_LINK
+    if is_artifact(link):
+        return link.resolve()
+    if not strict:
+        return p
+    if not p.exists():
+        raise HerdError(f"{path}: no such file or folder")
+    looked = [f"{p / LINEAGE_FILE} (an artifact or stage folder)",
+              f"{link / LINEAGE_FILE} (a run folder's '{RUN_LINK}' link to its derived model)"]
+    stages = sorted(q.name for q in p.iterdir() if q.is_dir() and is_artifact(q)) if p.is_dir() else []
+    hint = f"; its finished stages: {', '.join(stages)}" if stages else ""
+    if (p / ".work").is_dir() or (p.is_dir() and not stages and any(p.glob("*.partial"))):
+        hint += "; a derive there has not finished (`herd derive --resume` continues it)"
+    raise HerdError(f"{path}: not a herd artifact; looked for {' and '.join(looked)}{hint}")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

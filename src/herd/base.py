@@ -249,7 +249,9 @@ def resolve_base(spec: str | Path, *, allow_pickle: bool = False) -> BaseRef:
             raise BaseError(f"{path}: a base file must be .gguf; for safetensors give the folder")
         return _gguf_base(path.resolve(), path.stem, "gguf")
     if path.is_dir():
-        return _hf_base(path.resolve(), allow_pickle)
+        from herd.artifacts import locate_artifact  # a derive run folder stands for its derived model
+
+        return _hf_base(locate_artifact(path, strict=False).resolve(), allow_pickle)
     hub = _hub_cache_folder(spec)
     if hub is not None:
         ref = _hf_base(hub, allow_pickle)

@@ -15,10 +15,9 @@ def default_gguf_path(artifact: str | Path, dtype: str) -> Path:
 
 
 def _cmd_export(args) -> int:
-    from herd.artifacts import is_artifact
+    from herd.artifacts import locate_artifact
 
-    if not is_artifact(args.artifact):
-        raise HerdError(f"{args.artifact}: not a herd artifact (no lineage.json)")
+    args.artifact = locate_artifact(args.artifact)
     if args.to == "gguf":
         from herd.export import export_gguf, write_modelfile
 

@@ -69,11 +69,11 @@ def load_served(artifact: str | Path, backend: str = "transformers", *, gguf: st
                 threads: int | None = None) -> ServedModel:
     """Load an artifact for serving. The llamacpp backend runs ``gguf`` or the artifact's exported GGUF,
     exporting it first (ARTIFACT/export/NAME.DTYPE.gguf) when it is missing."""
-    from herd.artifacts import read_lineage
+    from herd.artifacts import locate_artifact, read_lineage
     from herd.base import load_tokenizer
     from herd.templates import get_template
 
-    folder = Path(artifact)
+    folder = locate_artifact(artifact)
     lineage = read_lineage(folder)
     tok = load_tokenizer(folder)
     template = get_template(lineage["template"]["name"]) if lineage.get("template") else None
