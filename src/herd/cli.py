@@ -59,6 +59,12 @@ def _cmd_bases(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    from herd.doctor import main as doctor
+
+    return doctor()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="herd", description="Re-derive the Llama family: recipes, "
                                 "scorecards, lineage.")
@@ -90,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bases", help="what herd can load")
     b.set_defaults(func=_cmd_bases)
+
+    doc = sub.add_parser("doctor", help="check this machine before a long run: CPU features, threads, torch, "
+                         "llama.cpp build, memory, base, data")
+    doc.set_defaults(func=_cmd_doctor)
 
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).add_commands(sub)
