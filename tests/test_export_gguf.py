@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from herd.artifacts import new_lineage, read_lineage, save_model_folder, templat
 from herd.base import load_model, load_tokenizer, resolve_base, smollm2_gguf_path
 from herd.export import export_gguf, export_hf, read_gguf_lineage, write_modelfile
 from herd.export.ollama import blocks
+from herd.native import NativeCrash, probe_llamacpp, run_isolated
 from herd.templates import get_template
 
 # Five prompts: chat turns with special tokens, digits, code, non-Latin scripts and emoji, FIM sentinels.
@@ -92,11 +96,12 @@ def test_gguf_f32_reloads_with_identical_logits(artifact, gguf_f32):
         assert torch.equal(back(ids).logits, load_model(artifact)(ids).logits)
 
 
-def _llama(path, **kw):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, **kw)
+needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                    reason="llama-cpp-python not built (make setup-llamacpp)")
 
 
+# llama.cpp runs only in child processes (herd.native.run_isolated): a build this CPU cannot run dies
+# there with SIGILL, which fails one test with the cause named instead of killing the whole session.
 def _greedy_llamacpp(llm, ids: list[int], n: int) -> list[int]:
     llm.reset()
     out = []
@@ -106,27 +111,68 @@ def _greedy_llamacpp(llm, ids: list[int], n: int) -> list[int]:
     return out
 
 
+def _llamacpp_tokenize_and_continue(path: str, cases: list[tuple[str, list[int]]], n: int) -> list[dict]:
+    """In the child: llama.cpp's tokenization of each text and its greedy continuation of given ids."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False, logits_all=True)
+    return [{"ids": llm.tokenize(text.encode(), add_bos=False, special=True),
+             "ids_bos": llm.tokenize(text.encode(), special=True),
+             "greedy": _greedy_llamacpp(llm, ids, n)} for text, ids in cases]
+
+
+def _llamacpp_complete(path: str, prompt: str, max_tokens: int) -> dict:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False)
+    return {"pid": os.getpid(), "usage": llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)["usage"]}
+
+
+def _llamacpp_load_then_crash(path: str) -> None:
+    """In the child: load the GGUF, then die the way an AVX-512 build dies on an AVX2-only CPU."""
+    import llama_cpp
+
+    llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, verbose=False)
+    os.kill(os.getpid(), signal.SIGILL)
+
+
+@needs_llamacpp
 def test_llamacpp_tokenizes_and_continues_like_transformers(artifact, gguf_f32):
-    llm = _llama(gguf_f32, logits_all=True)  # keeps the logits a plain argmax loop reads
     tok, template, model = load_tokenizer(artifact), get_template("chatml"), load_model(artifact)
-    for messages in PROMPTS:
-        text = template.prompt(messages, tok)
-        ids = tok.encode(text, add_special_tokens=False)
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
-        assert llm.tokenize(text.encode(), special=True) == tok.encode(text), "BOS convention differs"
+    texts = [template.prompt(messages, tok) for messages in PROMPTS]
+    cases = [(text, tok.encode(text, add_special_tokens=False)) for text in texts]
+    got = run_isolated(_llamacpp_tokenize_and_continue, str(gguf_f32), cases, 32, what="llama.cpp", timeout=600)
+    for (text, ids), cpp in zip(cases, got):
+        assert cpp["ids"] == ids, text
+        assert cpp["ids_bos"] == tok.encode(text), "BOS convention differs"
         with torch.no_grad():
             want = model.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                   eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
-        assert _greedy_llamacpp(llm, ids, 32) == want, text
+        assert cpp["greedy"] == want, text
 
 
+@needs_llamacpp
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_smaller_gguf_dtypes_run_in_llamacpp(artifact, dtype):
     path = export_gguf(artifact, artifact / "export" / f"tiny.{dtype}.gguf", dtype)
     assert _fields(path)["general.file_type"] == {"f16": 1, "q8_0": 7}[dtype]
-    llm = _llama(path)
-    out = llm.create_completion("Hello", max_tokens=8, temperature=0)
+    out = run_isolated(_llamacpp_complete, str(path), "Hello", 8, what="llama.cpp", timeout=300)
     assert out["usage"]["completion_tokens"] >= 1
+    assert out["pid"] != os.getpid()
+
+
+@needs_llamacpp
+def test_llamacpp_crash_in_its_child_is_a_failure_naming_the_cause(gguf_f32):
+    """The probe every llama.cpp load goes through runs in another process; when that process dies by a
+    signal (here SIGILL right after a real load), the caller gets an error naming it and the fix."""
+    probe = probe_llamacpp(gguf_f32, threads=1)
+    assert len(probe["tokens"]) == 2 and probe["n_vocab"] == 49152 + len(FIM_TOKENS)
+    with pytest.raises(NativeCrash) as e:
+        run_isolated(_llamacpp_load_then_crash, str(gguf_f32), what="llama.cpp loading tiny.f32.gguf", timeout=300)
+    assert e.value.signum == signal.SIGILL
+    msg = str(e.value)
+    assert "llama.cpp loading tiny.f32.gguf crashed the process with SIGILL (Illegal instruction)" in msg
+    assert "make setup-llamacpp" in msg and "herd doctor" in msg
 
 
 def _go_render(go: str, messages: list[dict]) -> str:

@@ -116,7 +116,7 @@ def llamacpp_checks(flags: set[str]) -> list[Check]:
                       + f"; runs: {isa or cpu_line.strip() or 'see system info'}"
                       + (f"; this CPU lacks {', '.join(missing)}: `make setup-llamacpp` rebuilds it" if missing else "")))
     if not missing and record.get("cmake_args") != llamacpp.cmake_args(want):
-        rows.append(Check("warn", "llama.cpp build", f"this CPU would get the {want['variant']} variant; "
+        rows.append(Check("warn", "llama.cpp rebuild", f"this CPU would get the {want['variant']} variant; "
                                                      "`make setup-llamacpp` rebuilds it"))
     return rows
 

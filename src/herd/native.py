@@ -81,15 +81,17 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, timeout: float |
     proc = ctx.Process(target=_child, args=(send, fn, args, kwargs), daemon=True)
     proc.start()
     send.close()
-    reply = None
+    reply, timed_out = None, False
     try:
         if recv.poll(timeout):
             reply = recv.recv()
+        else:
+            timed_out = True
     except EOFError:
         pass  # the child died before answering: its exit code says how
     finally:
         recv.close()
-    if reply is None and proc.is_alive():
+    if timed_out:
         proc.kill()
         proc.join()
         raise NativeCrash(what, None, f"did not finish within {timeout} s (killed)")

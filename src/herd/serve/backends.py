@@ -141,11 +141,17 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, gguf_path: str | Path, stop_ids: set[int], *, context_length: int | None = None,
                  threads: int | None = None):
-        try:
-            from llama_cpp import Llama
-        except ImportError:
-            raise HerdError("--backend llamacpp needs llama-cpp-python (see the README: build it without "
-                            "-march=native)") from None
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise HerdError("--backend llamacpp needs llama-cpp-python: `make setup-llamacpp` builds it for "
+                            "this CPU (`herd doctor` shows whether it is there)")
+        from herd.native import probe_llamacpp
+
+        # load it in a child first: a build this CPU cannot run fails there with a clear error, not here
+        probe_llamacpp(gguf_path, threads=threads)
+        from llama_cpp import Llama
+
         self.llm = Llama(model_path=str(gguf_path), n_ctx=context_length or 0, n_threads=threads,
                          n_batch=512, verbose=False)
         self.context_length = self.llm.n_ctx()
