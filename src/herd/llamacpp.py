@@ -121,7 +121,7 @@ def installed_record() -> dict | None:
         return {}
 
 
-def build_and_install(build: dict) -> None:
+def build_and_install(build: dict, *, install: bool = True) -> None:
     key = hashlib.sha256(f"{VERSION} {cmake_args(build)}".encode()).hexdigest()[:16]
     cache = cache_dir() / "llamacpp-wheels" / key
     wheels = sorted(cache.glob("llama_cpp_python-*.whl"))
@@ -139,6 +139,8 @@ def build_and_install(build: dict) -> None:
         wheels = sorted(cache.glob("llama_cpp_python-*.whl"))
     else:
         print(f"llama.cpp: cached {build['variant']} wheel {wheels[-1]}", flush=True)
+    if not install:
+        return
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
                     str(wheels[-1])], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "diskcache"], check=True)
@@ -156,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if the installed build does not match")
     ap.add_argument("--print-flags", action="store_true", help="print the cmake options and exit")
+    ap.add_argument("--cache-only", action="store_true", help="build the wheel into the cache, install nothing")
     args = ap.parse_args(argv)
     build = wanted()
     if args.print_flags:
         print(cmake_args(build))
+        return 0
+    if args.cache_only:
+        build_and_install(build, install=False)
         return 0
     have = installed_record()
     current = bool(have) and have.get("cmake_args") == cmake_args(build) and have.get("version") == VERSION
