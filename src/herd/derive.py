@@ -21,6 +21,7 @@ from herd.data.split import dedupe, split
 from herd.errors import ConfigError
 from herd.hashing import sha256_file, sha256_json
 from herd.paths import resolve_data_path
+from herd.progress import phase
 from herd.recipe import Recipe, load_recipe
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
 from herd.templates import get_template
@@ -47,14 +48,15 @@ def _run_builds(recipe: Recipe, base_spec: str, workspace: Path, progress: bool)
             continue
         path = workspace / "builds" / f"{cfg.name}-{sha256_json(b)[:10]}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        res = fn(cfg, path, BuildContext(recipe=recipe, base_spec=base_spec, workspace=workspace,
-                                         progress=progress))
+        with phase("derive", f"data build {cfg.name} ({b['kind']})", enabled=progress):
+            res = fn(cfg, path, BuildContext(recipe=recipe, base_spec=base_spec, workspace=workspace,
+                                             progress=progress))
         out.append(DataSource(name=cfg.name, path=str(res.path), format=res.format))
     return out
 
 
 def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | None = None,
-               base_spec: str | None = None, transform: bool = True):
+               base_spec: str | None = None, transform: bool = True, progress: bool = True):
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
     sources = list(recipe.data) + list(built or [])
     if data_override:
@@ -80,7 +82,7 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     if transform and recipe.transforms:
         from herd.data.transforms import apply_transforms
 
-        examples, transformed = apply_transforms(examples, recipe, base_spec or recipe.base)
+        examples, transformed = apply_transforms(examples, recipe, base_spec or recipe.base, progress=progress)
         if not examples:
             raise ConfigError(f"{recipe.source_file}: the transforms dropped every record ({transformed.summary()})")
     examples, n_dup = dedupe(examples)
@@ -173,7 +175,10 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         barrier()
         if rank != 0:
             built = _run_builds(recipe, base_spec, workspace, progress=False)
-    train, evals, data_records, n_dup, transformed = _load_data(recipe, data, built, base_spec)
+    what = "data: read" + (", transform" if recipe.transforms else "") + ", split"
+    with phase("derive", what, enabled=progress and rank == 0):
+        train, evals, data_records, n_dup, transformed = _load_data(recipe, data, built, base_spec,
+                                                                    progress=progress and rank == 0)
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
     for st in recipe.stages:
         if st.kind == "pretrain":
@@ -201,20 +206,22 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                            **({"after": [d.name for _, d, _ in stage_runs]} if stage_runs else {})})
         stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
         name = f"{recipe.name}-{ref.name}-{profile}"
-        if is_artifact(stage_dir):
-            if rank == 0:
-                print(f"[{stage.name}] done already: {stage_dir}")
-            training = read_lineage(stage_dir).get("metrics")
-        elif stage.kind in ALIGN_KINDS:
-            _, run = stage_registry()[stage.kind]
-            _, training = run(stage, parent, template, stage_dir, name=name, resume=resume, recipe=recipe_rec,
-                              progress=progress, workspace=workspace)
-        elif stage.kind == "pretrain":
-            _, training = run_pretrain(stage, parent, template, stage_dir, name=name, resume=resume,
-                                       recipe=recipe_rec, progress=progress, recipe_dir=recipe_dir)
-        else:
-            _, training = run_sft(stage, parent, template, train, stage_dir, name=name, resume=resume,
-                                  recipe=recipe_rec, data=data_records, progress=progress)
+        with phase("derive", f"stage {i}/{len(recipe.stages)} {stage.name} ({stage.kind})",
+                   enabled=progress and rank == 0):
+            if is_artifact(stage_dir):
+                if rank == 0:
+                    print(f"[{stage.name}] done already: {stage_dir}")
+                training = read_lineage(stage_dir).get("metrics")
+            elif stage.kind in ALIGN_KINDS:
+                _, run = stage_registry()[stage.kind]
+                _, training = run(stage, parent, template, stage_dir, name=name, resume=resume, recipe=recipe_rec,
+                                  progress=progress, workspace=workspace)
+            elif stage.kind == "pretrain":
+                _, training = run_pretrain(stage, parent, template, stage_dir, name=name, resume=resume,
+                                           recipe=recipe_rec, progress=progress, recipe_dir=recipe_dir)
+            else:
+                _, training = run_sft(stage, parent, template, train, stage_dir, name=name, resume=resume,
+                                      recipe=recipe_rec, data=data_records, progress=progress)
         stage_runs.append((stage, stage_dir, training))
         barrier()  # rank 0 published the stage: every rank starts the next one from it
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on
@@ -227,7 +234,8 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         link.unlink()
     os.symlink(final.name, link)
     # 3. scorecard: derived vs the recipe's parent, same inputs
-    with single_rank():  # the other ranks are done: evaluation helpers must not wait for them
+    # the other ranks are done: evaluation helpers must not wait for them
+    with single_rank(), phase("derive", "scorecard", enabled=progress):
         card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress,
                              stages=[(st, d) for st, d, _ in stage_runs])
     add_stage_results(card, stage_runs)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from herd.progress import Progress
+
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 8, seed: int = 0
-             ) -> list[str]:
-    """Completions of ``prompts`` (already rendered by a template); left-padded batches."""
+             top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 8, seed: int = 0,
+             progress: bool = False, desc: str = "generate") -> list[str]:
+    """Completions of ``prompts`` (already rendered by a template); left-padded batches.
+
+    ``progress``: report completions done under ``desc`` (off by default: callers that loop over
+    chunks report their own progress)."""
     stop = [s for s in (stop or []) if s]
     eos_ids = sorted({i for s in stop if (i := tokenizer.convert_tokens_to_ids(s)) is not None
                       and i != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(i) == s}
@@ -18,6 +23,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
     tokenizer.padding_side = "left"
     outs: list[str] = []
     model.eval()
+    bar = Progress(total=len(prompts), desc=desc, unit="completion", enabled=progress)
     try:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i:i + batch_size]
@@ -36,8 +42,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 outs.append(cut_at_stop(text, text_stops))
+            bar.update(len(chunk))
     finally:
         tokenizer.padding_side = old_side
+        bar.close(failed=len(outs) < len(prompts))
     return outs
 
 

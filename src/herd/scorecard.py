@@ -12,6 +12,7 @@ from pathlib import Path
 from herd.artifacts import atomic_write_text
 from herd.data.records import Example
 from herd.evals.registry import EVALS, EvalContext, load_eval_modules
+from herd.progress import phase
 from herd.recipe import Recipe
 from herd.templates import Template
 
@@ -27,13 +28,15 @@ def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived
                       derived_path=Path(derived_path), out_dir=Path(derived_path), progress=progress,
                       stages=list(stages or []))
     metrics, extra, sections, not_run = [], {}, [], []
-    for name, cfg in configured_evals(recipe):
+    evals = configured_evals(recipe)
+    for k, (name, cfg) in enumerate(evals, 1):
         why = cfg.unavailable(_recipe_dir(recipe))
         if why:
             not_run.append({"eval": name, "why": why})
             continue
         _, fn = EVALS[name]
-        out = fn(ctx, cfg)
+        with phase("eval", f"{k}/{len(evals)} {name}", enabled=progress):
+            out = fn(ctx, cfg)
         metrics += out.metrics
         extra.update(out.extra)
         if out.markdown:

@@ -35,6 +35,7 @@ from torch import nn
 
 from herd.data.packing import Batch, make_batch
 from herd.data.tokenize import Tokenized
+from herd.progress import Progress
 from herd.templates import IGNORE_INDEX
 
 
@@ -307,11 +308,7 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     if rank == 0:  # metrics.jsonl is rewritten from the checkpointed history: no duplicate lines
         metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
-    bar = None
-    if cfg.progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar = Progress(total=total, initial=start, desc="train", unit="step", enabled=cfg.progress and rank == 0)
     tokens = trained = 0
     t0 = time.perf_counter()
     for step in range(start, total):
@@ -366,16 +363,14 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
                 f.write(json.dumps(rec) + "\n")
             if on_log:
                 on_log(rec)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.update(1)
         last = step + 1 == total
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0) and not last:
             save_checkpoint(ckpt_dir, loss_mod, opt, {"step": step + 1, "history": history}, rank)
             if kill_after and step + 1 >= kill_after and rank == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
-    if bar:
-        bar.close()
+    bar.close()
     seconds = time.perf_counter() - t0
     if world > 1:
         dist.barrier()

@@ -77,21 +77,22 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
                         f"pairs of stage {rm_stage.name}", "parent": acc_before, "derived": acc_after,
                         "better": "higher"})
 
-    def answers(path: Path) -> list[str]:
+    def answers(path: Path, label: str) -> list[str]:
         tok, model = load_tokenizer(resolve_base(path)), load_model(resolve_base(path))
         texts = [ctx.template.prompt(m, tok) for m in prompts]
-        return generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, stop=ctx.template.stop_strings(tok))
+        return generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, stop=ctx.template.stop_strings(tok),
+                        progress=ctx.progress, desc=f"eval reward_win_rate {label}")
 
     ctx._cache.clear()
     base_dir = by_name[cfg.baseline][1]
     ctx.log(f"reward win rate: greedy answers of {cfg.baseline} ({len(prompts)} prompts)")
-    base_answers = answers(base_dir)
+    base_answers = answers(base_dir, cfg.baseline)
     rm = load_reward_model(rm_dir, ctx.template)
     base_scores = rm.score(prompts, base_answers).float().numpy()
     rows, samples = [], []
     for st, d in later:
         ctx.log(f"reward win rate: greedy answers of {st.name}")
-        ans = answers(d)
+        ans = answers(d, st.name)
         scores = rm.score(prompts, ans).float().numpy()
         win, ci = _win_rate(scores, base_scores, cfg.bootstrap, cfg.seed)
         row = {"stage": st.name, "kind": st.kind, "win_rate": round(win, 4), "ci95": ci,
@@ -106,7 +107,8 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
             ps = [m for m in prompts for _ in range(cfg.kl_samples)]
             texts = [ctx.template.prompt(m, tok) for m in ps]
             sampled = generate(pol, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                               stop=ctx.template.stop_strings(tok), seed=cfg.seed)
+                               stop=ctx.template.stop_strings(tok), seed=cfg.seed, progress=ctx.progress,
+                               desc=f"eval reward_win_rate KL {st.name}")
             with torch.no_grad():
                 lp = reply_logps(pol, tok, ctx.template, ps, sampled).float()
                 del pol

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from herd.distributed import all_sum
+from herd.progress import Progress
 from herd.training import (
     LoopConfig,
     LoopResult,
@@ -122,11 +123,7 @@ def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: PairLoopCo
     if rank == 0:
         metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
-    bar = None
-    if cfg.progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+    bar = Progress(total=total, initial=start, desc=desc, unit="step", enabled=cfg.progress and rank == 0)
     t0 = time.perf_counter()
     for step in range(start, total):
         lr = lr_at(step, total, cfg)
@@ -164,15 +161,13 @@ def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: PairLoopCo
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             save_checkpoint(run_dir / "checkpoint", module, opt, {"step": step + 1, "history": history}, rank)
             if kill_after and step + 1 >= kill_after and rank == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
-    if bar:
-        bar.close()
+    bar.close()
     if world > 1:
         dist.barrier()
     return LoopResult(steps=total, history=history, seconds=time.perf_counter() - t0)

@@ -54,6 +54,7 @@ from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.distributed import all_sum, barrier, map_chunks, map_rows
 from herd.errors import HerdError
+from herd.progress import Progress
 from herd.templates import IGNORE_INDEX, Template, TemplateError
 from herd.training import _dedupe_shared, device, dist_env, find_checkpoint, load_checkpoint, save_checkpoint
 
@@ -375,11 +376,8 @@ def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[d
         metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     early = bool(cfg.eval_every and evaluate is not None)
     kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, unit="it", dynamic_ncols=True)
+    bar = Progress(total=cfg.iterations, initial=start, desc=cfg.name, unit="iteration",
+                   enabled=progress and rank == 0)
     t0 = time.perf_counter()
     ro = None
     for it in range(start, cfg.iterations):
@@ -411,9 +409,8 @@ def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[d
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if bar:
-            bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", kl=f"{rec['kl']:.3f}")
+        bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", kl=f"{rec['kl']:.3f}")
+        bar.update(1)
         if stop:
             if rank == 0:
                 print(f"[{cfg.name}] early stop at iteration {it + 1}: held-out reward has not improved on "
@@ -424,8 +421,7 @@ def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[d
                             rank)
             if kill_after and it + 1 >= kill_after and rank == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
-    if bar:
-        bar.close()
+    bar.close()
     if early and best["iteration"] is not None and best["iteration"] != len(history):
         barrier()  # rank 0 wrote best.safetensors
         load_best(run_dir, policy)

@@ -52,6 +52,7 @@ from herd.data.records import Example
 from herd.data.report import DataReport
 from herd.distributed import barrier, map_chunks
 from herd.errors import ConfigError, DataError, HerdError
+from herd.progress import Progress
 from herd.templates import Template
 from herd.training import device, dist_env
 
@@ -199,13 +200,9 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
                                        for c, r in _read_cache(own).items()))
     stops = template.stop_strings(tokenizer)
     n_chunks = math.ceil(len(prompts) / cfg.gen_batch)
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        mine = range(0, n_chunks, world)
-        bar = tqdm(total=len(mine), initial=sum(1 for c in mine if c in done), desc="sample", unit="chunk",
-                   dynamic_ncols=True)
+    mine = range(rank, n_chunks, world)
+    bar = Progress(total=len(mine), initial=sum(1 for c in mine if c in done), desc=f"{cfg.name} sample",
+                   unit="chunk", enabled=progress and rank == 0)
 
     def one(part: list[dict], c: int) -> list[list[str]]:
         if c in done and len(done[c]) == len(part):
@@ -216,14 +213,11 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
         replies = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
         with open(own, "a") as f:
             f.write(json.dumps({"chunk": c, "replies": replies}) + "\n")
-        if bar:
-            bar.update(1)
+        bar.update(1)
         return replies
 
-    out = map_chunks(one, prompts, cfg.gen_batch)
-    if bar:
-        bar.close()
-    return out
+    with bar:
+        return map_chunks(one, prompts, cfg.gen_batch)
 
 
 def greedy_replies(model, tokenizer, template: Template, prompts: list[dict], max_new_tokens: int,

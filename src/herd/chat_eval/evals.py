@@ -51,7 +51,8 @@ def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOu
     for role in ("parent", "derived"):
         ctx.log(f"MT-bench answers, {role} ({len(questions)} questions)")
         ans = generate_answers(ctx.model(role), ctx.tokenizer, ctx.template, questions, model_id=role,
-                               max_new_tokens=cfg.max_new_tokens, max_turns=cfg.max_turns, seed=cfg.seed)
+                               max_new_tokens=cfg.max_new_tokens, max_turns=cfg.max_turns, seed=cfg.seed,
+                               progress=ctx.progress)
         files.append(str(write_answers(ctx.out_dir / f"mtbench-answers-{role}.jsonl", ans)))
         answers[role] = {a["question_id"]: a for a in ans}
     judge_spec = {"parent": str(ctx.parent_path), "derived": str(ctx.derived_path)}.get(cfg.judge, cfg.judge)
@@ -82,6 +83,7 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
     """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived."""
     from herd.data.tokenize import tokenize_examples
     from herd.evals.heldout import heldout_loss
+    from herd.progress import Progress
     from herd.recipe import eval_max_len
 
     max_len = eval_max_len(ctx.recipe)
@@ -93,7 +95,8 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
     res: dict[str, dict] = {"parent": {}, "derived": {}}
     for role in ("parent", "derived"):
         ctx.log(f"held-out loss by {cfg.key}, {role} ({len(items)} groups)")
-        for g, it in items.items():
+        for g, it in Progress(items.items(), desc=f"eval heldout_loss_by_category {role}", unit="group",
+                              enabled=ctx.progress):
             res[role][g] = heldout_loss(ctx.model(role), it, ctx.tokenizer.pad_token_id, row_len=max_len)
     metrics = [{"task": f"held-out response loss, {cfg.key} {g}", "name": "loss",
                 "dataset": f"{ctx.recipe.name} held-out split, {cfg.key} {g} ({res['parent'][g]['records']} "

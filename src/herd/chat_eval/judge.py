@@ -17,11 +17,11 @@ GPT-4. Reference-guided prompts for math/reasoning/coding (``pair-math-v1``) are
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 from herd.errors import HerdError
+from herd.progress import Progress
 
 # Verbatim from lm-sys/FastChat fastchat/llm_judge/data/judge_prompts.jsonl, entries "pair-v2" and
 # "pair-v2-multi-turn" (read at commit 0e6e7fdc78bf64aceea1508694ce4e6472810b8b).
@@ -191,10 +191,10 @@ def play(judge, game_list: list[Game], *, model_1: str, model_2: str, batch: int
     """Judge every game in both orders; FastChat's judgment records plus the combined ``winner``."""
     flat = [p for g in game_list for p in g.prompts]
     judgments: list[str] = []
-    for i in range(0, len(flat), batch):
-        judgments += judge.complete(flat[i:i + batch])
-        if progress:
-            print(f"[judge] {min(i + batch, len(flat))}/{len(flat)} judgments", file=sys.stderr, flush=True)
+    with Progress(total=len(flat), desc="judge", unit="judgment", enabled=progress) as bar:
+        for i in range(0, len(flat), batch):
+            judgments += judge.complete(flat[i:i + batch])
+            bar.update(len(flat[i:i + batch]))
     out = []
     for k, g in enumerate(game_list):
         j1, j2 = judgments[2 * k], judgments[2 * k + 1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from herd.data.records import read_json_records
 from herd.errors import DataError
+from herd.progress import Progress
 
 # FastChat llm_judge/common.py ``temperature_config`` (dossier §2.5).
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
@@ -64,7 +65,8 @@ def temperature_for(category: str) -> float:
 def generate_answers(model, tokenizer, template, questions: list[Question], *, model_id: str,
                      max_new_tokens: int = MAX_NEW_TOKENS, max_turns: int | None = None, seed: int = 0,
                      batch_size: int = 8, system: str | None = None, progress: bool = False) -> list[dict]:
-    """Answer every turn of every question, turn by turn, batching questions of equal temperature."""
+    """Answer every turn of every question, turn by turn, batching questions of equal temperature;
+    ``progress`` reports answers (question turns) done."""
     from herd.generation import generate
 
     history: dict[int, list[dict]] = {
@@ -75,6 +77,8 @@ def generate_answers(model, tokenizer, template, questions: list[Question], *, m
     if max_turns is not None:
         n_turns = min(n_turns, max_turns)
     stop = template.stop_strings(tokenizer)
+    bar = Progress(total=sum(min(len(q.turns), n_turns) for q in questions), desc=f"mtbench {model_id}",
+                   unit="answer", enabled=progress)
     for j in range(n_turns):
         groups: dict[float, list[int]] = defaultdict(list)
         for k, q in enumerate(questions):
@@ -83,8 +87,7 @@ def generate_answers(model, tokenizer, template, questions: list[Question], *, m
         for temp, ks in sorted(groups.items()):
             for k in ks:
                 history[k].append({"role": "user", "content": questions[k].turns[j]})
-            if progress:
-                print(f"[mtbench] {model_id}: turn {j + 1}, {len(ks)} questions at temperature {temp}", flush=True)
+            bar.set_postfix_str(f"turn {j + 1}, {len(ks)} questions at temperature {temp}")
             prompts = [template.prompt(history[k], tokenizer) for k in ks]
             last_prompt.update(zip(ks, prompts))
             replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temp,
@@ -92,6 +95,8 @@ def generate_answers(model, tokenizer, template, questions: list[Question], *, m
             for k, reply in zip(ks, replies):
                 history[k].append({"role": "assistant", "content": reply})
                 answers[k].append(reply)
+            bar.update(len(ks))
+    bar.close()
     out = []
     for k, q in enumerate(questions):
         out.append({"question_id": q.question_id, "answer_id": uuid.uuid4().hex, "model_id": model_id,

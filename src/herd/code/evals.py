@@ -107,7 +107,7 @@ def _execute(ctx: EvalContext, cfg: _ExecConfig, jobs: list[dict], what: str) ->
     gc.collect()
     ctx.log(f"{what}: executing {len(jobs)} programs (timeout {cfg.timeout:g} s, {cfg.workers} workers)")
     results = run_programs([j.pop("program") for j in jobs], timeout=cfg.timeout, memory_mb=cfg.memory_mb,
-                           workers=cfg.workers)
+                           workers=cfg.workers, progress=ctx.progress, desc=f"eval {what} execute")
     for j, r in zip(jobs, results, strict=True):
         j.update(r.as_dict())
 
@@ -152,14 +152,15 @@ def _pass_at_k(ctx: EvalContext, cfg: _PassAtKConfig, *, bench: str, prompts: li
         if greedy:
             ctx.log(f"{bench} greedy completions, {role} ({len(prompts)} problems)")
             outs = he.complete(model, tok, prompts, stops=stops, max_new_tokens=cfg.max_new_tokens,
-                               batch_size=cfg.batch_size)
+                               batch_size=cfg.batch_size, progress=ctx.progress, desc=f"eval {bench} {role} greedy")
             jobs += [{"task_id": i, "role": role, "kind": "greedy", "sample": 0, "completion": o[0],
                       "program": program(idx, o[0])} for idx, (i, o) in enumerate(zip(ids, outs))]
         if big:
             ctx.log(f"{bench} sampled completions, {role} ({len(prompts)} problems x {cfg.n_samples})")
             outs = he.complete(model, tok, prompts, stops=stops, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.n_samples,
-                               batch_size=cfg.batch_size, seed=cfg.seed)
+                               batch_size=cfg.batch_size, seed=cfg.seed, progress=ctx.progress,
+                               desc=f"eval {bench} {role} sampled")
             jobs += [{"task_id": i, "role": role, "kind": "sample", "sample": s, "completion": c,
                       "program": program(idx, c)}
                      for idx, (i, o) in enumerate(zip(ids, outs)) for s, c in enumerate(o)]
@@ -240,9 +241,11 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
         tok, model = _tokenizer(ctx, role), ctx.model(role)
         for mode in cfg.modes:
             ctx.log(f"HumanEval infilling ({mode.upper()}), {role} ({len(problems)} tasks)")
+            desc = f"eval humaneval_infilling {role} {mode}"
             middles = he.infill(model, tok, problems, mode, single_line=single, max_new_tokens=cfg.max_new_tokens,
-                                batch_size=cfg.batch_size)
-            nll = he.middle_nll(model, tok, problems, mode) if cfg.middle_nll else [None] * len(problems)
+                                batch_size=cfg.batch_size, progress=ctx.progress, desc=desc)
+            nll = he.middle_nll(model, tok, problems, mode, progress=ctx.progress, desc=f"{desc} middle NLL") \
+                if cfg.middle_nll else [None] * len(problems)
             jobs += [{"task_id": p["task_id"], "role": role, "mode": mode, "middle": m,
                       "exact_match": he.exact_match(m, p["canonical_solution"]), "middle_nll": x,
                       "program": he.infilling_program(p, m)} for p, m, x in zip(problems, middles, nll)]

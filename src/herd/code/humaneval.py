@@ -149,12 +149,15 @@ def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
 
 def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop_ids: Sequence[int] = (),
-                 stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0) -> list[list[list[int]]]:
+                 stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0, progress: bool = False,
+                 desc: str = "generate") -> list[list[list[int]]]:
     """``n`` continuations (token ids, cut before EOS/any stop id) of each tokenized prompt; left-padded batches.
 
     Greedy when ``temperature`` is 0, else nucleus sampling seeded per batch, so parent and derived
-    draw with the same seeds."""
+    draw with the same seeds. ``progress`` reports completions done under ``desc``."""
     import torch
+
+    from herd.progress import Progress
 
     ends = sorted({i for i in [tokenizer.eos_token_id, *stop_ids] if i is not None})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
@@ -162,6 +165,7 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
     out: list[list[int]] = []
     device = next(model.parameters()).device
     model.eval()
+    bar = Progress(total=len(flat), desc=desc, unit="completion", enabled=progress)
     for b, start in enumerate(range(0, len(flat), batch_size)):
         chunk = flat[start:start + batch_size]
         width = max(len(p) for p in chunk)
@@ -180,21 +184,24 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
         for row in gen[:, width:].tolist():  # finished rows are padded: cut at pad too
             cut = next((j for j, t in enumerate(row) if t in ends or t == pad), len(row))
             out.append(row[:cut])
+        bar.update(len(chunk))
+    bar.close()
     return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
 def complete(model, tokenizer, prompts: Sequence[str], *, stops: Sequence[str] = STOP_SEQUENCES,
              max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-             batch_size: int = 8, seed: int = 0) -> list[list[str]]:
+             batch_size: int = 8, seed: int = 0, progress: bool = False, desc: str = "generate") -> list[list[str]]:
     """Completions of raw text prompts (BOS as the tokenizer adds it), truncated at the stop sequences."""
     enc = [tokenizer(p)["input_ids"] for p in prompts]
     rows = generate_ids(model, tokenizer, enc, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, n=n, stop_strings=stops, batch_size=batch_size, seed=seed)
+                        top_p=top_p, n=n, stop_strings=stops, batch_size=batch_size, seed=seed,
+                        progress=progress, desc=desc)
     return [[truncate(decode_continuation(tokenizer, ids), stops) for ids in samples] for samples in rows]
 
 
 def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line: bool, max_new_tokens: int = 128,
-           batch_size: int = 8) -> list[str]:
+           batch_size: int = 8, progress: bool = False, desc: str = "infill") -> list[str]:
     """Greedy middles in Code Llama's PSM/SPM inference layout, until <EOT>, EOS or (single-line) a newline.
 
     A tokenizer without the sentinel tokens (the parent) sees them as text; "<EOT>" then stops as text."""
@@ -206,7 +213,8 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
         stops.append(SENTINELS[3])
     prompts = [infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
     rows = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                        stop_ids=[eot] if eot is not None else [], stop_strings=stops, batch_size=batch_size)
+                        stop_ids=[eot] if eot is not None else [], stop_strings=stops, batch_size=batch_size,
+                        progress=progress, desc=desc)
     middles = []
     for (ids,) in rows:
         text = decode_continuation(tokenizer, ids)
@@ -216,7 +224,8 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
     return middles
 
 
-def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str) -> list[float | None]:
+def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, progress: bool = False,
+               desc: str = "middle NLL") -> list[float | None]:
     """Mean negative log-likelihood (nats/token) of each problem's true middle after the PSM/SPM infilling
     prompt, teacher-forced: a graded measure of infilling where exact match of a small model is all 0.
 
@@ -225,11 +234,12 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str) -> list[fl
     import torch
 
     from herd.code.fim import infill_prompt_ids
+    from herd.progress import Progress
 
     out = []
     dev = next(model.parameters()).device
     model.eval()
-    for p in problems:
+    for p in Progress(problems, desc=desc, unit="problem", enabled=progress):
         prompt = infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode)
         target = tokenizer(p["canonical_solution"], add_special_tokens=False)["input_ids"]
         if not target:

@@ -413,10 +413,14 @@ def _execute(iso: Isolation, tmp: str, prog: str, rep, out, err, timeout: float,
 
 
 def run_programs(programs: list[str], *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = DEFAULT_MEMORY_MB,
-                 workers: int = 2) -> list[SandboxResult]:
-    """Execute many programs, at most ``workers`` at a time; results in input order."""
+                 workers: int = 2, progress: bool = False, desc: str = "execute") -> list[SandboxResult]:
+    """Execute many programs, at most ``workers`` at a time; results in input order (``progress``
+    reports programs finished, in input order)."""
+    from herd.progress import Progress
+
     if not programs:
         return []
     isolation()  # probe once, before the threads start
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(programs)))) as pool:
-        return list(pool.map(lambda p: run_program(p, timeout=timeout, memory_mb=memory_mb), programs))
+        results = pool.map(lambda p: run_program(p, timeout=timeout, memory_mb=memory_mb), programs)
+        return list(Progress(results, total=len(programs), desc=desc, unit="program", enabled=progress))

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from herd.data.records import Example
 from herd.data.report import DataReport, where_example
+from herd.progress import Progress
 
 
 class TransformConfig(BaseModel):
@@ -178,8 +179,12 @@ class GattConfig(TransformConfig):
     respond_max_new_tokens: int = Field(default=256, gt=0)
 
 
+def _body(ex: Example) -> list[dict]:
+    return ex.messages[1:] if ex.messages and ex.messages[0]["role"] == "system" else ex.messages
+
+
 def _is_dialogue(ex: Example, min_turns: int) -> bool:
-    body = ex.messages[1:] if ex.messages and ex.messages[0]["role"] == "system" else ex.messages
+    body = _body(ex)
     roles = [m["role"] for m in body]
     return len(body) >= 2 * min_turns and roles == ["user", "assistant"] * (len(body) // 2)
 
@@ -215,12 +220,24 @@ def gatt(examples: list[Example], cfg: GattConfig, ctx: TransformContext) -> lis
     rng = random.Random(cfg.seed)
     chosen = sorted(rng.sample(eligible, round(cfg.fraction * len(eligible)))) if eligible else []
     respond = None
-    if cfg.respond == "model" and chosen:
-        respond = model_responder(cfg.respond_model or ctx.base_spec, temperature=cfg.respond_temperature,
-                                  max_new_tokens=cfg.respond_max_new_tokens, seed=cfg.seed)
-    converted = gatt_transform([examples[i] for i in chosen], seed=cfg.seed, respond=respond,
-                               constraints=constraints, max_combined=cfg.max_combined, min_turns=cfg.min_turns,
-                               keep=cfg.keep, report=ctx.report)
+    sampled = cfg.respond == "model" and bool(chosen)
+    if sampled:
+        sample = model_responder(cfg.respond_model or ctx.base_spec, temperature=cfg.respond_temperature,
+                                 max_new_tokens=cfg.respond_max_new_tokens, seed=cfg.seed)
+
+        def counted(messages: list[dict]) -> str:
+            reply = sample(messages)
+            bar.update(1)
+            return reply
+
+        respond = counted
+    # one sampled reply per exchange of every chosen dialogue
+    bar = Progress(total=sum(len(_body(examples[i])) // 2 for i in chosen), desc="transform gatt replies",
+                   unit="reply", enabled=ctx.progress and sampled)
+    with bar:
+        converted = gatt_transform([examples[i] for i in chosen], seed=cfg.seed, respond=respond,
+                                   constraints=constraints, max_combined=cfg.max_combined, min_turns=cfg.min_turns,
+                                   keep=cfg.keep, report=ctx.report)
     for ex in converted:
         ctx.report.changed("gatt", "instruction added, earlier turns untrained"
                            + (", replies re-sampled" if respond else ", own replies kept"), where_example(ex))

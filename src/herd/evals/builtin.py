@@ -30,7 +30,8 @@ def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
     res = {}
     for role in ("parent", "derived"):
         ctx.log(f"held-out response loss, {role} ({len(items)} records)")
-        res[role] = heldout_loss(ctx.model(role), items, ctx.tokenizer.pad_token_id, row_len=max_len)
+        res[role] = heldout_loss(ctx.model(role), items, ctx.tokenizer.pad_token_id, row_len=max_len,
+                                 progress=ctx.progress, desc=f"eval heldout_loss {role}")
     p, d = res["parent"], res["derived"]
     ds = f"{ctx.recipe.name} held-out split ({p['records']} records, {p['tokens']} response tokens)"
     return EvalOutput(metrics=[
@@ -59,7 +60,8 @@ def run_side_by_side(ctx: EvalContext, cfg: SideBySideConfig) -> EvalOutput:
     for role in ("parent", "derived"):
         ctx.log(f"greedy answers, {role} ({len(exs)} instructions)")
         answers[role] = generate(ctx.model(role), ctx.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                                 stop=ctx.template.stop_strings(ctx.tokenizer))
+                                 stop=ctx.template.stop_strings(ctx.tokenizer), progress=ctx.progress,
+                                 desc=f"eval side_by_side {role}")
     samples = []
     for i, ex in enumerate(exs):
         user = prompt_messages(ex)[-1]

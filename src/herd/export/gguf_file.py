@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from herd.artifacts import read_lineage
+from herd.artifacts import locate_artifact, read_lineage
 from herd.errors import HerdError
 from herd.export.vocab import build_vocab
 from herd.hashing import sha256_dir
+from herd.progress import Progress
 
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -164,8 +165,8 @@ def _write_lineage(w, lineage: dict, weights_sha256: str) -> None:
     w.add_string("herd.lineage", json.dumps(lineage, sort_keys=True, default=str))
 
 
-def export_gguf(artifact: str | Path, out: str | Path, dtype: str = "f16") -> Path:
-    """Write ``artifact`` as a GGUF file at ``out``; returns the path."""
+def export_gguf(artifact: str | Path, out: str | Path, dtype: str = "f16", *, progress: bool = True) -> Path:
+    """Write ``artifact`` as a GGUF file at ``out``; returns the path (``progress``: tensors written)."""
     import gguf
 
     from herd.base import load_tokenizer
@@ -173,7 +174,7 @@ def export_gguf(artifact: str | Path, out: str | Path, dtype: str = "f16") -> Pa
 
     if dtype not in DTYPES:
         raise HerdError(f"GGUF dtype '{dtype}' unknown; choose one of {', '.join(DTYPES)}")
-    folder, out = Path(artifact), Path(out)
+    folder, out = locate_artifact(artifact), Path(out)
     lineage = read_lineage(folder)
     weights_sha = sha256_dir(folder)
     if lineage.get("weights_sha256") and lineage["weights_sha256"] != weights_sha:
@@ -211,8 +212,10 @@ def export_gguf(artifact: str | Path, out: str | Path, dtype: str = "f16") -> Pa
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for (_, _, load), q in zip(plan, qtypes, strict=True):
-            w.write_tensor_data(_encode(load(), q))
+        with Progress(total=len(plan), desc=f"export gguf {dtype}", unit="tensor", enabled=progress) as bar:
+            for (_, _, load), q in zip(plan, qtypes, strict=True):
+                w.write_tensor_data(_encode(load(), q))
+                bar.update(1)
         w.close()
         os.replace(tmp, out)
     except BaseException:

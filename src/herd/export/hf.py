@@ -14,33 +14,37 @@ import shutil
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.progress import Progress, phase
 
 HF_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
-def export_hf(artifact: str | Path, out: str | Path, dtype: str | None = None) -> Path:
+def export_hf(artifact: str | Path, out: str | Path, dtype: str | None = None, *, progress: bool = True) -> Path:
+    """Write ``artifact`` as a portable HF folder at ``out``; ``progress`` reports weight files copied
+    (or the cast to ``dtype``, one load-and-save, as a timed phase)."""
     import torch
 
-    from herd.artifacts import model_card, publish, read_lineage, staging_dir
+    from herd.artifacts import locate_artifact, model_card, publish, read_lineage, staging_dir
     from herd.base import load_model, load_tokenizer
     from herd.templates import get_template
 
-    folder, out = Path(artifact), Path(out)
+    folder, out = locate_artifact(artifact), Path(out)
     if dtype is not None and dtype not in HF_DTYPES:
         raise HerdError(f"--dtype {dtype} is not an HF dtype; choose one of {', '.join(HF_DTYPES)}")
     lineage = read_lineage(folder)
     tmp = staging_dir(out)
     tok = load_tokenizer(folder)
     if dtype is None:
-        for f in folder.glob("*.safetensors"):
+        for f in Progress(sorted(folder.glob("*.safetensors")), desc="export hf", unit="file", enabled=progress):
             shutil.copy2(f, tmp / f.name)
         for name in ("config.json", "model.safetensors.index.json"):
             if (folder / name).is_file():
                 shutil.copy2(folder / name, tmp / name)
     else:
-        model = load_model(folder, dtype=getattr(torch, HF_DTYPES[dtype]))
-        model.config.architectures = ["LlamaForCausalLM"]
-        model.save_pretrained(tmp, safe_serialization=True)
+        with phase("export hf", f"weights cast to {dtype}", enabled=progress):
+            model = load_model(folder, dtype=getattr(torch, HF_DTYPES[dtype]))
+            model.config.architectures = ["LlamaForCausalLM"]
+            model.save_pretrained(tmp, safe_serialization=True)
     template = get_template(lineage["template"]["name"]) if lineage.get("template") else None
     if template is not None:
         tok.chat_template = template.plain_jinja(tok)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from herd.gorilla import HUBS
+from herd.progress import Progress
 
 _PUNCT = ("(", ")", ",")
 
@@ -191,11 +192,12 @@ def judge(text: str, reference_domain: str, matcher: ApiMatcher, question_id: in
     return Verdict(question_id, status, call, idx)
 
 
-def score(responses: Iterable[tuple[int, str]], reference_domains: dict[int, str], matcher: ApiMatcher
-          ) -> AstScore:
-    """Score ``(question_id, text)`` pairs; ``reference_domains[question_id]`` is the reference domain."""
+def score(responses: Iterable[tuple[int, str]], reference_domains: dict[int, str], matcher: ApiMatcher, *,
+          progress: bool = False) -> AstScore:
+    """Score ``(question_id, text)`` pairs; ``reference_domains[question_id]`` is the reference domain;
+    ``progress`` reports responses scored."""
     out = AstScore()
-    for qid, text in responses:
+    for qid, text in Progress(responses, desc="apibench score", unit="response", enabled=progress):
         v = judge(text, reference_domains[qid], matcher, qid)
         out.n += 1
         out.verdicts.append(v)

@@ -22,7 +22,7 @@ def add_commands(subparsers) -> None:
 def cmd_score(args) -> int:
     from herd.gorilla.eval import HubData
 
-    sc = HubData(args.hub, args.data).score_file(args.responses)
+    sc = HubData(args.hub, args.data).score_file(args.responses, progress=True)
     s = sc.summary()
     print(f"{args.responses}: {s['n']} responses, {args.hub}")
     print(f"  accuracy      {100 * s['accuracy']:6.2f} %  ({s['correct']})")

@@ -83,12 +83,12 @@ class HubData:
             return self.bm25.retrieve(question.text, k)
         return []
 
-    def score_texts(self, pairs: list[tuple[int, str]]) -> AstScore:
-        return score(pairs, self.domains([q for q, _ in pairs]), self.matcher)
+    def score_texts(self, pairs: list[tuple[int, str]], *, progress: bool = False) -> AstScore:
+        return score(pairs, self.domains([q for q, _ in pairs]), self.matcher, progress=progress)
 
-    def score_file(self, path: str | Path) -> AstScore:
+    def score_file(self, path: str | Path, *, progress: bool = False) -> AstScore:
         """Score a Gorilla response file (``{"question_id", "text", ...}`` per line)."""
-        return self.score_texts([(r.question_id, r.text) for r in read_responses(path)])
+        return self.score_texts([(r.question_id, r.text) for r in read_responses(path)], progress=progress)
 
     def score_references(self) -> AstScore:
         """The reference answers (``###Output`` of the eval records) scored as if a model wrote them."""
@@ -120,7 +120,8 @@ def run_apibench_ast(ctx: EvalContext, cfg: ApibenchAstConfig) -> EvalOutput:
         for mode in cfg.retrievals:
             ctx.log(f"APIBench {cfg.hub} answers, {role}, {LABEL[mode]} ({len(questions)} questions)")
             texts = generate(model, ctx.tokenizer, prompts[mode], max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, stop=stop, batch_size=cfg.batch_size, seed=cfg.seed)
+                             temperature=cfg.temperature, stop=stop, batch_size=cfg.batch_size, seed=cfg.seed,
+                             progress=ctx.progress, desc=f"eval apibench_ast {role} {LABEL[mode]}")
             sc = hd.score_texts(list(zip(ids, texts)))
             scores[(role, mode)] = sc
             path = out_dir / f"responses_{cfg.hub}_{role}_{mode}.jsonl"

@@ -136,25 +136,29 @@ class Guard:
         """The exact text the model reads (categories passed as a template kwarg)."""
         return self.template.prompt(conv, self.tokenizer, categories=self.taxonomy.prompt_categories(names))
 
-    def scores(self, items: list) -> tuple[np.ndarray, np.ndarray | None]:
-        """P(unsafe) per item, and per-category scores ``[items, categories]`` (None when switched off)."""
+    def scores(self, items: list, *, progress: bool = False, desc: str = "classify"
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(unsafe) per item, and per-category scores ``[items, categories]`` (None when switched off);
+        ``progress`` reports items scored under ``desc`` (off for the server's single requests)."""
         convs = [conversation(x) for x in items]
         names = self.taxonomy.names
         mode = self.settings.per_category
         codes = code_scoring(self.tokenizer, [c["code"] for c in self.taxonomy.prompt_categories()]) \
             if mode == "codes" else None
         _, p_unsafe, p_codes = score_prompts(self.model, self.tokenizer, [self.prompt(c) for c in convs],
-                                             codes=codes, batch_tokens=self.batch_tokens)
+                                             codes=codes, batch_tokens=self.batch_tokens, progress=progress,
+                                             desc=desc)
         if mode == "codes":
             return p_unsafe, np.stack(p_codes) if convs else np.zeros((0, len(names)))
         if mode == "one_vs_all":  # the paper's 1-vs-all: a prompt holding only that category
             prompts = [self.prompt(c, [n]) for c in convs for n in names]
-            _, p, _ = score_prompts(self.model, self.tokenizer, prompts, batch_tokens=self.batch_tokens)
+            _, p, _ = score_prompts(self.model, self.tokenizer, prompts, batch_tokens=self.batch_tokens,
+                                    progress=progress, desc=f"{desc} one-vs-all")
             return p_unsafe, p.reshape(len(convs), len(names))
         return p_unsafe, None
 
-    def classify_many(self, items: list) -> list[Classification]:
-        p_unsafe, per_cat = self.scores(items)
+    def classify_many(self, items: list, *, progress: bool = False) -> list[Classification]:
+        p_unsafe, per_cat = self.scores(items, progress=progress)
         out = []
         for i, item in enumerate(items):
             flagged = bool(p_unsafe[i] >= self.settings.threshold)

@@ -72,7 +72,7 @@ def _cmd_classify(args) -> int:
     items = read_inputs(args.file) if args.file else \
         ([(args.text[0], args.response)] if args.response else list(args.text))
     guard = Guard(args.artifact, taxonomy=args.taxonomy, threshold=args.threshold, per_category=args.per_category)
-    for item, res in zip(items, guard.classify_many(items)):
+    for item, res in zip(items, guard.classify_many(items, progress=len(items) > 1)):
         if args.json:
             print(json.dumps(res.as_dict(), ensure_ascii=False))
             continue

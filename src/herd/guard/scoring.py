@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from herd.errors import HerdError
+from herd.progress import Progress
 
 
 def verdict_token_ids(tokenizer) -> tuple[int, int]:
@@ -69,12 +70,13 @@ def _precision_ctx(model):
 
 @torch.no_grad()
 def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | list[CodeScoring | None] | None = None,
-                  batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
+                  batch_tokens: int = 8192, progress: bool = False, desc: str = "guard"
+                  ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
     """P(safe), P(unsafe) of the first answer token for each prompt (text ending ``[/INST]``), and with
     ``codes`` the per-code probabilities P(answer starts " unsafe\\n" + code).
 
     Rows are right-padded (positions stay exact) and batched by length; the LM head runs only on the
-    positions whose next-token distribution is read."""
+    positions whose next-token distribution is read. ``progress`` reports prompts scored under ``desc``."""
     safe_id, unsafe_id = verdict_token_ids(tokenizer)
     per = codes if isinstance(codes, list) else [codes] * len(prompts)
     seqs, starts = [], []
@@ -89,6 +91,7 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
     lm = getattr(model, "model", model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    bar = Progress(total=len(order), desc=desc, unit="record", enabled=progress)
     i = 0
     while i < len(order):
         width = len(seqs[order[i]])
@@ -110,4 +113,6 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
             if cs:
                 forced = logp[0, unsafe_id] + sum(logp[k + 1, t] for k, t in enumerate(cs.prefix[1:]))
                 p_codes[j] = (forced + logp[-1, cs.code_ids]).exp().cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
     return p_safe, p_unsafe, p_codes

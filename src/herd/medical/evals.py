@@ -162,7 +162,8 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
         home = next(model.parameters()).device
         try:  # on the accelerator when there is one; back home after, for evals that assume CPU
             scores = score_items(model.to(device()), ctx.tokenizer, prompts, conts, mode=cfg.mode,
-                                 batch_size=cfg.batch_size, max_len=cfg.max_len)
+                                 batch_size=cfg.batch_size, max_len=cfg.max_len, progress=ctx.progress,
+                                 desc=f"eval {key} {role}")
         except ValueError as e:
             raise ConfigError(f"evals.{key}: {e}") from e
         finally:

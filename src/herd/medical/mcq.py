@@ -122,9 +122,13 @@ def _rows(enc: Encoded, mode: str) -> list[list[int]]:
 
 
 def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequence[str]], *, mode: str = "top_token",
-                batch_size: int = 8, max_len: int = 2048) -> list[ItemScore]:
-    """Score each prompt's options; batched, right-padded forward passes sorted by length."""
+                batch_size: int = 8, max_len: int = 2048, progress: bool = False, desc: str = "mcq"
+                ) -> list[ItemScore]:
+    """Score each prompt's options; batched, right-padded forward passes sorted by length (``progress``
+    reports the rows run: one per item, or one per option in loglik mode)."""
     import torch
+
+    from herd.progress import Progress
 
     if mode not in ("top_token", "loglik"):
         raise ValueError(f"mode must be top_token or loglik, got {mode!r}")
@@ -150,7 +154,7 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
     first_lp: dict[int, torch.Tensor] = {}  # item → next-token log-probs after the context (vocab)
     cont_lp: dict[tuple[int, int], float] = {}  # (item, option) → summed log-prob of the continuation
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), Progress(total=len(order), desc=desc, unit="row", enabled=progress) as bar:
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             width = max(len(rows[r]) for r in idx)
@@ -172,6 +176,7 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
                     cont_lp[(i, j)] = float(lp[torch.arange(len(cont)), torch.tensor(cont, device=lp.device)].sum())
                     if j == 0:
                         first_lp[i] = lp[0].cpu()
+            bar.update(len(idx))
     out = []
     for i, e in enumerate(encs):
         lp = first_lp[i]

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from herd.errors import ConfigError, HerdError
 from herd.hashing import sha256_file
+from herd.progress import Progress
 from herd.selfinstruct.filters import REASONS, blacklist_regex, filter_reason
 from herd.selfinstruct.instances import check_out, format_instance_report, run_instance_steps, step_paths
 from herd.selfinstruct.parse import parse_alpaca, parse_self_instruct
@@ -184,13 +185,9 @@ def generate_self_instruct(cfg: GenerationSettings, teacher, out: str | Path, *,
     batch = settings["batch"]
     if records or st.requests:
         log(f"[self-instruct] continuing {out}: {len(records)} tasks kept, {st.requests} requests done")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.n, initial=min(st.kept, cfg.n), desc="self-instruct", unit="task", dynamic_ncols=True)
-        bar.set_postfix_str(_postfix(st))
-    with open(out, "a", encoding="utf-8") as f:
+    bar = Progress(total=cfg.n, initial=min(st.kept, cfg.n), desc="self-instruct", unit="task",
+                   postfix=_postfix(st), enabled=progress)
+    with bar, open(out, "a", encoding="utf-8") as f:
         while st.kept < cfg.n and (cfg.max_requests is None or st.requests < cfg.max_requests):
             r0 = st.requests
             prompts = [build_prompt(v, request_rng(cfg.seed, r0 + i), seeds, header, machine) for i in range(batch)]
@@ -226,11 +223,8 @@ def generate_self_instruct(cfg: GenerationSettings, teacher, out: str | Path, *,
             st.kept += len(lines)
             st.bytes = os.fstat(f.fileno()).st_size
             _save_state(out, st)
-            if bar is not None:
-                bar.update(max(0, min(st.kept, cfg.n) - bar.n))
-                bar.set_postfix_str(_postfix(st))
-    if bar is not None:
-        bar.close()
+            bar.set_postfix_str(_postfix(st))
+            bar.update(max(0, min(st.kept, cfg.n) - bar.n))
     if v.name == "self-instruct":
         st.instances = run_instance_steps(machine, settings, teacher, final, progress=progress, log=log)
     return st

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from herd.errors import ConfigError, HerdError
 from herd.hashing import sha256_json
+from herd.progress import Progress
 from herd.selfinstruct.filters import (
     INSTANCE_REASONS,
     MAX_INSTANCES_PER_TASK,
@@ -162,12 +163,9 @@ def _run_step(path: Path, instructions: list[str], batch: int, build, teacher, s
     """One teacher step over all instructions; ``build(start, chunk)`` gives the prompts, the sampling and
     the record of each completion."""
     done = _resume(path, instructions, batch)
-    bar = None
-    if progress and len(done) < len(instructions):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(instructions), initial=len(done), desc=desc, unit="instr", dynamic_ncols=True)
-    with open(path, "a", encoding="utf-8") as f:
+    bar = Progress(total=len(instructions), initial=len(done), desc=desc, unit="instruction",
+                   enabled=progress and len(done) < len(instructions))
+    with bar, open(path, "a", encoding="utf-8") as f:
         for start in range(len(done), len(instructions), batch):
             chunk = instructions[start:start + batch]
             prompts, sampling, record = build(start, chunk)
@@ -177,10 +175,7 @@ def _run_step(path: Path, instructions: list[str], batch: int, build, teacher, s
             f.flush()
             os.fsync(f.fileno())
             done += recs
-            if bar is not None:
-                bar.update(len(recs))
-    if bar is not None:
-        bar.close()
+            bar.update(len(recs))
     return done
 
 

@@ -28,6 +28,7 @@ from herd.data.tokenize import Tokenized
 from herd.errors import ConfigError, HerdError
 from herd.hashing import sha256_json
 from herd.paths import resolve_data_path
+from herd.progress import Progress
 from herd.recipe import DocSource, PretrainStage
 from herd.stages.sft import apply_lora, loop_config, publish_stage
 from herd.templates import Template
@@ -170,7 +171,9 @@ def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None =
     docs, mix_report = _documents(cfg, tok, recipe_dir, reports)
     per_source: dict[str, dict] = {}
     n_docs = 0
+    bar = Progress(total=budget_rows, desc=f"{cfg.name} rows", unit="row", enabled=progress)
     for name, text, ids in docs:
+        bar.update(writer.rows - bar.n)
         if writer.full:
             break
         n_docs += 1
@@ -190,6 +193,8 @@ def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None =
         writer.add(ids + [sep])
     writer.close()
     held.close()
+    bar.update(writer.rows - bar.n)
+    bar.close()
     if writer.rows == 0:
         raise HerdError(f"stage {cfg.name}: the sources hold fewer than {cfg.max_len} tokens (one row)")
     report = {"rows": writer.rows, "row_len": cfg.max_len, "tokens": writer.rows * cfg.max_len,
@@ -248,7 +253,7 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
     work = out.with_name(out.name + ".work")
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
-    rows, held, report = build_rows(cfg, tok, work, recipe_dir=recipe_dir, progress=progress)
+    rows, held, report = build_rows(cfg, tok, work, recipe_dir=recipe_dir, progress=progress and rank == 0)
     if rank == 0:
         fim = report.get("fim")
         print(f"[{cfg.name}] data: {report['rows']} rows x {cfg.max_len} tokens from {report['documents_read']} "
@@ -263,7 +268,8 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
     pad = tok.pad_token_id if tok.pad_token_id is not None else separator_id(tok, "auto")
     heldout = {}
     if len(held) and rank == 0:
-        heldout["parent"] = heldout_loss(model, list(held), pad, row_len=cfg.max_len)
+        heldout["parent"] = heldout_loss(model, list(held), pad, row_len=cfg.max_len, progress=progress,
+                                         desc=f"{cfg.name} held-out loss, parent")
     prepare_model(model, tok, cfg)
     if cfg.method == "lora":
         import torch
@@ -276,7 +282,8 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
                     p.requires_grad_(True)
     result = train(model, rows, loop_config(cfg, progress), work, pad_id=pad, resume=resume)
     if len(held) and rank == 0:
-        heldout["derived"] = heldout_loss(model, list(held), pad, row_len=cfg.max_len)
+        heldout["derived"] = heldout_loss(model, list(held), pad, row_len=cfg.max_len, progress=progress,
+                                          desc=f"{cfg.name} held-out loss, derived")
     summary = {"steps": result.steps, "tokens": result.tokens, "trained_tokens": result.trained_tokens,
                "seconds": round(result.seconds, 1), "tokens_per_s": round(result.tokens_per_s, 1),
                "final_loss": result.history[-1]["loss"] if result.history else None,
