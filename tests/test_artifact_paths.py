@@ -7,31 +7,19 @@ import os
 
 import pytest
 
-from herd.artifacts import (
-    locate_artifact,
-    new_lineage,
-    read_lineage,
-    save_model_folder,
-    template_record,
-    write_lineage,
-)
-from herd.base import load_model, load_tokenizer, resolve_base
+from herd.artifacts import locate_artifact, read_lineage
+from herd.base import resolve_base
 from herd.cli import main
 from herd.errors import HerdError
-from herd.templates import get_template
+from tests.artifact_helpers import make_tiny_artifact
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run folder laid out as ``herd derive`` leaves it: one stage artifact and the ``model`` link."""
     run = tmp_path_factory.mktemp("runs") / "alpaca-tiny-tiny"
-    stage = run / "01-sft-0123abcd"
-    ref = resolve_base("tiny")
-    t = get_template("alpaca")
-    tok = load_tokenizer(ref)
-    save_model_folder(load_model(ref), tok, t, stage)
-    write_lineage(stage, new_lineage("alpaca-tiny-tiny", parent=ref.describe(), template=template_record(t, tok),
-                                     recipe={"name": "alpaca", "profile": "tiny"}))
+    stage = make_tiny_artifact(run / "01-sft-0123abcd", "alpaca-tiny-tiny", template="alpaca",
+                               recipe={"name": "alpaca", "profile": "tiny"})
     os.symlink(stage.name, run / "model")
     return run
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from herd.artifacts import new_lineage, read_lineage, save_model_folder, template_record, write_lineage
-from herd.base import load_model, load_tokenizer, resolve_base, smollm2_gguf_path
+from herd.artifacts import read_lineage
+from herd.base import load_model, load_tokenizer, smollm2_gguf_path
 from herd.export import export_gguf, export_hf, read_gguf_lineage, write_modelfile
 from herd.export.ollama import blocks
 from herd.native import NativeCrash, probe_llamacpp, run_isolated
 from herd.templates import get_template
+from tests.artifact_helpers import make_tiny_artifact
 
 # Five prompts: chat turns with special tokens, digits, code, non-Latin scripts and emoji, FIM sentinels.
 PROMPTS = [
@@ -31,16 +32,8 @@ FIM_TOKENS = ["<PRE>", "<SUF>", "<MID>", "<EOT>"]  # added by a Code-Llama-style
 
 
 def make_artifact(folder, *, template: str = "chatml", extra_tokens: list[str] | None = None):
-    ref = resolve_base("tiny")
-    model, tok = load_model(ref), load_tokenizer(ref)
-    if extra_tokens:
-        tok.add_special_tokens({"additional_special_tokens": extra_tokens})
-        model.resize_token_embeddings(len(tok))
-    t = get_template(template)
-    save_model_folder(model, tok, t, folder)
-    write_lineage(folder, new_lineage(f"tiny-{template}", parent=ref.describe(), template=template_record(t, tok),
-                                      recipe={"name": "test", "profile": "tiny"}))
-    return folder
+    return make_tiny_artifact(folder, f"tiny-{template}", template=template, extra_tokens=extra_tokens,
+                              recipe={"name": "test", "profile": "tiny"})
 
 
 @pytest.fixture(scope="module")

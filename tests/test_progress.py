@@ -221,17 +221,10 @@ def test_apibench_score_reports_responses(tmp_path, capfd, every_update):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from herd.artifacts import new_lineage, save_model_folder, template_record, write_lineage
-    from herd.base import load_model, load_tokenizer, resolve_base
-    from herd.templates import get_template
+    from tests.artifact_helpers import make_tiny_artifact
 
-    folder = tmp_path_factory.mktemp("art") / "tiny-chatml"
-    ref = resolve_base("tiny")
-    tok, t = load_tokenizer(ref), get_template("chatml")
-    save_model_folder(load_model(ref), tok, t, folder)
-    write_lineage(folder, new_lineage("tiny-chatml", parent=ref.describe(), template=template_record(t, tok),
-                                      recipe={"name": "test", "profile": "tiny"}))
-    return folder
+    return make_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny-chatml", "tiny-chatml",
+                              recipe={"name": "test", "profile": "tiny"})
 
 
 def test_export_reports_tensors_and_files(artifact, tmp_path, capfd, every_update):

@@ -14,10 +14,10 @@ import pytest
 import torch
 import uvicorn
 
-from herd.artifacts import new_lineage, save_model_folder, template_record, write_lineage
-from herd.base import load_model, load_tokenizer, resolve_base
+from herd.base import load_model, load_tokenizer
 from herd.serve import ServerConfig, Verdict, create_app, load_served
 from herd.templates import get_template
+from tests.artifact_helpers import make_tiny_artifact
 
 KEY = "test-key"
 MODEL = "tiny-chat"
@@ -27,14 +27,8 @@ HELLO = [{"role": "user", "content": "Hello there, how are you?"}]
 
 
 def make_artifact(folder):
-    ref = resolve_base("tiny")
-    model, tok, t = load_model(ref), load_tokenizer(ref), get_template("chatml")
-    save_model_folder(model, tok, t, folder)
-    lineage = new_lineage(MODEL, parent=ref.describe(), template=template_record(t, tok),
-                          recipe={"name": "alpaca", "profile": "tiny"})
-    lineage["scorecard"] = {"headline": "held-out loss 10.8 (parent 10.9)"}
-    write_lineage(folder, lineage)
-    return folder
+    return make_tiny_artifact(folder, MODEL, recipe={"name": "alpaca", "profile": "tiny"},
+                              scorecard={"headline": "held-out loss 10.8 (parent 10.9)"})
 
 
 class KeywordGuard:

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from herd.artifacts import artifact_path, artifact_template  # noqa: F401  (part of the Python API)
 from herd.derive import DeriveResult
 from herd.derive import derive as _derive
 from herd.errors import HerdError
@@ -17,30 +18,6 @@ def derive(recipe: str, *, base: str | None = None, profile: str = "tiny", data:
     """Run a recipe end to end; returns the artifact path and its scorecard."""
     return _derive(recipe, base=base, profile=profile, data=data, out=out, resume=resume, max_steps=max_steps,
                    overrides=overrides, progress=progress)
-
-
-def artifact_path(path: str | Path) -> Path:
-    """An artifact folder, a derive run folder (its ``model`` link), or any other path unchanged
-    (a plain HF folder chats in its tokenizer's template)."""
-    from herd.artifacts import locate_artifact
-
-    return locate_artifact(path, strict=False)
-
-
-def artifact_template(path: Path, tokenizer):
-    """The template an artifact was trained with (by name, never guessed); for a plain HF folder, its
-    tokenizer's own chat_template."""
-    from herd.artifacts import is_artifact, read_lineage
-    from herd.templates import Template, get_template
-
-    if is_artifact(path):
-        tmpl = (read_lineage(path).get("template") or {}).get("name")
-        if tmpl:
-            return get_template(tmpl)
-    if getattr(tokenizer, "chat_template", None):
-        return Template(name="tokenizer", jinja=tokenizer.chat_template, description="the tokenizer's own",
-                        source=str(path), uses_bos=False)
-    raise HerdError(f"{path}: no template recorded and the tokenizer has no chat_template")
 
 
 class ChatSession:

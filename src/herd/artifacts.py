@@ -139,6 +139,27 @@ def locate_artifact(path: str | Path, *, strict: bool = True) -> Path:
     raise HerdError(f"{path}: not a herd artifact; looked for {' and '.join(looked)}{hint}")
 
 
+def artifact_path(path: str | Path) -> Path:
+    """An artifact folder, a derive run folder (its ``model`` link), or any other path unchanged
+    (a plain HF folder chats in its tokenizer's template)."""
+    return locate_artifact(path, strict=False)
+
+
+def artifact_template(path: Path, tokenizer):
+    """The template an artifact was trained with (by name, never guessed); for a plain HF folder, its
+    tokenizer's own chat_template."""
+    from herd.templates import Template, get_template
+
+    if is_artifact(path):
+        tmpl = (read_lineage(path).get("template") or {}).get("name")
+        if tmpl:
+            return get_template(tmpl)
+    if getattr(tokenizer, "chat_template", None):
+        return Template(name="tokenizer", jinja=tokenizer.chat_template, description="the tokenizer's own",
+                        source=str(path), uses_bos=False)
+    raise HerdError(f"{path}: no template recorded and the tokenizer has no chat_template")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

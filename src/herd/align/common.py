@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +109,6 @@ def finish_artifact(tmp: Path, out: Path, *, name: str, parent: BaseRef, templat
 def require_pairs(enc: EncodedPairs, stage: str, what: str) -> None:
     if not enc.pairs:
         raise HerdError(f"stage {stage}: no usable {what} pairs (dropped: {dict(enc.dropped) or 'none'})")
-
-
-def clean_work(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def load_encoded_pairs(cfg, recipe: dict | None, template: Template, tokenizer, progress: bool

@@ -90,7 +90,7 @@ class LocalJudge:
     FastChat does for judges without a system prompt, ``run_judge_pair``'s Claude branch)."""
 
     def __init__(self, spec: str, *, max_new_tokens: int = JUDGE_MAX_TOKENS, batch_size: int = 4):
-        from herd.api import artifact_path, artifact_template
+        from herd.artifacts import artifact_path, artifact_template
         from herd.base import load_model, load_tokenizer, resolve_base
 
         ref = resolve_base(artifact_path(spec))

@@ -134,7 +134,7 @@ def answer_questions(artifact: str | Path, questions_path: str | Path, out: str 
                      model_id: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS, max_turns: int | None = None,
                      seed: int = 0, batch_size: int = 8, progress: bool = True) -> Path:
     """``herd eval mtbench-answers``: load an artifact (or any base) and write its answer file."""
-    from herd.api import artifact_path, artifact_template
+    from herd.artifacts import artifact_path, artifact_template
     from herd.base import load_model, load_tokenizer, resolve_base
 
     questions = read_questions(questions_path)  # validated before the model loads

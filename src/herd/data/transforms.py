@@ -191,7 +191,7 @@ def _is_dialogue(ex: Example, min_turns: int) -> bool:
 
 def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed: int = 0):
     """``respond(messages) -> reply``: one sampled reply from ``spec`` in its own template."""
-    from herd.api import artifact_path, artifact_template
+    from herd.artifacts import artifact_path, artifact_template
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.generation import generate
 

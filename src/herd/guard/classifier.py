@@ -106,7 +106,7 @@ class Guard:
         if model is None:
             if artifact is None:
                 raise HerdError("Guard needs an artifact path (or a model and tokenizer)")
-            from herd.api import artifact_path
+            from herd.artifacts import artifact_path
             from herd.base import load_model, load_tokenizer, resolve_base
 
             ref = resolve_base(artifact_path(artifact))

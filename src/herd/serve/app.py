@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import herd.serve.protocol as P
 from herd.errors import HerdError
-from herd.serve import protocol as P
 from herd.serve.guard import Guard
 from herd.serve.jobs import GenParams, Overloaded
 from herd.serve.models import ServedModel
