@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml
 
 # llama.cpp (for the GGUF equivalence tests and the llamacpp serving backend): llama-cpp-python built from
 # source for THIS CPU, about 8 minutes on 2 cores the first time (the wheel is then cached per instruction
-# set). `python -m herd.llamacpp` derives the instruction sets from the CPU's reported features (never
+# set). `python -m herd.core.llamacpp` derives the instruction sets from the CPU's reported features (never
 # -march=native: ggml's AMX kernel crashes on some CPUs; never a fixed AVX-512 list: SIGILL on AVX2-only
 # CPUs) and is a no-op while the installed build matches. HERD_LLAMACPP_ISA=avx2 caps it (how an AVX-512
 # machine builds and tests the AVX2-only variant). `make test` runs it; `make demo` does not need it.
 setup: $(STAMP)
 
 setup-llamacpp: $(STAMP)
-	$(BIN)/python -m herd.llamacpp
+	$(BIN)/python -m herd.core.llamacpp
 
 demo: $(STAMP)
 	$(BIN)/herd derive alpaca --profile tiny --out runs/alpaca-smollm2-tiny

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from herd.artifacts import read_lineage
-from herd.paths import repo_root
+from herd.core.paths import repo_root
 from tests.align_helpers import toy_recipe
 
 PAIRS = [{"name": "p", "path": "pairs.jsonl", "format": "preference"}]

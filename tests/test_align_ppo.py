@@ -19,9 +19,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import herd.recipe  # noqa: F401  (herd.align.config imports herd.recipe, which imports it back)
+import herd.core.recipe  # noqa: F401  (herd.align.config imports herd.recipe, which imports it back)
 from herd.align.config import PPOStage
-from herd.paths import repo_root
+from herd.core.paths import repo_root
 from tests.align_helpers import toy_recipe
 
 torch.set_num_threads(1)

@@ -18,9 +18,9 @@ from herd.align.preference import (
     split_by_prompt,
     split_items,
 )
+from herd.core.errors import ConfigError, DataError
+from herd.core.recipe import DataSource
 from herd.data.report import DataReport
-from herd.errors import ConfigError, DataError
-from herd.recipe import DataSource
 
 from .conftest import SHARED
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from herd.align.config import DPOStage, RejectionSamplingStage, RewardModelStage
 from herd.artifacts import read_lineage
-from herd.paths import repo_root
+from herd.core.paths import repo_root
 from herd.templates import get_template
 
 torch.set_num_threads(1)
@@ -254,7 +254,7 @@ def test_scorer_combines_helpfulness_and_safety(tmp_path):
     from types import SimpleNamespace
 
     from herd.align.rejection import Scorer, resolve_reward_model
-    from herd.errors import ConfigError
+    from herd.core.errors import ConfigError
 
     helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, 2.0, 2.0]))
     safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([0.0, -3.0, 1.0]))  # σ: 0.5, 0.047, 0.73

@@ -10,7 +10,7 @@ import pytest
 from herd.artifacts import locate_artifact, read_lineage
 from herd.base import resolve_base
 from herd.cli import main
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from tests.artifact_helpers import make_tiny_artifact
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from herd.base import resolve_base
-from herd.errors import BaseError
+from herd.core.errors import BaseError
 
 
 def test_tiny_base_is_a_llama_with_smollm2_tokenizer(tiny_ref, tiny_model, tokenizer):

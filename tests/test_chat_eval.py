@@ -27,7 +27,7 @@ from herd.chat_eval.mtbench import (
     write_answers,
 )
 from herd.cli import main
-from herd.errors import DataError, HerdError
+from herd.core.errors import DataError, HerdError
 from herd.templates import get_template
 
 QUESTIONS = [  # FastChat question.jsonl records (MT-bench style: 2 turns; Vicuna-bench style: 1)

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
+from herd.core.errors import DataError
 from herd.data import load_examples
 from herd.data.dolly import CATEGORIES, drop_over_length, stratified_sample
 from herd.data.preference_sft import parse_pair
 from herd.data.report import DataReport
-from herd.errors import DataError
 from herd.templates import TemplateError, get_template
 from tests.conftest import ALPACA_TINY, SHARED
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from herd.cli import main
+from herd.core.errors import ConfigError
+from herd.core.paths import repo_root
 from herd.data.records import Example
-from herd.errors import ConfigError
-from herd.paths import repo_root
 from tests.chat_helpers import memorized_artifact
 from tests.conftest import ALPACA_TINY
 
@@ -34,7 +34,7 @@ def _recipe(tmp_path, name: str, **top) -> str:
 # -- transforms in the recipe schema ---------------------------------------------------------------------
 
 def test_transforms_are_validated_when_the_recipe_loads(tmp_path):
-    from herd.recipe import load_recipe
+    from herd.core.recipe import load_recipe
 
     with pytest.raises(ConfigError, match=r"transforms\[0\]\.kind: unknown data transform 'nope'"):
         load_recipe(_recipe(tmp_path, "vicuna", transforms=[{"kind": "nope"}]), "full")
@@ -58,8 +58,8 @@ def _dialogue(i: int, turns: int) -> Example:
 
 
 def test_gatt_transform_keeps_single_turn_records_and_can_resample_from_a_model():
+    from herd.core.recipe import load_recipe
     from herd.data.transforms import GattConfig, TransformConfig, TransformContext, gatt
-    from herd.recipe import load_recipe
 
     exs = [_dialogue(0, 1), _dialogue(1, 2), _dialogue(2, 3), _dialogue(3, 2)]
     ctx = TransformContext(recipe=load_recipe("llama2chat", "tiny"), base_spec="tiny")

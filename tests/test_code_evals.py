@@ -159,9 +159,8 @@ def _ctx(tiny_ref, derived_dir, out_dir):
 
 
 def _eval(name):
-    from herd.evals.registry import EVALS, load_eval_modules
+    from herd.core.registry import EVALS
 
-    load_eval_modules()
     return EVALS[name]
 
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from herd.core.errors import DataError
 from herd.data import load_examples
 from herd.data.split import split
 from herd.data.tokenize import tokenize_examples
-from herd.errors import DataError
 from herd.templates import get_template
 from tests.conftest import ALPACA_DEMO
 

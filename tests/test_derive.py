@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from herd.paths import repo_root
+from herd.core.paths import repo_root
 
 
 @pytest.fixture(scope="module")

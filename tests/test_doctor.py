@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from herd import doctor, llamacpp
+from herd import doctor
+from herd.core import llamacpp
 
 # /proc/cpuinfo flags of the machines in question (abridged to what matters).
 EPYC_AVX2 = {"sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "popcnt"}  # Zen 2: no AVX-512, no VNNI
@@ -65,7 +66,7 @@ def test_installed_build_matches_this_cpu_and_its_code_uses_no_more():
     """The build record fits this CPU, and the machine code agrees with it: an AVX2 build contains no
     AVX-512 (zmm) instruction at all, so it cannot die with SIGILL on an AVX2-only CPU."""
     record = llamacpp.installed_record()
-    assert record, "llama_cpp was not installed by `python -m herd.llamacpp` (no herd-build.json)"
+    assert record, "llama_cpp was not installed by `python -m herd.core.llamacpp` (no herd-build.json)"
     assert record["cmake_args"] == llamacpp.cmake_args(llamacpp.wanted())
     assert set(record["isa"]) <= llamacpp.cpu_flags()
     lib = Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib"

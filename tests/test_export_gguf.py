@@ -14,9 +14,9 @@ import torch
 
 from herd.artifacts import read_lineage
 from herd.base import load_model, load_tokenizer, smollm2_gguf_path
+from herd.core.native import NativeCrash, probe_llamacpp, run_isolated
 from herd.export import export_gguf, export_hf, read_gguf_lineage, write_modelfile
 from herd.export.ollama import blocks
-from herd.native import NativeCrash, probe_llamacpp, run_isolated
 from herd.templates import get_template
 from tests.artifact_helpers import make_tiny_artifact
 
@@ -93,7 +93,7 @@ needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is Non
                                     reason="llama-cpp-python not built (make setup-llamacpp)")
 
 
-# llama.cpp runs only in child processes (herd.native.run_isolated): a build this CPU cannot run dies
+# llama.cpp runs only in child processes (herd.core.native.run_isolated): a build this CPU cannot run dies
 # there with SIGILL, which fails one test with the cause named instead of killing the whole session.
 def _greedy_llamacpp(llm, ids: list[int], n: int) -> list[int]:
     llm.reset()
@@ -233,7 +233,7 @@ def test_cli_export_writes_gguf_and_modelfile(artifact, capsys):
 
 
 def test_export_refuses_weights_changed_since_lineage(tmp_path):
-    from herd.errors import HerdError
+    from herd.core.errors import HerdError
 
     art = make_artifact(tmp_path / "a")
     with open(art / "model.safetensors", "ab") as f:

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from herd.cli import main
-from herd.errors import ConfigError
+from herd.core.errors import ConfigError
+from herd.core.paths import repo_root
 from herd.family.catalogue import CATALOGUE_FILE, load_catalogue, recipes_root
-from herd.paths import repo_root
 
 EXPECTED = {"llama", "llama2", "alpaca", "vicuna", "codellama", "codellama-python", "codellama-instruct",
             "meditron", "llama2-chat", "llama-guard", "dolly", "gorilla"}

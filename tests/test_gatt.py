@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from herd.core.errors import HerdError
 from herd.data import load_examples
 from herd.data.gatt import (
     CONSTRAINTS,
@@ -19,7 +20,6 @@ from herd.data.gatt import (
 )
 from herd.data.records import Example
 from herd.data.report import DataReport
-from herd.errors import HerdError
 from herd.templates import IGNORE_INDEX, get_template
 from tests.conftest import SHARED
 

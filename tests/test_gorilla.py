@@ -8,15 +8,15 @@ import re
 
 import pytest
 
+from herd.core.errors import DataError
+from herd.core.paths import repo_root
 from herd.data import load_examples
-from herd.errors import DataError
 from herd.gorilla import HUB_FILES, PUBLISHED_RESPONSES
 from herd.gorilla.ast_match import ApiMatcher, extract_api_call, judge
 from herd.gorilla.eval import HubData
 from herd.gorilla.prompts import RAT_JOIN, question_text, user_prompt
 from herd.gorilla.reader import read_api_database, read_apibench, read_questions, split_code
 from herd.gorilla.retriever import BM25Retriever
-from herd.paths import repo_root
 from herd.templates import IGNORE_INDEX, get_template
 
 from .conftest import SHARED
@@ -226,9 +226,9 @@ def test_gorilla_template_prompt_mask_and_exported_jinja(tokenizer):
 # ---- the registered eval, end to end on the tiny model -------------------------------------------
 
 def test_apibench_ast_eval_scores_parent_and_derived_under_every_retrieval(tiny_ref, tokenizer, tmp_path):
-    from herd.evals.registry import EVALS, EvalContext, load_eval_modules
+    from herd.core.registry import EVALS
+    from herd.evals.registry import EvalContext
 
-    load_eval_modules()
     cfg_cls, fn = EVALS["apibench_ast"]
     cfg = cfg_cls(data=str(DATA), n=2, max_new_tokens=4, temperature=0.0)
     ctx = EvalContext(recipe=None, template=get_template("gorilla"), tokenizer=tokenizer, eval_examples=[],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from herd.errors import ConfigError, DataError
+from herd.core.errors import ConfigError, DataError
 from herd.guard.moderation import (
     augmented_examples,
     make_mapping,
@@ -365,8 +365,8 @@ def test_classify_and_eval_commands(tmp_path, capsys):
 
 def test_recipe_runs_end_to_end_and_guard_uses_dev_thresholds(tmp_path):
     from herd.api import derive
+    from herd.core.recipe import load_recipe
     from herd.guard.classifier import Guard, GuardSettings
-    from herd.recipe import load_recipe
 
     full = load_recipe("llamaguard", "full")
     assert full.stages[0].lr == 2e-6 and full.template == "llama_guard"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from herd.errors import ConfigError, DataError
+from herd.core.errors import ConfigError, DataError
 from herd.medical.corpus import (
     assert_no_leakage,
     demo_sources,

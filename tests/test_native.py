@@ -1,4 +1,4 @@
-"""herd.native.run_isolated: results and exceptions come back from the child; death by a signal or a
+"""herd.core.native.run_isolated: results and exceptions come back from the child; death by a signal or a
 hang becomes a NativeCrash that names it (no llama.cpp needed for these)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from herd.native import NativeCrash, run_isolated
+from herd.core.native import NativeCrash, run_isolated
 
 
 def _pid_and_sum(a: int, b: int) -> tuple[int, int]:

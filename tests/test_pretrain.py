@@ -22,8 +22,8 @@ from herd.code.fim import (
     sentinel_ids,
     split_document,
 )
+from herd.core.errors import DataError
 from herd.data.documents import CorpusReport, check_source, detect_license, stream_source
-from herd.errors import DataError
 from tests.conftest import SHARED
 from tests.test_resume_and_distributed import _final, _run
 
@@ -157,7 +157,7 @@ def test_text_source_errors_name_line_and_field(tmp_path):
 # -- rows and the stage -------------------------------------------------------------------------------
 
 def test_rows_are_the_separator_joined_stream_and_stop_at_the_budget(tmp_path, tokenizer):
-    from herd.recipe import PretrainStage
+    from herd.core.recipe import PretrainStage
     from herd.stages.pretrain import build_rows, separator_id
 
     src = tmp_path / "docs.jsonl"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from herd.cli import main
-from herd.progress import Progress, fmt_duration, phase, plural
+from herd.core.progress import Progress, fmt_duration, phase, plural
 from tests.conftest import SHARED
 
 # "[desc] 3/8 records (37.5%), 2.1 records/s, elapsed 0:01, ETA 0:02"
@@ -156,7 +156,7 @@ def test_no_module_imports_tqdm_but_the_helper():
     src = Path(herd.__file__).parent
     users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "import tqdm" in p.read_text()
                    or "from tqdm" in p.read_text())
-    assert users == ["progress.py"]
+    assert users == ["core/progress.py"]
 
 
 # -- the commands -------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_generate_self_instruct_reports_requests(tmp_path, capfd, every_update):
 
 
 def test_derive_reports_phases_training_and_eval_loops(tmp_path, capfd, every_update):
-    from herd.paths import repo_root
+    from herd.core.paths import repo_root
 
     raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
     raw["profiles"]["test"] = {"max_train_records": 12, "eval_size": 4,

@@ -380,13 +380,13 @@ class Workspace:
 
             shutil.copytree(resolve_base("tiny").path, target)
         elif name == "model.gguf":
+            from herd.core.hashing import sha256_file
             from herd.export import export_gguf
-            from herd.hashing import sha256_file
 
             export_gguf((self.root / DEMO_RUN / "model").resolve(), target, "f16")
             self.converted_gguf.append(sha256_file(target))  # herd caches its conversion under this hash
         elif name == "my_alpaca.jsonl":
-            from herd.paths import shared_data_dir
+            from herd.core.paths import shared_data_dir
 
             records = json.loads((shared_data_dir() / "stanford_alpaca_tiny" / "alpaca_tiny.json").read_text())
             target.write_text("".join(json.dumps(r) + "\n" for r in records[:80]))
@@ -503,7 +503,7 @@ class Workspace:
 
     def cleanup(self) -> None:
         """Remove the cache folders herd made converting this workspace's throwaway GGUF base."""
-        from herd.paths import cache_dir
+        from herd.core.paths import cache_dir
 
         for sha in self.converted_gguf:
             folder = cache_dir() / "bases" / f"model-{sha[:12]}"

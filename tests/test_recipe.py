@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from herd.errors import ConfigError
-from herd.paths import repo_root
-from herd.recipe import load_recipe
+from herd.core.errors import ConfigError
+from herd.core.paths import repo_root
+from herd.core.recipe import load_recipe
 
 
 def _variant(tmp_path, mutate) -> str:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from herd.paths import repo_root
+from herd.core.paths import repo_root
 
 HERD = [sys.executable, "-m", "herd.cli"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from herd.core.errors import ConfigError, HerdError
 from herd.data import load_examples
-from herd.errors import ConfigError, HerdError
 from herd.selfinstruct.filters import blacklist_regex, filter_reason
 from herd.selfinstruct.generate import GenerationSettings, generate_self_instruct, state_path
 from herd.selfinstruct.novelty import BruteForcePool, NoveltyPool, lcs_length, rouge_l_f
@@ -425,7 +425,7 @@ def test_rate_limit_spaces_requests():
 # ---------------------------------------------------------------- the recipe
 
 def test_selfinstruct_recipe_generates_then_trains():
-    from herd.recipe import load_recipe
+    from herd.core.recipe import load_recipe
 
     rec = load_recipe(str(ROOT / "recipes" / "alpaca-selfinstruct.yaml"), "tiny")
     assert [b["kind"] for b in rec.builds] == ["self_instruct"] and rec.builds[0]["teacher"] is None

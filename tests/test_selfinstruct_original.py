@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from herd.core.errors import ConfigError
 from herd.data import load_examples
-from herd.errors import ConfigError
 from herd.selfinstruct import instances as inst_mod
 from herd.selfinstruct.filters import filter_duplicate_instances, filter_invalid_instances, limit_instances
 from herd.selfinstruct.generate import GenerationSettings, format_report, generate_self_instruct
@@ -421,8 +421,8 @@ def test_openai_endpoint_teacher_runs_the_original_steps(served_url, tmp_path): 
 
 def test_self_instruct_build_accepts_the_original_variant(tmp_path, monkeypatch):
     """The ``self_instruct`` data build trains on the instance records (Alpaca format)."""
+    from herd.core.errors import HerdError
     from herd.data.builds import BuildContext
-    from herd.errors import HerdError
     from herd.selfinstruct import build as build_mod
 
     teacher = ScriptedTeacher()

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from herd.core.errors import HerdError
 from herd.data import load_examples
 from herd.data.records import Example
 from herd.data.report import DataReport
@@ -25,7 +26,6 @@ from herd.data.vicuna_clean import (
     split_long,
     truncate_blank,
 )
-from herd.errors import HerdError
 from herd.templates import get_template
 from tests.conftest import SHARED
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from herd.artifacts import artifact_path, artifact_template  # noqa: F401  (part of the Python API)
+from herd.core.errors import HerdError
 from herd.derive import DeriveResult
 from herd.derive import derive as _derive
-from herd.errors import HerdError
 
 
 def derive(recipe: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,

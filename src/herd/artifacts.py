@@ -27,8 +27,8 @@ import subprocess
 from pathlib import Path
 
 from herd import __version__
-from herd.errors import HerdError
-from herd.hashing import sha256_dir, sha256_json
+from herd.core.errors import HerdError
+from herd.core.hashing import sha256_dir, sha256_json
 
 LINEAGE_FILE = "lineage.json"
 SCHEMA = "herd.lineage/1"

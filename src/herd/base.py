@@ -18,9 +18,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.errors import BaseError
-from herd.hashing import sha256_dir, sha256_file, sha256_json
-from herd.paths import cache_dir
+from herd.core.errors import BaseError
+from herd.core.hashing import sha256_dir, sha256_file, sha256_json
+from herd.core.paths import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 # Modules that add subcommands: each defines add_commands(subparsers).
 COMMAND_MODULES: list[str] = [

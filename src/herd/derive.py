@@ -16,13 +16,13 @@ from pathlib import Path
 
 from herd.artifacts import is_artifact, model_card, read_lineage, write_lineage
 from herd.base import BaseRef, resolve_base
+from herd.core.errors import ConfigError
+from herd.core.hashing import sha256_file, sha256_json
+from herd.core.paths import resolve_data_path
+from herd.core.progress import phase
+from herd.core.recipe import Recipe, load_recipe
 from herd.data import load_examples
 from herd.data.split import dedupe, split
-from herd.errors import ConfigError
-from herd.hashing import sha256_file, sha256_json
-from herd.paths import resolve_data_path
-from herd.progress import phase
-from herd.recipe import Recipe, load_recipe
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
 from herd.templates import get_template
 
@@ -36,10 +36,10 @@ class DeriveResult:
 
 def _run_builds(recipe: Recipe, base_spec: str, workspace: Path, progress: bool) -> list:
     """Run the recipe's data builds (cached by their settings); returns DataSources for their files."""
-    from herd.data.builds import BUILDS, BuildContext, load_build_modules
-    from herd.recipe import DataSource
+    from herd.core.recipe import DataSource
+    from herd.core.registry import BUILDS
+    from herd.data.builds import BuildContext
 
-    load_build_modules()
     out = []
     for b in recipe.builds:
         cfg_cls, fn = BUILDS[b["kind"]]
@@ -142,8 +142,8 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
     from herd.align import stage_registry
+    from herd.core.recipe import POLICY_KINDS
     from herd.distributed import barrier, single_rank
-    from herd.recipe import POLICY_KINDS
     from herd.stages.pretrain import check_sources, run_pretrain
     from herd.stages.sft import run_sft
     from herd.training import dist_env

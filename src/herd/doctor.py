@@ -93,8 +93,8 @@ def llamacpp_checks(flags: set[str]) -> list[Check]:
     """Installed? Built for which variant? Does that variant fit this CPU? Does it load (in a child)?"""
     import importlib.util
 
-    from herd import llamacpp
-    from herd.native import NativeCrash, llamacpp_system_info
+    from herd.core import llamacpp
+    from herd.core.native import NativeCrash, llamacpp_system_info
 
     want = llamacpp.wanted()
     if importlib.util.find_spec("llama_cpp") is None:
@@ -134,7 +134,7 @@ def memory_checks() -> list[Check]:
 
 def base_checks() -> list[Check]:
     from herd.base import smollm2_gguf_path
-    from herd.errors import HerdError
+    from herd.core.errors import HerdError
 
     try:
         path = smollm2_gguf_path()
@@ -145,7 +145,7 @@ def base_checks() -> list[Check]:
 
 def data_checks() -> list[Check]:
     """The shared datasets each shipped recipe names (read from the YAML text: no recipe is loaded)."""
-    from herd.paths import repo_root, shared_data_dir
+    from herd.core.paths import repo_root, shared_data_dir
 
     root = shared_data_dir()
     if not root.is_dir():
@@ -162,7 +162,7 @@ def data_checks() -> list[Check]:
 
 
 def run_checks() -> list[Check]:
-    from herd import llamacpp
+    from herd.core import llamacpp
 
     flags = llamacpp.cpu_flags()
     return (cpu_checks(flags) + precision_checks() + thread_checks() + torch_checks() + llamacpp_checks(flags) + memory_checks()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from herd.progress import Progress
+from herd.core.progress import Progress
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,

@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 from herd.artifacts import atomic_write_text
+from herd.core.progress import phase
+from herd.core.recipe import Recipe
+from herd.core.registry import EVALS
 from herd.data.records import Example
-from herd.evals.registry import EVALS, EvalContext, load_eval_modules
-from herd.progress import phase
-from herd.recipe import Recipe
+from herd.evals.registry import EvalContext
 from herd.templates import Template
 
 
@@ -22,7 +23,6 @@ def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived
     """Run the recipe's evals on parent and derived with identical inputs; returns the scorecard dict."""
     from herd.base import load_tokenizer
 
-    load_eval_modules()
     ctx = EvalContext(recipe=recipe, template=template, tokenizer=load_tokenizer(derived_path),
                       eval_examples=eval_examples, parent_path=Path(parent_path),
                       derived_path=Path(derived_path), out_dir=Path(derived_path), progress=progress,
@@ -62,7 +62,6 @@ def _recipe_dir(recipe: Recipe) -> Path:
 
 def configured_evals(recipe: Recipe) -> list[tuple[str, object]]:
     """The recipe's enabled evals as (name, validated config)."""
-    load_eval_modules()
     out = []
     for name, settings in recipe.evals.items():
         cfg = EVALS[name][0].model_validate(settings or {})

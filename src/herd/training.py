@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from herd.core.progress import Progress
 from herd.data.packing import Batch, make_batch
 from herd.data.tokenize import Tokenized
-from herd.progress import Progress
 from herd.templates import IGNORE_INDEX
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import herd.recipe  # noqa: F401  (first: herd.recipe imports herd.align.config, which builds on herd.recipe)
+import herd.core.recipe  # noqa: F401  (first: herd.recipe imports herd.align.config, which builds on herd.recipe)
 
 
 def stage_registry() -> dict[str, tuple[type, Callable]]:

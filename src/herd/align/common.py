@@ -11,8 +11,8 @@ from herd.align.logprobs import Encoded, encode_reply
 from herd.align.preference import PreferencePair, dedupe_items, load_sources, split_items
 from herd.artifacts import model_card, new_lineage, publish, write_lineage
 from herd.base import BaseRef
+from herd.core.errors import ConfigError, HerdError
 from herd.data.report import DataReport
-from herd.errors import ConfigError, HerdError
 from herd.templates import Template, TemplateError
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from herd.recipe import DataSource, LoraSpec, SFTStage
+from herd.core.recipe import DataSource, LoraSpec, SFTStage
 
 
 class _Strict(BaseModel):

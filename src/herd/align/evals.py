@@ -45,9 +45,9 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     from herd.align.logprobs import reply_logps
     from herd.align.reward import load_reward_model
     from herd.base import load_model, load_tokenizer, resolve_base
-    from herd.errors import ConfigError
+    from herd.core.errors import ConfigError
+    from herd.core.recipe import POLICY_KINDS
     from herd.generation import generate
-    from herd.recipe import POLICY_KINDS
 
     by_name = {st.name: (st, Path(d)) for st, d in ctx.stages}
     if cfg.reward_model not in by_name or cfg.baseline not in by_name:

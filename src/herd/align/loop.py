@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from herd.core.progress import Progress
 from herd.distributed import all_sum
-from herd.progress import Progress
 from herd.training import (
     LoopConfig,
     LoopResult,

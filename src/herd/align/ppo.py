@@ -52,9 +52,9 @@ from herd.align.loop import autocast
 from herd.align.losses import logit, ppo_token_rewards, whiten
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.errors import HerdError
+from herd.core.progress import Progress
 from herd.distributed import all_sum, barrier, map_chunks, map_rows
-from herd.errors import HerdError
-from herd.progress import Progress
 from herd.templates import IGNORE_INDEX, Template, TemplateError
 from herd.training import _dedupe_shared, device, dist_env, find_checkpoint, load_checkpoint, save_checkpoint
 

@@ -30,11 +30,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from herd.core.errors import ConfigError, DataError
 from herd.data.conversation import Loc, check_conversation, collect, data_error
 from herd.data.preference_sft import parse_pair
 from herd.data.records import read_json_records
 from herd.data.report import DataReport, where
-from herd.errors import ConfigError, DataError
 
 # Llama 2's rating levels, strongest first (§5.2 step 2); "unsure" is the same level as "negligibly better".
 RATING_LEVELS = ("significantly_better", "better", "slightly_better", "negligibly_better")
@@ -269,10 +269,10 @@ def dedupe_items(items: list) -> tuple[list, int]:
 
 def load_sources(sources: list, *, relative_to: Path | None = None, report: DataReport | None = None
                  ) -> tuple[list[PreferencePair | LabeledReply], list[dict]]:
-    """Read a stage's ``data:`` list (``herd.recipe.DataSource``s). Returns the records and, per file, the
+    """Read a stage's ``data:`` list (``herd.core.recipe.DataSource``s). Returns the records and, per file, the
     lineage record (name, path, sha256, records) that ``herd derive`` stores for SFT data."""
-    from herd.hashing import sha256_file
-    from herd.paths import resolve_data_path
+    from herd.core.hashing import sha256_file
+    from herd.core.paths import resolve_data_path
 
     report = report if report is not None else DataReport()
     out: list = []

@@ -48,11 +48,11 @@ from herd.artifacts import (
     write_lineage,
 )
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.errors import ConfigError, DataError, HerdError
+from herd.core.progress import Progress
 from herd.data.records import Example
 from herd.data.report import DataReport
 from herd.distributed import barrier, map_chunks
-from herd.errors import ConfigError, DataError, HerdError
-from herd.progress import Progress
 from herd.templates import Template
 from herd.training import device, dist_env
 
@@ -100,9 +100,9 @@ def load_prompts(sources: list, *, relative_to: Path | None = None, report: Data
     """Unique prompts (``{"messages", "safety", "source", "index"}``) from preference/KTO files or any
     herd SFT format (their final replies are dropped); ``options: {safety: true}`` marks a file's prompts
     as safety prompts. Returns (prompts, per-file lineage records)."""
+    from herd.core.hashing import sha256_file
+    from herd.core.paths import resolve_data_path
     from herd.data import load_examples
-    from herd.hashing import sha256_file
-    from herd.paths import resolve_data_path
 
     report = report if report is not None else DataReport()
     seen: set[str] = set()

@@ -29,8 +29,8 @@ from herd.align.loop import pair_loop_config, train_items
 from herd.align.losses import bradley_terry_loss, rating_margin
 from herd.artifacts import staging_dir, template_record
 from herd.base import BaseRef, load_tokenizer
+from herd.core.errors import HerdError
 from herd.distributed import map_rows
-from herd.errors import HerdError
 from herd.templates import Template, get_template
 from herd.training import device, dist_env, full_state_dict
 

@@ -29,7 +29,7 @@ class MTBenchPairwiseConfig(EvalConfig):
     seed: int = 0
 
     def unavailable(self, recipe_dir: Path) -> str | None:
-        from herd.paths import resolve_data_path
+        from herd.core.paths import resolve_data_path
 
         qpath = resolve_data_path(self.questions, recipe_dir)
         return None if qpath.is_file() else f"question file {qpath} not found (a FastChat question.jsonl)"
@@ -39,8 +39,8 @@ class MTBenchPairwiseConfig(EvalConfig):
 def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOutput:
     from herd.chat_eval.judge import games, make_judge, play, summarize, summary_markdown
     from herd.chat_eval.mtbench import generate_answers, read_questions, write_answers
-    from herd.errors import ConfigError
-    from herd.paths import resolve_data_path
+    from herd.core.errors import ConfigError
+    from herd.core.paths import resolve_data_path
 
     recipe_dir = Path(ctx.recipe.source_file).parent if ctx.recipe.source_file else Path.cwd()
     qpath = resolve_data_path(cfg.questions, recipe_dir)
@@ -81,10 +81,10 @@ class HeldoutByCategoryConfig(EvalConfig):
 @register_eval("heldout_loss_by_category", HeldoutByCategoryConfig)
 def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> EvalOutput:
     """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived."""
+    from herd.core.progress import Progress
+    from herd.core.recipe import eval_max_len
     from herd.data.tokenize import tokenize_examples
     from herd.evals.heldout import heldout_loss
-    from herd.progress import Progress
-    from herd.recipe import eval_max_len
 
     max_len = eval_max_len(ctx.recipe)
     groups = defaultdict(list)

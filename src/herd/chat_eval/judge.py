@@ -20,8 +20,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from herd.errors import HerdError
-from herd.progress import Progress
+from herd.core.errors import HerdError
+from herd.core.progress import Progress
 
 # Verbatim from lm-sys/FastChat fastchat/llm_judge/data/judge_prompts.jsonl, entries "pair-v2" and
 # "pair-v2-multi-turn" (read at commit 0e6e7fdc78bf64aceea1508694ce4e6472810b8b).

@@ -17,9 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from herd.core.errors import DataError
+from herd.core.progress import Progress
 from herd.data.records import read_json_records
-from herd.errors import DataError
-from herd.progress import Progress
 
 # FastChat llm_judge/common.py ``temperature_config`` (dossier §2.5).
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,

@@ -31,7 +31,7 @@ class _ExecConfig(EvalConfig):
     workers: int = Field(default=2, ge=1, le=2)  # programs executed at once
 
     def unavailable(self, recipe_dir: Path) -> str | None:
-        from herd.paths import resolve_data_path
+        from herd.core.paths import resolve_data_path
 
         path = resolve_data_path(self.data, recipe_dir)
         return None if path.is_file() else f"data file {path} not found"
@@ -76,8 +76,8 @@ class MBPPConfig(_PassAtKConfig):
 # ---- shared plumbing ---------------------------------------------------------------------------------
 
 def _data_path(ctx: EvalContext, spec: str) -> Path:
-    from herd.errors import ConfigError
-    from herd.paths import resolve_data_path
+    from herd.core.errors import ConfigError
+    from herd.core.paths import resolve_data_path
 
     recipe = ctx.recipe
     recipe_dir = Path(recipe.source_file).parent if recipe is not None and recipe.source_file else Path.cwd()
@@ -209,7 +209,7 @@ def run_humaneval(ctx: EvalContext, cfg: HumanEvalConfig) -> EvalOutput:
 @register_eval("mbpp", MBPPConfig)
 def run_mbpp(ctx: EvalContext, cfg: MBPPConfig) -> EvalOutput:
     """MBPP 3-shot (Code Llama Table 2), Austin et al.'s prompt; generation stops at ``[DONE]``."""
-    from herd.errors import ConfigError
+    from herd.core.errors import ConfigError
 
     path = _data_path(ctx, cfg.data)
     rows = he.load_mbpp(path)

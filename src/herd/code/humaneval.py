@@ -157,7 +157,7 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
     draw with the same seeds. ``progress`` reports completions done under ``desc``."""
     import torch
 
-    from herd.progress import Progress
+    from herd.core.progress import Progress
 
     ends = sorted({i for i in [tokenizer.eos_token_id, *stop_ids] if i is not None})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
@@ -234,7 +234,7 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, progres
     import torch
 
     from herd.code.fim import infill_prompt_ids
-    from herd.progress import Progress
+    from herd.core.progress import Progress
 
     out = []
     dev = next(model.parameters()).device

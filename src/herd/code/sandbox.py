@@ -416,7 +416,7 @@ def run_programs(programs: list[str], *, timeout: float = DEFAULT_TIMEOUT, memor
                  workers: int = 2, progress: bool = False, desc: str = "execute") -> list[SandboxResult]:
     """Execute many programs, at most ``workers`` at a time; results in input order (``progress``
     reports programs finished, in input order)."""
-    from herd.progress import Progress
+    from herd.core.progress import Progress
 
     if not programs:
         return []

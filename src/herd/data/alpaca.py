@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from herd.core.errors import DataError
 from herd.data.records import Example, read_json_records, register_reader, require_str
-from herd.errors import DataError
 
 DEFAULT_COLUMNS = {"instruction": "instruction", "input": "input", "output": "output", "history": "history"}
 

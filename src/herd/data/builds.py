@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from herd.core.registry import BUILDS  # noqa: F401  (re-exported: the builds registry)
+
 
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,23 +40,6 @@ class BuildResult:
 
 
 BuildFn = Callable[[BuildConfig, Path, BuildContext], BuildResult]
-BUILDS: dict[str, tuple[type[BuildConfig], BuildFn]] = {}
-
-
 def register_build(kind: str, config: type[BuildConfig]):
-    def deco(fn: BuildFn) -> BuildFn:
-        BUILDS[kind] = (config, fn)
-        return fn
-
-    return deco
-
-
-def load_build_modules() -> None:
-    """Import the modules that register builders."""
-    import importlib
-
-    for mod in BUILD_MODULES:
-        importlib.import_module(mod)
-
-
-BUILD_MODULES: list[str] = ["herd.selfinstruct.build"]
+    """Decorator of a build module: ``kind`` → (its config class, the build function)."""
+    return BUILDS.register(kind, lambda fn: (config, fn))

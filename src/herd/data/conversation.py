@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from herd.core.errors import DataError
 from herd.data.report import DataReport, where
-from herd.errors import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
 

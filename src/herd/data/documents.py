@@ -22,21 +22,17 @@ import random
 import re
 import sysconfig
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.errors import DataError
-
-DOC_FORMATS: dict[str, tuple[Callable, Callable]] = {}  # format -> (check, stream)
+from herd.core.errors import DataError
+from herd.core.registry import DOC_FORMATS
 
 
 def register_doc_format(name: str):
-    def deco(cls):
-        DOC_FORMATS[name] = (cls.check, cls.stream)
-        return cls
-
-    return deco
+    """Class decorator: a document format with ``check(path, options)`` and ``stream(path, options, report)``."""
+    return DOC_FORMATS.register(name, lambda cls: (cls.check, cls.stream))
 
 
 @dataclass
@@ -240,7 +236,7 @@ class PubMedQAFormat:
 
 def check_source(fmt: str, path: Path, options: dict) -> None:
     if fmt not in DOC_FORMATS:
-        raise DataError(str(path), f"unknown document format '{fmt}' (known: {', '.join(sorted(DOC_FORMATS))})", field="format")
+        raise DataError(str(path), f"unknown document format '{fmt}' (known: {DOC_FORMATS.known()})", field="format")
     DOC_FORMATS[fmt][0](path, options)
 
 

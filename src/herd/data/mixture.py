@@ -34,7 +34,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from herd.errors import ConfigError
+from herd.core.errors import ConfigError
 
 
 class MixtureError(ConfigError, ValueError):

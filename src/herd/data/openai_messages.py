@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from herd.core.errors import DataError
 from herd.data.conversation import Loc, check_conversation, collect, data_error
 from herd.data.records import Example, read_json_records, register_reader
 from herd.data.report import DataReport
 from herd.data.sharegpt import parse_tools
-from herd.errors import DataError
 
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.errors import DataError
+from herd.core.errors import DataError
+from herd.core.registry import READERS
 
 
 @dataclass
@@ -29,15 +30,9 @@ class Example:
 
 
 Reader = Callable[..., list[Example]]
-READERS: dict[str, Reader] = {}
-
-
 def register_reader(fmt: str):
-    def deco(fn: Reader) -> Reader:
-        READERS[fmt] = fn
-        return fn
-
-    return deco
+    """Decorator of a reader module: ``fmt`` → ``reader(path, **options) -> list[Example]``."""
+    return READERS.register(fmt)
 
 
 def read_text_file(path: str | Path) -> str:
@@ -119,10 +114,6 @@ def require_str(path, rec: dict, field_name: str, *, index: int, line: int | Non
 
 def load_examples(path: str | Path, fmt: str, **options) -> list[Example]:
     """Read and validate a whole file with the reader registered for ``fmt``."""
-    from herd.data import alpaca, dolly, openai_messages, preference_sft, sharegpt  # noqa: F401  (registers readers)
-    from herd.gorilla import reader  # noqa: F401
-    from herd.guard import moderation  # noqa: F401  (registers the moderation reader)
-
     if fmt not in READERS:
-        raise DataError(str(path), f"unknown format '{fmt}'; known: {', '.join(sorted(READERS))}")
+        raise DataError(str(path), f"unknown format '{fmt}'; known: {READERS.known()}")
     return READERS[fmt](path, **options)

@@ -18,9 +18,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from herd.core.progress import Progress
+from herd.core.registry import TRANSFORMS
 from herd.data.records import Example
 from herd.data.report import DataReport, where_example
-from herd.progress import Progress
 
 
 class TransformConfig(BaseModel):
@@ -56,32 +57,14 @@ class TransformContext:
 
 
 TransformFn = Callable[[list[Example], TransformConfig, TransformContext], list[Example]]
-TRANSFORMS: dict[str, tuple[type[TransformConfig], TransformFn]] = {}
-
-
 def register_transform(kind: str, config: type[TransformConfig]):
-    def deco(fn: TransformFn) -> TransformFn:
-        TRANSFORMS[kind] = (config, fn)
-        return fn
-
-    return deco
-
-
-def load_transform_modules() -> None:
-    """Import the modules that register transforms (this one registers the built-ins below)."""
-    import importlib
-
-    for mod in TRANSFORM_MODULES:
-        importlib.import_module(mod)
-
-
-TRANSFORM_MODULES: list[str] = []
+    """Decorator of a transform: ``kind`` → (its config class, the transform function)."""
+    return TRANSFORMS.register(kind, lambda fn: (config, fn))
 
 
 def apply_transforms(examples: list[Example], recipe, base_spec: str, *, progress: bool = True
                      ) -> tuple[list[Example], DataReport]:
     """Run the recipe's transforms in order; returns the records and the report of what changed."""
-    load_transform_modules()
     ctx = TransformContext(recipe=recipe, base_spec=base_spec, progress=progress)
     for spec in recipe.transforms:
         cfg_cls, fn = TRANSFORMS[spec["kind"]]

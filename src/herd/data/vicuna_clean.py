@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from herd.core.errors import HerdError
 from herd.data.records import Example
 from herd.data.report import DataReport, where_example
-from herd.errors import HerdError
 
 BLOCKED_WORDS = ("openai", "chatgpt")
 RATE_LIMIT_REPLY = "Too many requests in 1 hour. Try again later."

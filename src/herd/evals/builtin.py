@@ -21,7 +21,7 @@ class SideBySideConfig(EvalConfig):
 
 @register_eval("heldout_loss", HeldoutLossConfig)
 def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
-    from herd.recipe import eval_max_len
+    from herd.core.recipe import eval_max_len
 
     max_len = eval_max_len(ctx.recipe)
     items, rep = tokenize_examples(ctx.eval_examples, ctx.template, ctx.tokenizer, max_len)

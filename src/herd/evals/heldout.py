@@ -7,9 +7,9 @@ import math
 
 import torch
 
+from herd.core.progress import Progress
 from herd.data.packing import make_batch
 from herd.data.tokenize import Tokenized
-from herd.progress import Progress
 from herd.training import MaskedLMLoss
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from herd.core.registry import EVALS  # noqa: F401  (re-exported: the evals registry)
+
 
 class EvalConfig(BaseModel):
     """Base of every eval's settings; ``enabled: false`` switches an eval off in a profile."""
@@ -65,23 +67,6 @@ class EvalContext:
 
 
 EvalFn = Callable[[EvalContext, EvalConfig], EvalOutput]
-EVALS: dict[str, tuple[type[EvalConfig], EvalFn]] = {}
-
-
 def register_eval(name: str, config: type[EvalConfig] = EvalConfig):
-    def deco(fn: EvalFn) -> EvalFn:
-        EVALS[name] = (config, fn)
-        return fn
-
-    return deco
-
-
-def load_eval_modules() -> None:
-    """Import the modules that register evals (kept in one place so registration is explicit)."""
-    from herd.align import evals as align_evals  # noqa: F401
-    from herd.chat_eval import evals as chat_evals  # noqa: F401
-    from herd.code import evals as code_evals  # noqa: F401
-    from herd.evals import builtin  # noqa: F401
-    from herd.gorilla import eval as gorilla_eval  # noqa: F401
-    from herd.guard import evaluate as guard_eval  # noqa: F401
-    from herd.medical import evals as medical_evals  # noqa: F401
+    """Decorator of an eval module: ``name`` → (its config class, ``fn(ctx, cfg) -> EvalOutput``)."""
+    return EVALS.register(name, lambda fn: (config, fn))

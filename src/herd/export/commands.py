@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 
 def default_gguf_path(artifact: str | Path, dtype: str) -> Path:

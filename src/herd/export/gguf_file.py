@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from herd.artifacts import locate_artifact, read_lineage
-from herd.errors import HerdError
+from herd.core.errors import HerdError
+from herd.core.hashing import sha256_dir
+from herd.core.progress import Progress
 from herd.export.vocab import build_vocab
-from herd.hashing import sha256_dir
-from herd.progress import Progress
 
 DTYPES = ("f32", "f16", "q8_0")
 

@@ -13,8 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from herd.errors import HerdError
-from herd.progress import Progress, phase
+from herd.core.errors import HerdError
+from herd.core.progress import Progress, phase
 
 HF_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 

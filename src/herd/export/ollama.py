@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.templates import Template, TemplateError
 
 _CONV = ("user", "assistant", "user", "assistant", "user")

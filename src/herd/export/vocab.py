@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 # llama.cpp's probe text (convert_hf_to_gguf.py, get_vocab_base_pre), byte for byte.
 PROBE = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) '

@@ -17,8 +17,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from herd.errors import ConfigError, HerdError
-from herd.paths import repo_root
+from herd.core.errors import ConfigError, HerdError
+from herd.core.paths import repo_root
 
 CATALOGUE_FILE = Path(__file__).with_name("catalogue.yaml")
 SCHEMA = "herd.family/1"

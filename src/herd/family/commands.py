@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.family.catalogue import Catalogue, Member, load_catalogue, recipes_root
 from herd.family.tree import build_tree, render_text, scan_workspace
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from herd.artifacts import LINEAGE_FILE, read_lineage
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.family.catalogue import Catalogue, Member
 
 NodeKind = Literal["member", "external", "base", "missing", "artifact"]

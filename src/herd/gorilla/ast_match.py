@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from herd.core.progress import Progress
 from herd.gorilla import HUBS
-from herd.progress import Progress
 
 _PUNCT = ("(", ")", ",")
 

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from herd.core.paths import resolve_data_path
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 from herd.gorilla import HUB_FILES, PUBLISHED_RESPONSES
 from herd.gorilla.ast_match import ApiMatcher, AstScore, score
@@ -28,7 +29,6 @@ from herd.gorilla.reader import (
     reference_domains,
 )
 from herd.gorilla.retriever import BM25Retriever
-from herd.paths import resolve_data_path
 
 Retrieval = Literal["none", "bm25", "oracle"]
 LABEL = {"none": "0-shot", "bm25": "BM25", "oracle": "oracle"}

@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from herd.core.errors import DataError
 from herd.data.records import Example, read_text_file, register_reader, require_str
-from herd.errors import DataError
 
 _HASH_LAYOUT = re.compile(r"\s*###\s*Instruction:\s*(.*?)(?:\n\s*###\s*Output:\s*(.*))?\s*$", re.S)
 _DICT_HEAD = "{'Instruction':"
@@ -191,7 +191,7 @@ def read_apibench_examples(path: str | Path, retrieval: str = "none", api_databa
     if retrieval == "bm25":
         if not api_database:
             raise DataError(str(path), "retrieval: bm25 needs the api_database option (an api/*_api.jsonl file)")
-        from herd.paths import resolve_data_path
+        from herd.core.paths import resolve_data_path
 
         entries = read_api_database(resolve_data_path(api_database, Path(path).parent))
         retriever = BM25Retriever(entries)

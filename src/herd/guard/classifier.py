@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.guard.scoring import code_scoring, score_prompts
 from herd.guard.taxonomy import LLAMA_GUARD_V1, Taxonomy, load_taxonomy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 
 def _guard_args(p) -> None:
@@ -45,8 +45,8 @@ def add_eval_commands(evals) -> None:
 
 def read_inputs(path: str) -> list:
     """Items to classify from a file (see ``herd classify --file``)."""
+    from herd.core.errors import DataError
     from herd.data.records import read_json_records, read_text_file
-    from herd.errors import DataError
 
     p = Path(path)
     if p.suffix not in (".jsonl", ".json") and not p.name.endswith(".jsonl.gz"):

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from herd.errors import ConfigError
+from herd.core.errors import ConfigError
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 from herd.guard.classifier import Guard, GuardSettings
 from herd.guard.metrics import binary_metrics, choose_threshold, pr_curve_png
@@ -132,7 +132,7 @@ def load_guard_data(path: str | Path, options: dict, tokenizer, cfg: GuardEvalCo
 
 
 def _source(ctx: EvalContext, cfg: GuardEvalConfig) -> tuple[Path, dict]:
-    from herd.paths import resolve_data_path
+    from herd.core.paths import resolve_data_path
 
     recipe_dir = Path(ctx.recipe.source_file).parent if ctx.recipe.source_file else Path.cwd()
     if cfg.data:

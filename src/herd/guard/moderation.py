@@ -41,8 +41,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from herd.core.errors import ConfigError
 from herd.data.records import DataError, Example, read_json_records, register_reader, require_str
-from herd.errors import ConfigError
 from herd.guard.taxonomy import Taxonomy, load_taxonomy
 
 OPENAI_LABELS = {"S": "sexual", "H": "hate", "V": "violence", "HR": "harassment", "SH": "self-harm",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from herd.errors import HerdError
-from herd.progress import Progress
+from herd.core.errors import HerdError
+from herd.core.progress import Progress
 
 
 def verdict_token_ids(tokenizer) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.errors import ConfigError
+from herd.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from herd.core.errors import DataError
 from herd.data.mixture import Source
-from herd.errors import DataError
 
 PQAL_FILE = "ori_pqal.json"
 TEST_FILE = "test_ground_truth.json"

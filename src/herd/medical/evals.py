@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from herd.errors import ConfigError, DataError
+from herd.core.errors import ConfigError, DataError
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 from herd.medical.mcq import (
     MCQItem,
@@ -65,7 +65,7 @@ class PubMedQAConfig(MedicalMCQConfig):
     data: str = "shared:pubmedqa"  # folder with ori_pqal.json and test_ground_truth.json
 
     def unavailable(self, recipe_dir: Path) -> str | None:
-        from herd.paths import resolve_data_path
+        from herd.core.paths import resolve_data_path
 
         folder = resolve_data_path(self.data, recipe_dir)
         folder = folder if folder.is_dir() else folder.parent
@@ -78,7 +78,7 @@ class MedQAConfig(MedicalMCQConfig):
     target: Literal["label", "text"] = "label"  # loglik over " A" or over " A. {option text}"
 
     def unavailable(self, recipe_dir: Path) -> str | None:
-        from herd.paths import resolve_data_path
+        from herd.core.paths import resolve_data_path
 
         path = resolve_data_path(self.data, recipe_dir)
         return None if path.is_file() else f"MedQA test file {path} not found (JSON Lines with question/options)"
@@ -235,7 +235,7 @@ def _recipe_dir(ctx: EvalContext) -> Path:
 
 @register_eval("pubmedqa", PubMedQAConfig)
 def run_pubmedqa(ctx: EvalContext, cfg: PubMedQAConfig) -> EvalOutput:
-    from herd.paths import resolve_data_path
+    from herd.core.paths import resolve_data_path
 
     path = resolve_data_path(cfg.data, _recipe_dir(ctx))
     test, pool = pubmedqa_items(path)
@@ -249,7 +249,7 @@ def run_pubmedqa(ctx: EvalContext, cfg: PubMedQAConfig) -> EvalOutput:
 
 @register_eval("medqa", MedQAConfig)
 def run_medqa(ctx: EvalContext, cfg: MedQAConfig) -> EvalOutput:
-    from herd.paths import resolve_data_path
+    from herd.core.paths import resolve_data_path
 
     path = resolve_data_path(cfg.data, _recipe_dir(ctx))
     every = medqa_items(path)

@@ -128,7 +128,7 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
     reports the rows run: one per item, or one per option in loglik mode)."""
     import torch
 
-    from herd.progress import Progress
+    from herd.core.progress import Progress
 
     if mode not in ("top_token", "loglik"):
         raise ValueError(f"mode must be top_token or loglik, got {mode!r}")

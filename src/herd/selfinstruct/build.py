@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from herd.core.errors import HerdError
+from herd.core.hashing import sha256_json
 from herd.data.builds import BuildConfig, BuildContext, BuildResult, register_build
-from herd.errors import HerdError
-from herd.hashing import sha256_json
 from herd.selfinstruct.generate import GenerationSettings, format_report, generate_self_instruct
 from herd.selfinstruct.teachers import make_teacher
 

@@ -27,9 +27,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from herd.errors import ConfigError, HerdError
-from herd.hashing import sha256_file
-from herd.progress import Progress
+from herd.core.errors import ConfigError, HerdError
+from herd.core.hashing import sha256_file
+from herd.core.progress import Progress
 from herd.selfinstruct.filters import REASONS, blacklist_regex, filter_reason
 from herd.selfinstruct.instances import check_out, format_instance_report, run_instance_steps, step_paths
 from herd.selfinstruct.parse import parse_alpaca, parse_self_instruct

@@ -38,9 +38,9 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from herd.errors import ConfigError, HerdError
-from herd.hashing import sha256_json
-from herd.progress import Progress
+from herd.core.errors import ConfigError, HerdError
+from herd.core.hashing import sha256_json
+from herd.core.progress import Progress
 from herd.selfinstruct.filters import (
     INSTANCE_REASONS,
     MAX_INSTANCES_PER_TASK,

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.errors import DataError
-from herd.paths import shared_data_dir
+from herd.core.errors import DataError
+from herd.core.paths import shared_data_dir
 from herd.selfinstruct.original_templates import (
     input_first_template_for_gen,
     output_first_template_for_clf,

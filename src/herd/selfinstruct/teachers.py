@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 
 @dataclass

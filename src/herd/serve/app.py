@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import herd.serve.protocol as P
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.serve.guard import Guard
 from herd.serve.jobs import GenParams, Overloaded
 from herd.serve.models import ServedModel

@@ -14,7 +14,7 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.serve.jobs import Delta, Detokenizer, GenParams, Job, Worker
 
 
@@ -146,7 +146,7 @@ class LlamaCppBackend(Backend):
         if importlib.util.find_spec("llama_cpp") is None:
             raise HerdError("--backend llamacpp needs llama-cpp-python: `make setup-llamacpp` builds it for "
                             "this CPU (`herd doctor` shows whether it is there)")
-        from herd.native import probe_llamacpp
+        from herd.core.native import probe_llamacpp
 
         # load it in a child first: a build this CPU cannot run fails there with a clear error, not here
         probe_llamacpp(gguf_path, threads=threads)

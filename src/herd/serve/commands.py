@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 
 def _is_loopback(host: str) -> bool:

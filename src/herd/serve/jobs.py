@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.serve.backends import Backend
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.errors import ConfigError, HerdError
+from herd.core.hashing import sha256_json
+from herd.core.paths import resolve_data_path
+from herd.core.progress import Progress
+from herd.core.recipe import DocSource, PretrainStage
 from herd.data.documents import CorpusReport, check_source, resolve_code_root, stream_source
 from herd.data.tokenize import Tokenized
-from herd.errors import ConfigError, HerdError
-from herd.hashing import sha256_json
-from herd.paths import resolve_data_path
-from herd.progress import Progress
-from herd.recipe import DocSource, PretrainStage
 from herd.stages.sft import apply_lora, loop_config, publish_stage
 from herd.templates import Template
 from herd.training import dist_env, train

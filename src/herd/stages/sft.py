@@ -21,10 +21,10 @@ from herd.artifacts import (
     write_lineage,
 )
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.errors import HerdError
+from herd.core.recipe import SFTStage, TrainStage
 from herd.data.records import Example
 from herd.data.tokenize import tokenize_examples
-from herd.errors import HerdError
-from herd.recipe import SFTStage, TrainStage
 from herd.templates import Template
 from herd.training import LoopConfig, dist_env, full_state_dict, save_loss_png, train
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 from herd.templates.alpaca import ALPACA
 from herd.templates.base import IGNORE_INDEX, Rendered, Template, TemplateError
 from herd.templates.chatml import CHATML

@@ -19,7 +19,7 @@ from functools import lru_cache
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 IGNORE_INDEX = -100
 _GEN_START, _GEN_END = "\ue000", "\ue001"  # private-use code points; records containing them are refused

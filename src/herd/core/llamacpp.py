@@ -14,7 +14,7 @@ an AVX2 machine), and a record of the build lands next to the installed package,
 ``HERD_LLAMACPP_ISA=avx2`` (or ``sse4``, ``avx``, ``avx512``) caps the variant below what the CPU has:
 that is how an AVX-512 machine builds and tests the AVX2-only variant.
 
-    python -m herd.llamacpp [--check] [--print-flags]
+    python -m herd.core.llamacpp [--check] [--print-flags]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from herd.paths import cache_dir
+from herd.core.paths import cache_dir
 
 VERSION = "0.3.36"
 RECORD = "herd-build.json"

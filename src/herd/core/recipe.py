@@ -16,8 +16,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from herd.errors import ConfigError
-from herd.paths import repo_root
+from herd.core.errors import ConfigError
+from herd.core.paths import repo_root
+from herd.core.registry import BUILDS, EVALS, TRANSFORMS
 
 
 class _Strict(BaseModel):
@@ -239,12 +240,9 @@ def _diff(full, prof, path="") -> list[str]:
 
 def _check_evals(rec: Recipe, path: Path, profile: str) -> None:
     """Validate each eval's settings against its registered config (before any model loads)."""
-    from herd.evals.registry import EVALS, load_eval_modules
-
-    load_eval_modules()
     for name, settings in rec.evals.items():
         if name not in EVALS:
-            raise ConfigError(f"{path}: evals.{name}: unknown evaluation (known: {', '.join(sorted(EVALS))})")
+            raise ConfigError(f"{path}: evals.{name}: unknown evaluation (known: {EVALS.known()})")
         try:
             rec.evals[name] = EVALS[name][0].model_validate(settings or {}).model_dump()
         except ValidationError as e:
@@ -267,16 +265,10 @@ def _check_kinds(entries: list[dict], registry: dict, field: str, noun: str, pat
 
 
 def _check_builds(rec: Recipe, path: Path, profile: str) -> None:
-    from herd.data.builds import BUILDS, load_build_modules
-
-    load_build_modules()
     _check_kinds(rec.builds, BUILDS, "builds", "data build", path, profile)
 
 
 def _check_transforms(rec: Recipe, path: Path, profile: str) -> None:
-    from herd.data.transforms import TRANSFORMS, load_transform_modules
-
-    load_transform_modules()
     _check_kinds(rec.transforms, TRANSFORMS, "transforms", "data transform", path, profile)
 
 

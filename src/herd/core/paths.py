@@ -15,7 +15,7 @@ def cache_dir() -> Path:
 
 def repo_root() -> Path:
     """The checkout this package runs from (src layout: ``<root>/src/herd``)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def shared_data_dir() -> Path:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from herd.errors import HerdError
+from herd.core.errors import HerdError
 
 REBUILD = ("the llama.cpp build uses instructions this CPU does not have: rebuild it for this machine with "
            "`make setup-llamacpp`; `herd doctor` shows this CPU's features and the build's variant")

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from herd.paths import cache_dir
+from herd.core.paths import cache_dir
 
 _MEMO_FILE = "sha256-memo.json"
 
