@@ -19,7 +19,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import herd.core.recipe  # noqa: F401  (herd.align.config imports herd.recipe, which imports it back)
 from herd.align.config import PPOStage
 from herd.core.paths import repo_root
 from tests.align_helpers import toy_recipe

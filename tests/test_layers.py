@@ -75,7 +75,6 @@ DEBT: set[tuple[str, str]] = {
     ("herd.align.rejection", "herd.align.reward"),
     ("herd.align.rejection", "herd.stages.sft"),
     ("herd.chat_eval.evals", "herd.evals.heldout"),
-    ("herd.core.recipe", "herd.align.config"),
     ("herd.data.openai_messages", "herd.data.sharegpt"),
     ("herd.data.preference_sft", "herd.data.openai_messages"),
     ("herd.data.preference_sft", "herd.data.sharegpt"),

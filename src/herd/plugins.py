@@ -9,6 +9,9 @@ from __future__ import annotations
 
 def load() -> None:
     # data formats (herd.data.load_examples)
+    # stage kinds beyond sft and pretrain (their configs; the run functions import torch on use)
+    from herd.align import config  # noqa: F401
+
     # evaluations
     from herd.align import evals as align_evals  # noqa: F401
     from herd.chat_eval import evals as chat_evals  # noqa: F401

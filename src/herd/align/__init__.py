@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import herd.core.recipe  # noqa: F401  (first: herd.recipe imports herd.align.config, which builds on herd.recipe)
-
 
 def stage_registry() -> dict[str, tuple[type, Callable]]:
     """kind → (pydantic config class, run function); imports the stage modules (torch) on call."""

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from herd.core.recipe import DataSource, LoraSpec, SFTStage
+from herd.core.registry import STAGE_CONFIGS
 
 
 class _Strict(BaseModel):
@@ -154,3 +155,7 @@ class PPOStage(_Strict):
     eval_every: int = Field(default=0, ge=0)
     patience: int = Field(default=0, ge=0)
     seed: int = 0
+
+
+for _cfg in (RewardModelStage, DPOStage, RejectionSamplingStage, PPOStage):
+    STAGE_CONFIGS.add(_cfg.model_fields["kind"].default, _cfg)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from herd.core.errors import ConfigError
 from herd.core.paths import repo_root
-from herd.core.registry import BUILDS, EVALS, TRANSFORMS
+from herd.core.registry import BUILDS, EVALS, STAGE_CONFIGS, TRANSFORMS
 
 
 class _Strict(BaseModel):
@@ -130,12 +130,9 @@ class PretrainStage(TrainStage):
     decontaminate: list[TestSet] = []  # test sets no training document may contain
 
 
-# The alignment stages' settings live with their code; imported here, after DataSource/LoraSpec/SFTStage
-# exist, because herd.align.config builds on them (the module imports no torch).
-from herd.align.config import DPOStage, PPOStage, RejectionSamplingStage, RewardModelStage  # noqa: E402
-
-Stage = Annotated[SFTStage | PretrainStage | RewardModelStage | RejectionSamplingStage | DPOStage | PPOStage,
-                  Field(discriminator="kind")]
+# Stage configs register by kind; the alignment stages' configs register from herd.align.config (no torch).
+STAGE_CONFIGS.add("sft", SFTStage)
+STAGE_CONFIGS.add("pretrain", PretrainStage)
 POLICY_KINDS = ("sft", "pretrain", "rejection_sampling", "dpo", "ppo")  # stages whose output is the next parent
 
 
@@ -161,13 +158,28 @@ class Recipe(_Strict):
     eval_size: int = Field(default=50, ge=0)
     split_seed: int = 42
     max_train_records: int | None = Field(default=None, gt=0)
-    stages: list[Stage]
+    stages: list  # one config per stage; validated by recipe_model() against every registered kind
     evals: dict[str, dict | None] = {"heldout_loss": {}}  # registered eval name → its settings
     published: list[PublishedResult] = []
     notes: list[str] = []  # deviations of every profile (e.g. data that is not the paper's)
     profile: str = "full"
     deviations: list[str] = []  # filled in by load_recipe: profile notes + computed differences
     source_file: str | None = None
+
+
+_RECIPE_MODELS: dict[tuple[str, ...], type[Recipe]] = {}
+
+
+def recipe_model() -> type[Recipe]:
+    """:class:`Recipe` whose ``stages`` is the union of every registered stage config, told apart by
+    ``kind`` (built once the plugins have registered; errors read ``stages.0.sft.lr``)."""
+    kinds = tuple(sorted(STAGE_CONFIGS))
+    if kinds not in _RECIPE_MODELS:
+        union = Union[tuple(STAGE_CONFIGS[k] for k in kinds)]  # noqa: UP007  (a runtime tuple of classes)
+        stage = Annotated[union, Field(discriminator="kind")]
+        _RECIPE_MODELS[kinds] = create_model("Recipe", __base__=Recipe, __module__=__name__,
+                                             stages=(list[stage], ...))
+    return _RECIPE_MODELS[kinds]
 
 
 def eval_max_len(recipe: Recipe) -> int:
@@ -290,8 +302,9 @@ def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None
     if overrides:
         merged = _merge(merged, overrides, "overrides")
     try:
-        full = Recipe.model_validate({**raw, "source_file": str(path)})
-        rec = Recipe.model_validate({**merged, "profile": profile, "source_file": str(path)})
+        model = recipe_model()
+        full = model.model_validate({**raw, "source_file": str(path)})
+        rec = model.model_validate({**merged, "profile": profile, "source_file": str(path)})
     except ValidationError as e:
         lines = [f"{path}: invalid recipe (profile '{profile}')"]
         for err in e.errors():

@@ -74,3 +74,4 @@ DOC_FORMATS: Registry = Registry("document format")  # format → (check, stream
 BUILDS: Registry = Registry("data build")  # kind → (config class, build function)
 TRANSFORMS: Registry = Registry("data transform")  # kind → (config class, transform function)
 EVALS: Registry = Registry("evaluation")  # name → (config class, eval function)
+STAGE_CONFIGS: Registry = Registry("stage kind")  # kind → pydantic config class (no torch)
