@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from herd.align.logprobs import (
+from herd.engine.logprobs import (
     batched_logps,
     encode_reply,
     last_run_only,

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from herd.align.losses import (
+from herd.align.rejection import distribution, expected_max_of_k, select_best
+from herd.engine.losses import (
     MARGINS,
     bradley_terry_loss,
     combine_rewards,
@@ -21,7 +22,6 @@ from herd.align.losses import (
     rating_margins,
     whiten,
 )
-from herd.align.rejection import distribution, expected_max_of_k, select_best
 
 
 def _nls(x: float) -> float:

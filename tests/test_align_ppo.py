@@ -84,7 +84,7 @@ def run_toy(ref_base, run_dir: Path, cfg: PPOStage, resume: bool = False):
 
 def test_token_rewards_match_hand_computation():
     """−β·(log π − log π0) on every reply token, whiten(logit(Rc)) added at each row's last token."""
-    from herd.align.losses import ppo_token_rewards
+    from herd.engine.losses import ppo_token_rewards
 
     beta = 0.1
     rc = torch.tensor([0.8, 0.3])
@@ -167,9 +167,9 @@ def test_reward_scores_are_probabilities():
     """One reward model: σ(raw score), so logit(Rc) gives the raw score back; two: Llama 2's piecewise Rc."""
     from types import SimpleNamespace
 
-    from herd.align.losses import logit
     from herd.align.ppo import reward_scores
     from herd.align.rejection import Scorer
+    from herd.engine.losses import logit
 
     helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, -1.0]))
     safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([3.0, -3.0]))  # σ: 0.95, 0.047 (< 0.15)
@@ -185,7 +185,7 @@ def test_reward_scores_are_probabilities():
 def test_ppo_raises_toy_reward(tmp_path, tiny_ref):
     """Five iterations of 32 samples: the mean reward climbs, the KL to the reference starts at 0 and grows,
     and the rollout's token rewards are Llama 2's shaping of its own log-probs and scores."""
-    from herd.align.losses import logit, whiten
+    from herd.engine.losses import logit, whiten
 
     res, _, _ = run_toy(tiny_ref, tmp_path / "run", ppo_config())
     h = res.history

@@ -269,7 +269,7 @@ def test_scorer_combines_helpfulness_and_safety(tmp_path):
 
 def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer, toy_data):
     """Finished chunks are read back, a chunk cut by a kill is sampled again, nothing twice."""
-    import herd.generation as gen
+    import herd.engine.generation as gen
     from herd.align.rejection import sample_replies
 
     calls = []

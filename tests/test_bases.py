@@ -65,7 +65,7 @@ def test_unknown_name(tmp_path):
 def test_smollm2_gguf_base_answers(tokenizer):
     """The embedded default is a real model: greedy ChatML answer names Paris."""
     from herd.base import load_model, load_tokenizer
-    from herd.generation import generate
+    from herd.engine.generation import generate
     from herd.templates import get_template
 
     ref = resolve_base("smollm2")

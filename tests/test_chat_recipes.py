@@ -184,7 +184,7 @@ def test_dolly_without_its_file_says_where_to_put_it(tmp_path, capsys):
 
 def test_dolly_chat_reply_is_cut_at_end_and_history_stays_in_the_template(tmp_path):
     from herd.api import ChatSession
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     art = memorized_artifact(tmp_path / "dolly-art", "dolly",
                              [[{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there"}]])
@@ -215,7 +215,7 @@ def test_chat_history_renders_in_the_artifact_template(tmp_path, name, expected)
     from herd.api import ChatSession
     from herd.artifacts import new_lineage, save_model_folder, template_record, write_lineage
     from herd.base import load_model, load_tokenizer, resolve_base
-    from herd.generation import generate
+    from herd.engine.generation import generate
     from herd.templates import get_template
 
     ref = resolve_base("tiny")

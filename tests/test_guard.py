@@ -290,7 +290,7 @@ def test_batched_scores_equal_plain_forward(tiny_model, tokenizer, monkeypatch):
     from herd.guard.classifier import Guard, conversation
     from herd.guard.scoring import code_scoring, verdict_token_ids
 
-    monkeypatch.setattr("herd.training.resolve_precision", lambda precision: None)
+    monkeypatch.setattr("herd.engine.training.resolve_precision", lambda precision: None)
 
     g = Guard(model=tiny_model, tokenizer=tokenizer, batch_tokens=2048)
     items = ["short", "a much longer message " * 20, ("q", "an answer")]

@@ -6,8 +6,8 @@ import torch
 
 from herd.data.packing import best_fit, make_batch
 from herd.data.tokenize import tokenize_examples
+from herd.engine.training import MaskedLMLoss
 from herd.templates import get_template
-from herd.training import MaskedLMLoss
 
 
 def _loss(model, batch):

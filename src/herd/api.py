@@ -40,7 +40,7 @@ class ChatSession:
             self.messages.append({"role": "system", "content": self.system})
 
     def say(self, text: str) -> str:
-        from herd.generation import generate
+        from herd.engine.generation import generate
 
         self.messages.append({"role": "user", "content": text})
         prompt = self.template.prompt(self.messages, self.tokenizer)

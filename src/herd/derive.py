@@ -143,10 +143,10 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
     from herd.align import stage_registry
     from herd.core.recipe import POLICY_KINDS
-    from herd.distributed import barrier, single_rank
+    from herd.engine.distributed import barrier, single_rank
+    from herd.engine.training import dist_env
     from herd.stages.pretrain import check_sources, run_pretrain
     from herd.stages.sft import run_sft
-    from herd.training import dist_env
 
     recipe = load_recipe(recipe_name, profile, overrides)
     if max_steps:

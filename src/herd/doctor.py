@@ -60,7 +60,7 @@ def cpu_checks(flags: set[str]) -> list[Check]:
 
 
 def precision_checks() -> list[Check]:
-    from herd.training import resolve_precision
+    from herd.engine.training import resolve_precision
 
     auto = resolve_precision("auto")
     return [Check("info", "precision", "training autocasts to bf16 (native on this hardware)" if auto is not None

@@ -7,12 +7,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.align.logprobs import Encoded, encode_reply
 from herd.align.preference import PreferencePair, dedupe_items, load_sources, split_items
 from herd.artifacts import model_card, new_lineage, publish, write_lineage
 from herd.base import BaseRef
 from herd.core.errors import ConfigError, HerdError
 from herd.data.report import DataReport
+from herd.engine.logprobs import Encoded, encode_reply
 from herd.templates import Template, TemplateError
 
 
@@ -91,7 +91,7 @@ def finish_artifact(tmp: Path, out: Path, *, name: str, parent: BaseRef, templat
                     recipe: dict | None, data: list[dict], metrics: dict, history: list[dict] | None = None,
                     extra_md: str = "") -> Path:
     """Write metrics, loss plot, lineage.json and README into the staging folder, then publish it."""
-    from herd.training import save_loss_png
+    from herd.engine.training import save_loss_png
 
     if history is not None:
         (tmp / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))

@@ -21,14 +21,14 @@ from herd.align.common import (
     load_encoded_pairs,
 )
 from herd.align.config import DPOStage
-from herd.align.logprobs import batched_logps, pad_right, sequence_logps
-from herd.align.loop import autocast, pair_loop_config, train_items
-from herd.align.losses import dpo_loss
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
-from herd.distributed import barrier, map_rows
+from herd.engine.distributed import barrier, map_rows
+from herd.engine.logprobs import batched_logps, pad_right, sequence_logps
+from herd.engine.losses import dpo_loss
+from herd.engine.pair_loop import autocast, pair_loop_config, train_items
+from herd.engine.training import device, dist_env, full_state_dict
 from herd.templates import Template
-from herd.training import device, dist_env, full_state_dict
 
 
 def pair_logps(model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str = "fp32"

@@ -11,15 +11,15 @@ saved policy is trained by the policy objective alone), at the price of a third 
 One iteration:
 
 1. ``batch_size`` training prompts (a seeded permutation per pass over the prompts), one reply each,
-   sampled from the policy at ``temperature`` with :func:`herd.generation.generate` (seeded by the
+   sampled from the policy at ``temperature`` with :func:`herd.engine.generation.generate` (seeded by the
    iteration, so a resumed run regenerates the interrupted iteration's samples exactly);
-2. each (prompt, reply) rendered through the template (:func:`herd.align.logprobs.encode_reply`): the
+2. each (prompt, reply) rendered through the template (:func:`herd.engine.logprobs.encode_reply`): the
    reply's template tokens (Llama 2: ``" " + answer + " " + EOS``) are the actions, as in every other
    alignment stage. The reply text is re-tokenized, not the sampled ids (the template strips and
    terminates it), so a sample cut at ``max_new_tokens`` is credited with the template's EOS;
 3. ``Rc`` in (0, 1) from the reward model(s) (σ of the raw score with one model);
 4. per token ``r_t = −β·(log π(a_t) − log π0(a_t))`` plus ``whiten(logit(Rc))`` at the last token
-   (:func:`herd.align.losses.ppo_token_rewards`, whitened over the iteration's batch);
+   (:func:`herd.engine.losses.ppo_token_rewards`, whitened over the iteration's batch);
 5. GAE advantages (:func:`gae`), whitened over the batch's tokens; returns = advantages + values;
 6. ``ppo_epochs`` passes over the samples in shuffled mini-batches of ``mini_batch``, one optimizer step
    each: clipped policy loss (:func:`policy_loss`) + clipped value loss (:func:`value_loss`), token means
@@ -27,7 +27,7 @@ One iteration:
 
 Models run in eval mode throughout (no dropout), so the ratio is exactly 1 at a mini-batch's first
 step on fresh samples. Atomic checkpoints every ``checkpoint_every`` iterations (policy + value weights,
-optimizer, history, RNG; herd.training's helpers), resumed with ``resume``.
+optimizer, history, RNG; herd.engine.training's helpers), resumed with ``resume``.
 """
 
 from __future__ import annotations
@@ -47,16 +47,23 @@ from torch import nn
 
 from herd.align.common import finish_artifact, recipe_dir
 from herd.align.config import PPOStage
-from herd.align.logprobs import Encoded, _causal_lm, encode_reply, pad_right
-from herd.align.loop import autocast
-from herd.align.losses import logit, ppo_token_rewards, whiten
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.core.errors import HerdError
 from herd.core.progress import Progress
-from herd.distributed import all_sum, barrier, map_chunks, map_rows
+from herd.engine.distributed import all_sum, barrier, map_chunks, map_rows
+from herd.engine.logprobs import Encoded, _causal_lm, encode_reply, pad_right
+from herd.engine.losses import logit, ppo_token_rewards, whiten
+from herd.engine.pair_loop import autocast
+from herd.engine.training import (
+    _dedupe_shared,
+    device,
+    dist_env,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from herd.templates import IGNORE_INDEX, Template, TemplateError
-from herd.training import _dedupe_shared, device, dist_env, find_checkpoint, load_checkpoint, save_checkpoint
 
 # score_fn(prompts, replies, is_safety) -> Rc in (0, 1), shape [n]
 ScoreFn = Callable[[list[list[dict]], list[str], list[bool]], torch.Tensor]
@@ -70,7 +77,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """:func:`herd.align.losses.whiten` over the masked entries; masked-out entries become 0."""
+    """:func:`herd.engine.losses.whiten` over the masked entries; masked-out entries become 0."""
     sel = mask.bool()
     out = torch.zeros_like(x)
     out[sel] = whiten(x[sel])
@@ -198,7 +205,7 @@ def _batched(fn, seqs: list[Encoded], pad_id: int, width: int, batch: int, dev) 
 def rollout(policy, ref, value_model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn,
             cfg: PPOStage, seed: int) -> Rollout:
     """Sample, score and evaluate one batch of prompts (no gradient): everything the updates need."""
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     stops = template.stop_strings(tok)
     # chunk c is what generate(all, batch_size=gen_batch, seed) samples as its c-th batch

@@ -13,7 +13,7 @@ skips finished chunks; generation is seeded per chunk, so the samples are the sa
 SFT run keeps its own atomic checkpoints.
 
 Under torchrun the ranks share sampling, scoring and the greedy evaluations chunk by chunk
-(:mod:`herd.distributed`: the same chunks and seeds as one process, so the same samples), each rank
+(:mod:`herd.engine.distributed`: the same chunks and seeds as one process, so the same samples), each rank
 appending to its own cache file; the SFT run is herd's distributed SFT; rank 0 publishes.
 """
 
@@ -28,7 +28,6 @@ import torch
 
 from herd.align.common import recipe_dir
 from herd.align.config import RejectionSamplingStage
-from herd.align.losses import combine_rewards
 from herd.align.preference import (
     LABELED_FORMATS,
     PAIR_FORMATS,
@@ -52,9 +51,10 @@ from herd.core.errors import ConfigError, DataError, HerdError
 from herd.core.progress import Progress
 from herd.data.records import Example
 from herd.data.report import DataReport
-from herd.distributed import barrier, map_chunks
+from herd.engine.distributed import barrier, map_chunks
+from herd.engine.losses import combine_rewards
+from herd.engine.training import device, dist_env
 from herd.templates import Template
-from herd.training import device, dist_env
 
 # -- pure pieces ------------------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
                    cache: Path, progress: bool = True) -> list[list[str]]:
     """K samples per prompt, appended per chunk of ``gen_batch`` prompts to ``cache`` (JSON Lines; rank r
     of a torchrun appends to ``<cache stem>.rank<r>.jsonl``, and every cache file is read on resume)."""
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     rank, world = dist_env()
     own = cache if rank == 0 else cache.with_name(f"{cache.stem}.rank{rank}{cache.suffix}")
@@ -223,7 +223,7 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
 def greedy_replies(model, tokenizer, template: Template, prompts: list[dict], max_new_tokens: int,
                    batch_size: int) -> list[str]:
     """Greedy replies to ``prompts`` in batches of ``batch_size`` (shared by the ranks under torchrun)."""
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     stops = template.stop_strings(tokenizer)
     return map_chunks(lambda part, _c: generate(model, tokenizer, [template.prompt(p["messages"], tokenizer)

@@ -24,15 +24,15 @@ from herd.align.common import (
     load_encoded_pairs,
 )
 from herd.align.config import RewardModelStage
-from herd.align.logprobs import Encoded, encode_reply, map_batches, pad_right
-from herd.align.loop import pair_loop_config, train_items
-from herd.align.losses import bradley_terry_loss, rating_margin
 from herd.artifacts import staging_dir, template_record
 from herd.base import BaseRef, load_tokenizer
 from herd.core.errors import HerdError
-from herd.distributed import map_rows
+from herd.engine.distributed import map_rows
+from herd.engine.logprobs import Encoded, encode_reply, map_batches, pad_right
+from herd.engine.losses import bradley_terry_loss, rating_margin
+from herd.engine.pair_loop import pair_loop_config, train_items
+from herd.engine.training import device, dist_env, full_state_dict
 from herd.templates import Template, get_template
-from herd.training import device, dist_env, full_state_dict
 
 
 def reward_pad_id(tokenizer) -> int:

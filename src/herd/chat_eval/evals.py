@@ -84,7 +84,7 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
     from herd.core.progress import Progress
     from herd.core.recipe import eval_max_len
     from herd.data.tokenize import tokenize_examples
-    from herd.evals.heldout import heldout_loss
+    from herd.engine.heldout import heldout_loss
 
     max_len = eval_max_len(ctx.recipe)
     groups = defaultdict(list)

@@ -106,7 +106,7 @@ class LocalJudge:
         return [{"role": "user", "content": "[Instruction]\n" + system + "\n\n" + user}]
 
     def complete(self, prompts: list[tuple[str, str]]) -> list[str]:
-        from herd.generation import generate
+        from herd.engine.generation import generate
 
         texts = [self.template.prompt(self.messages(s, u), self.tokenizer) for s, u in prompts]
         return generate(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens, temperature=0.0,

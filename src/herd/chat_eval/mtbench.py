@@ -67,7 +67,7 @@ def generate_answers(model, tokenizer, template, questions: list[Question], *, m
                      batch_size: int = 8, system: str | None = None, progress: bool = False) -> list[dict]:
     """Answer every turn of every question, turn by turn, batching questions of equal temperature;
     ``progress`` reports answers (question turns) done."""
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     history: dict[int, list[dict]] = {
         k: ([{"role": "system", "content": system}] if system else []) for k in range(len(questions))}

@@ -176,7 +176,7 @@ def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed:
     """``respond(messages) -> reply``: one sampled reply from ``spec`` in its own template."""
     from herd.artifacts import artifact_path, artifact_template
     from herd.base import load_model, load_tokenizer, resolve_base
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     ref = resolve_base(artifact_path(spec))
     tok, model = load_tokenizer(ref), load_model(ref)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from herd.data.tokenize import tokenize_examples
-from herd.evals.heldout import heldout_loss
+from herd.engine.generation import generate
+from herd.engine.heldout import heldout_loss
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
-from herd.generation import generate
 
 
 class HeldoutLossConfig(EvalConfig):

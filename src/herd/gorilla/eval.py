@@ -103,7 +103,7 @@ def _pct(x: float) -> float:
 
 @register_eval("apibench_ast", ApibenchAstConfig)
 def run_apibench_ast(ctx: EvalContext, cfg: ApibenchAstConfig) -> EvalOutput:
-    from herd.generation import generate
+    from herd.engine.generation import generate
 
     hd = HubData(cfg.hub, cfg.data)
     questions = hd.questions[: cfg.n] if cfg.n else hd.questions

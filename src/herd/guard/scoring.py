@@ -61,7 +61,7 @@ def code_scoring(tokenizer, codes: list[str]) -> CodeScoring:
 
 
 def _precision_ctx(model):
-    from herd.training import resolve_precision
+    from herd.engine.training import resolve_precision
 
     dtype = resolve_precision("auto")
     dev = next(model.parameters()).device

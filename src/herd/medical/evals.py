@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from herd.core.errors import ConfigError, DataError
+from herd.engine.training import device
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 from herd.medical.mcq import (
     MCQItem,
@@ -35,7 +36,6 @@ from herd.medical.mcq import (
     pick_demos,
     score_items,
 )
-from herd.training import device
 
 # recipes.md §4.4 (Meditron Table 2 / evaluation/instructions.json), verbatim
 MEDQA_INSTRUCTION = (

@@ -30,9 +30,9 @@ from herd.core.progress import Progress
 from herd.core.recipe import DocSource, PretrainStage
 from herd.data.documents import CorpusReport, check_source, resolve_code_root, stream_source
 from herd.data.tokenize import Tokenized
+from herd.engine.training import dist_env, train
 from herd.stages.sft import apply_lora, loop_config, publish_stage
 from herd.templates import Template
-from herd.training import dist_env, train
 
 
 def source_path(src: DocSource, recipe_dir: Path | None = None) -> Path:
@@ -242,7 +242,7 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
                  resume: bool = False, recipe: dict | None = None, progress: bool = True,
                  recipe_dir: Path | None = None) -> tuple[Path, dict]:
     """Train and write the artifact at ``out``; returns (path, training summary)."""
-    from herd.evals.heldout import heldout_loss
+    from herd.engine.heldout import heldout_loss
 
     rank, world = dist_env()
     tok = load_tokenizer(parent)

@@ -25,8 +25,8 @@ from herd.core.errors import HerdError
 from herd.core.recipe import SFTStage, TrainStage
 from herd.data.records import Example
 from herd.data.tokenize import tokenize_examples
+from herd.engine.training import LoopConfig, dist_env, full_state_dict, save_loss_png, train
 from herd.templates import Template
-from herd.training import LoopConfig, dist_env, full_state_dict, save_loss_png, train
 
 
 def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:

@@ -10,7 +10,7 @@ import torch
 from herd.core.progress import Progress
 from herd.data.packing import make_batch
 from herd.data.tokenize import Tokenized
-from herd.training import MaskedLMLoss
+from herd.engine.training import MaskedLMLoss
 
 
 def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, rows_per_batch: int = 8,

@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from herd.training import dist_env
+from herd.engine.training import dist_env
 
 T = TypeVar("T")
 R = TypeVar("R")

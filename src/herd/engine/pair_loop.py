@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 from herd.core.progress import Progress
-from herd.distributed import all_sum
-from herd.training import (
+from herd.engine.distributed import all_sum
+from herd.engine.training import (
     LoopConfig,
     LoopResult,
     device,
@@ -99,7 +99,7 @@ def lr_at(step: int, total: int, cfg: PairLoopConfig) -> float:
 def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: PairLoopConfig, run_dir: Path, *,
                 resume: bool = False, desc: str = "train") -> LoopResult:
     """Train ``model`` in place; ``run_dir`` holds ``checkpoint/`` and ``metrics.jsonl``. Under torchrun
-    ``model`` ends wrapped (DDP) or sharded (FSDP2): take its weights with :func:`herd.training.full_state_dict`."""
+    ``model`` ends wrapped (DDP) or sharded (FSDP2): take its weights with :func:`herd.engine.training.full_state_dict`."""
     run_dir = Path(run_dir)
     rank, world = dist_env()
     run_dir.mkdir(parents=True, exist_ok=True)
