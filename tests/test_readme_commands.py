@@ -425,8 +425,11 @@ class Workspace:
     def run_make(self, target: str) -> Ran:
         """What `make -n TARGET` runs: herd derive lines get the tiny base and one step; setup lines (the
         venv this test already runs in) are skipped; echo lines are only messages."""
-        dry = subprocess.run(["make", "-n", target], cwd=REPO, env=self.env, capture_output=True, text=True,
-                             timeout=60)
+        # under `make test` the environment carries the outer make's MAKELEVEL/MAKEFLAGS, which would make
+        # this dry run print "Entering directory" lines: run it as a top-level make
+        env = {k: v for k, v in self.env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+        dry = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)
         assert dry.returncode == 0, dry.stderr
         runs, outs, errs = [], [], []
         for line in dry.stdout.splitlines():
