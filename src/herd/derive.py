@@ -92,9 +92,6 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     return train, evals, records, n_dup, transformed
 
 
-ALIGN_KINDS = ("reward_model", "rejection_sampling", "dpo", "ppo")
-
-
 def add_stage_results(card: dict, stage_runs: list) -> None:
     """Per-stage rows for the scorecard: each pretraining stage's held-out LM loss (its parent vs its
     output, plain text never trained on) and a table of what every stage trained."""
@@ -141,12 +138,11 @@ def add_stage_results(card: dict, stage_runs: list) -> None:
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
-    from herd.align import stage_registry
     from herd.core.recipe import POLICY_KINDS
+    from herd.core.registry import STAGE_CHECKS, STAGES
     from herd.engine.distributed import barrier, single_rank
     from herd.engine.training import dist_env
-    from herd.stages.pretrain import check_sources, run_pretrain
-    from herd.stages.sft import run_sft
+    from herd.stages import StageContext
 
     recipe = load_recipe(recipe_name, profile, overrides)
     if max_steps:
@@ -181,8 +177,8 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                                                                     progress=progress and rank == 0)
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
     for st in recipe.stages:
-        if st.kind == "pretrain":
-            check_sources(st, recipe_dir)
+        if st.kind in STAGE_CHECKS:
+            STAGE_CHECKS[st.kind](st, recipe_dir)
     if rank == 0:
         if transformed:
             print(f"[data] transforms: {transformed.summary()}")
@@ -212,16 +208,11 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                 if rank == 0:
                     print(f"[{stage.name}] done already: {stage_dir}")
                 training = read_lineage(stage_dir).get("metrics")
-            elif stage.kind in ALIGN_KINDS:
-                _, run = stage_registry()[stage.kind]
-                _, training = run(stage, parent, template, stage_dir, name=name, resume=resume, recipe=recipe_rec,
-                                  progress=progress, workspace=workspace)
-            elif stage.kind == "pretrain":
-                _, training = run_pretrain(stage, parent, template, stage_dir, name=name, resume=resume,
-                                           recipe=recipe_rec, progress=progress, recipe_dir=recipe_dir)
             else:
-                _, training = run_sft(stage, parent, template, train, stage_dir, name=name, resume=resume,
-                                      recipe=recipe_rec, data=data_records, progress=progress)
+                ctx = StageContext(parent=parent, template=template, out=stage_dir, name=name, recipe=recipe_rec,
+                                   resume=resume, progress=progress, workspace=workspace, recipe_dir=recipe_dir,
+                                   train=train, data=data_records)
+                _, training = STAGES[stage.kind](stage, ctx)
         stage_runs.append((stage, stage_dir, training))
         barrier()  # rank 0 published the stage: every rank starts the next one from it
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on

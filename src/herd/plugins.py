@@ -9,8 +9,8 @@ from __future__ import annotations
 
 def load() -> None:
     # data formats (herd.data.load_examples)
-    # stage kinds beyond sft and pretrain (their configs; the run functions import torch on use)
-    from herd.align import config  # noqa: F401
+    # stage kinds: configs (torch-free) and run functions
+    from herd.align import config, dpo, ppo, rejection, reward  # noqa: F401
 
     # evaluations
     from herd.align import evals as align_evals  # noqa: F401
@@ -26,3 +26,4 @@ def load() -> None:
     from herd.guard import moderation  # noqa: F401  (moderation)
     from herd.medical import evals as medical_evals  # noqa: F401
     from herd.selfinstruct import build  # noqa: F401
+    from herd.stages import pretrain, sft  # noqa: F401

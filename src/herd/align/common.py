@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.align.preference import PreferencePair, dedupe_items, load_sources, split_items
-from herd.artifacts import model_card, new_lineage, publish, write_lineage
-from herd.base import BaseRef
 from herd.core.errors import ConfigError, HerdError
 from herd.data.report import DataReport
 from herd.engine.logprobs import Encoded, encode_reply
@@ -78,32 +75,6 @@ def encode_pairs(pairs: list[PreferencePair], template: Template, tokenizer, max
         out.chosen.append(c)
         out.rejected.append(r)
     return out
-
-
-def parent_record(parent: BaseRef) -> dict:
-    rec = parent.describe()
-    rec.pop("path", None)
-    rec["lineage_id"] = (parent.lineage or {}).get("id")
-    return rec
-
-
-def finish_artifact(tmp: Path, out: Path, *, name: str, parent: BaseRef, template_rec: dict, cfg,
-                    recipe: dict | None, data: list[dict], metrics: dict, history: list[dict] | None = None,
-                    extra_md: str = "") -> Path:
-    """Write metrics, loss plot, lineage.json and README into the staging folder, then publish it."""
-    from herd.engine.training import save_loss_png
-
-    if history is not None:
-        (tmp / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-        if history:
-            save_loss_png(history, tmp / "loss.png", title=f"{name}: {cfg.name} loss")
-    lineage = new_lineage(name, parent=parent_record(parent), template=template_rec, recipe=recipe,
-                          stage={"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")},
-                          data=data)
-    lineage["metrics"] = metrics
-    lineage = write_lineage(tmp, lineage)
-    (tmp / "README.md").write_text(model_card(lineage, extra_md=extra_md))
-    return publish(tmp, out)
 
 
 def require_pairs(enc: EncodedPairs, stage: str, what: str) -> None:

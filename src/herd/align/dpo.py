@@ -15,19 +15,18 @@ from pathlib import Path
 
 import torch
 
-from herd.align.common import (
-    EncodedPairs,
-    finish_artifact,
-    load_encoded_pairs,
-)
+from herd.align.common import EncodedPairs, load_encoded_pairs
 from herd.align.config import DPOStage
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.registry import STAGES
 from herd.engine.distributed import barrier, map_rows
 from herd.engine.logprobs import batched_logps, pad_right, sequence_logps
 from herd.engine.losses import dpo_loss
 from herd.engine.pair_loop import autocast, pair_loop_config, train_items
 from herd.engine.training import device, dist_env, full_state_dict
+from herd.stages import StageContext
+from herd.stages.common import finish_artifact
 from herd.templates import Template
 
 
@@ -91,7 +90,7 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
     held_ref = _reference(work, "heldout", model, held, pad, cfg.eval_batch, cfg.precision,
                           {**key, "pairs": [p.key() for p in held.pairs]}) if held.pairs else None
     if cfg.method == "lora":
-        from herd.stages.sft import apply_lora
+        from herd.engine.lora import apply_lora
 
         torch.manual_seed(cfg.seed)
         model = apply_lora(model, cfg.lora)
@@ -110,7 +109,7 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
         state = full_state_dict(model, all_ranks=True)
         model = load_model(parent)
         if cfg.method == "lora":
-            from herd.stages.sft import apply_lora
+            from herd.engine.lora import apply_lora
 
             model = apply_lora(model, cfg.lora)
         model.load_state_dict(state)
@@ -140,3 +139,10 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
                     recipe=recipe, data=data.records, metrics=summary, history=hist, extra_md=md)
     shutil.rmtree(work, ignore_errors=True)
     return out, summary
+
+
+@STAGES.register("dpo")
+def run(cfg: DPOStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_dpo(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                   progress=ctx.progress, workspace=ctx.workspace)

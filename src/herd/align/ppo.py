@@ -45,12 +45,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from herd.align.common import finish_artifact, recipe_dir
+from herd.align.common import recipe_dir
 from herd.align.config import PPOStage
 from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.core.errors import HerdError
 from herd.core.progress import Progress
+from herd.core.registry import STAGES
 from herd.engine.distributed import all_sum, barrier, map_chunks, map_rows
 from herd.engine.logprobs import Encoded, _causal_lm, encode_reply, pad_right
 from herd.engine.losses import logit, ppo_token_rewards, whiten
@@ -63,6 +64,8 @@ from herd.engine.training import (
     load_checkpoint,
     save_checkpoint,
 )
+from herd.stages import StageContext
+from herd.stages.common import finish_artifact
 from herd.templates import IGNORE_INDEX, Template, TemplateError
 
 # score_fn(prompts, replies, is_safety) -> Rc in (0, 1), shape [n]
@@ -537,6 +540,12 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     shutil.rmtree(work, ignore_errors=True)
     return out, summary
 
+
+@STAGES.register("ppo")
+def run(cfg: PPOStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_ppo(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                   progress=ctx.progress, workspace=ctx.workspace)
 
 __all__ = ["gae", "greedy_reward", "iteration_prompts", "masked_whiten", "policy_loss", "ppo_update", "rollout",
            "PolicyValue", "run_ppo", "token_logps", "token_values", "train_ppo", "value_loss"]

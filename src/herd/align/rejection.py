@@ -49,11 +49,13 @@ from herd.artifacts import (
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.core.errors import ConfigError, DataError, HerdError
 from herd.core.progress import Progress
+from herd.core.registry import STAGES
 from herd.data.records import Example
 from herd.data.report import DataReport
 from herd.engine.distributed import barrier, map_chunks
 from herd.engine.losses import combine_rewards
 from herd.engine.training import device, dist_env
+from herd.stages import StageContext
 from herd.templates import Template
 
 # -- pure pieces ------------------------------------------------------------------------------------
@@ -339,3 +341,10 @@ class _P:
 
     def __init__(self, d: dict):
         self.d, self.prompt = d, d["messages"]
+
+
+@STAGES.register("rejection_sampling")
+def run(cfg: RejectionSamplingStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_rejection_sampling(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                                  progress=ctx.progress, workspace=ctx.workspace)

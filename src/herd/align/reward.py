@@ -19,19 +19,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from herd.align.common import (
-    finish_artifact,
-    load_encoded_pairs,
-)
+from herd.align.common import load_encoded_pairs
 from herd.align.config import RewardModelStage
 from herd.artifacts import staging_dir, template_record
 from herd.base import BaseRef, load_tokenizer
 from herd.core.errors import HerdError
+from herd.core.registry import STAGES
 from herd.engine.distributed import map_rows
 from herd.engine.logprobs import Encoded, encode_reply, map_batches, pad_right
 from herd.engine.losses import bradley_terry_loss, rating_margin
 from herd.engine.pair_loop import pair_loop_config, train_items
 from herd.engine.training import device, dist_env, full_state_dict
+from herd.stages import StageContext
+from herd.stages.common import finish_artifact
 from herd.templates import Template, get_template
 
 
@@ -188,6 +188,12 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     shutil.rmtree(work, ignore_errors=True)
     return out, summary
 
+
+@STAGES.register("reward_model")
+def run(cfg: RewardModelStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_reward_model(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                            progress=ctx.progress, workspace=ctx.workspace)
 
 __all__ = ["RewardModel", "load_reward_model", "pair_metrics", "pooled_rewards", "reward_pad_id",
            "run_reward_model", "score_encoded"]

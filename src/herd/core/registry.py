@@ -75,3 +75,5 @@ BUILDS: Registry = Registry("data build")  # kind → (config class, build funct
 TRANSFORMS: Registry = Registry("data transform")  # kind → (config class, transform function)
 EVALS: Registry = Registry("evaluation")  # name → (config class, eval function)
 STAGE_CONFIGS: Registry = Registry("stage kind")  # kind → pydantic config class (no torch)
+STAGES: Registry = Registry("stage kind")  # kind → run(cfg, StageContext) -> (artifact path, summary)
+STAGE_CHECKS: Registry = Registry("stage check")  # kind → check(cfg, recipe_dir): before any model loads

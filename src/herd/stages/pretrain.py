@@ -28,10 +28,13 @@ from herd.core.hashing import sha256_json
 from herd.core.paths import resolve_data_path
 from herd.core.progress import Progress
 from herd.core.recipe import DocSource, PretrainStage
+from herd.core.registry import STAGE_CHECKS, STAGES
 from herd.data.documents import CorpusReport, check_source, resolve_code_root, stream_source
 from herd.data.tokenize import Tokenized
+from herd.engine.lora import apply_lora
 from herd.engine.training import dist_env, train
-from herd.stages.sft import apply_lora, loop_config, publish_stage
+from herd.stages import StageContext
+from herd.stages.common import loop_config, publish_stage
 from herd.templates import Template
 
 
@@ -296,3 +299,13 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
                   data=[{"name": s.name, "path": s.path, "format": s.format, "share": s.share} for s in cfg.data],
                   data_report=report, prepare_plain=lambda m: prepare_model(m, load_tokenizer(parent), cfg))
     return out, summary
+
+
+STAGE_CHECKS.add("pretrain", check_sources)  # every source readable before a model loads
+
+
+@STAGES.register("pretrain")
+def run(cfg: PretrainStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_pretrain(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                        progress=ctx.progress, recipe_dir=ctx.recipe_dir)
