@@ -42,12 +42,12 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     import torch
 
     from herd.align.common import load_pair_data
-    from herd.align.reward import load_reward_model
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.errors import ConfigError
     from herd.core.recipe import POLICY_KINDS
     from herd.engine.generation import generate
     from herd.engine.logprobs import reply_logps
+    from herd.engine.reward_model import load_reward_model
 
     by_name = {st.name: (st, Path(d)) for st, d in ctx.stages}
     if cfg.reward_model not in by_name or cfg.baseline not in by_name:

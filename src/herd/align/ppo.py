@@ -453,7 +453,7 @@ def reward_scores(scorer) -> ScoreFn:
 
 def greedy_reward(model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn, cfg: PPOStage) -> dict:
     """Distribution of Rc (and its mean logit, the raw reward) of greedy replies to ``prompts``."""
-    from herd.align.rejection import distribution, greedy_replies
+    from herd.align.sampling import distribution, greedy_replies
 
     if not prompts:
         return {"n": 0}
@@ -471,9 +471,9 @@ def run_ppo(cfg: PPOStage, parent: BaseRef, template: Template, out: Path, *, na
     """PPO of the parent against the stage's reward model(s); writes the artifact at ``out``."""
     from transformers import LlamaForSequenceClassification
 
-    from herd.align.rejection import Scorer, load_prompts, resolve_reward_model, split_prompts
-    from herd.align.reward import load_reward_model
+    from herd.align.sampling import Scorer, load_prompts, resolve_reward_model, split_prompts
     from herd.data.report import DataReport
+    from herd.engine.reward_model import load_reward_model
 
     rank, world = dist_env()
     report = DataReport()
