@@ -60,6 +60,7 @@ def _dialogue(i: int, turns: int) -> Example:
 def test_gatt_transform_keeps_single_turn_records_and_can_resample_from_a_model():
     from herd.core.recipe import load_recipe
     from herd.data.transforms import GattConfig, TransformConfig, TransformContext, gatt
+    from herd.engine.generation import model_responder  # the pipeline's responder (derive passes it)
 
     exs = [_dialogue(0, 1), _dialogue(1, 2), _dialogue(2, 3), _dialogue(3, 2)]
     ctx = TransformContext(recipe=load_recipe("llama2chat", "tiny"), base_spec="tiny")
@@ -71,7 +72,7 @@ def test_gatt_transform_keeps_single_turn_records_and_can_resample_from_a_model(
         assert ex.messages[0] == {"role": "system", "content": ex.meta["gatt_instruction"]}
         flags = [m.get("train", True) for m in ex.messages if m["role"] == "assistant"]
         assert flags[-1] is True and not any(flags[:-1])  # loss only on the last reply
-    ctx = TransformContext(recipe=load_recipe("llama2chat", "tiny"), base_spec="tiny")
+    ctx = TransformContext(recipe=load_recipe("llama2chat", "tiny"), base_spec="tiny", responder=model_responder)
     cfg = GattConfig(kind="gatt", keep_rest=False, respond="model", respond_max_new_tokens=4, seed=1)
     out = gatt(exs[:2], cfg, ctx)  # the tiny base re-samples every reply, turn by turn
     assert len(out) == 1 and out[0].meta["gatt_resampled"] is True

@@ -81,8 +81,10 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     transformed = None  # the transforms' DataReport, for the scorecard and lineage
     if transform and recipe.transforms:
         from herd.data.transforms import apply_transforms
+        from herd.engine.generation import model_responder
 
-        examples, transformed = apply_transforms(examples, recipe, base_spec or recipe.base, progress=progress)
+        examples, transformed = apply_transforms(examples, recipe, base_spec or recipe.base, progress=progress,
+                                                 responder=model_responder)
         if not examples:
             raise ConfigError(f"{recipe.source_file}: the transforms dropped every record ({transformed.summary()})")
     examples, n_dup = dedupe(examples)

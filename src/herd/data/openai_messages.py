@@ -11,79 +11,12 @@ Extra message keys (``tool_call_id``, ``name``) and record keys travel along. A 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from herd.core.errors import DataError
 from herd.data.conversation import Loc, check_conversation, collect, data_error
+from herd.data.messages import openai_messages, parse_tools
 from herd.data.records import Example, read_json_records, register_reader
 from herd.data.report import DataReport
-from herd.data.sharegpt import parse_tools
-
-ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-
-
-def _content(path, value, *, index: int, line: int | None, field: str) -> str:
-    def bad(message: str) -> DataError:
-        return data_error(path, message, reason="invalid record", record=index, line=line, field=field)
-
-    if isinstance(value, list):
-        parts = []
-        for p in value:
-            if not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)):
-                raise bad("only text content parts are supported")
-            parts.append(p["text"])
-        value = "".join(parts)
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise bad(f"expected a string or a list of text parts, got {type(value).__name__}")
-    if "\x00" in value or "\ue000" in value or "\ue001" in value:
-        raise bad("contains a NUL or reserved private-use character")
-    return value
-
-
-def _calls_text(calls: list[dict]) -> str:
-    out = []
-    for c in calls:
-        fn = c.get("function", c)
-        args = fn.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                pass
-        out.append(json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False))
-    return "\n".join(out)
-
-
-def openai_messages(path, messages, *, index: int, line: int | None, key: str = "messages"
-                    ) -> tuple[list[dict], list[str]]:
-    """OpenAI messages -> neutral messages and each message's field name."""
-    if not isinstance(messages, list):
-        raise data_error(path, f"expected a list of messages, got {type(messages).__name__}",
-                         reason="invalid record", record=index, line=line, field=key)
-    msgs, names = [], []
-    for t, m in enumerate(messages):
-        name = f"{key}[{t}]"
-        if not isinstance(m, dict) or "role" not in m:
-            hint = "this looks like ShareGPT: use format sharegpt" if isinstance(m, dict) and "from" in m else None
-            raise data_error(path, "expected a message object with a role", reason="invalid record", record=index,
-                             line=line, field=name, hint=hint)
-        msg = {k: v for k, v in m.items() if k not in ("role", "content")}
-        raw = m["role"]
-        msg["role"] = ROLE_MAP.get(raw, raw) if isinstance(raw, str) else repr(raw)
-        msg["content"] = _content(path, m.get("content"), index=index, line=line, field=f"{name}.content")
-        calls = m.get("tool_calls")
-        if calls is not None:
-            if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
-                raise data_error(path, "expected a list of tool calls", reason="invalid function call",
-                                 record=index, line=line, field=f"{name}.tool_calls")
-            if not msg["content"].strip():
-                msg["content"] = _calls_text(calls)
-        msgs.append(msg)
-        names.append(name)
-    return msgs, names
 
 
 def _example(path, rec, index: int, line: int | None, *, repair: bool, report: DataReport,

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.data.conversation import Loc, check_conversation, collect, data_error
-from herd.data.openai_messages import openai_messages
+from herd.data.messages import openai_messages, sharegpt_messages
 from herd.data.records import Example, read_json_records, register_reader, require_str
 from herd.data.report import DataReport, where
-from herd.data.sharegpt import sharegpt_messages
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 

@@ -10,75 +10,12 @@ top-level ``system`` string becomes the system turn and ``tools`` (a JSON string
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from herd.data.conversation import Loc, check_conversation, collect, data_error
+from herd.data.messages import parse_tools, sharegpt_messages
 from herd.data.records import Example, read_json_records, register_reader
 from herd.data.report import DataReport
-
-ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-            "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
-
-
-def parse_tools(path, value, *, index: int, line: int | None, field: str = "tools") -> list:
-    """Tool schemas given as a list or as a JSON-encoded list (LLaMA-Factory)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except json.JSONDecodeError as e:
-            raise data_error(path, f"not valid JSON ({e.msg})", reason="invalid tools", record=index, line=line,
-                             field=field) from None
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise data_error(path, "expected a list of tool schemas", reason="invalid tools", record=index,
-                         line=line, field=field)
-    return value
-
-
-def tool_call(path, text: str, *, index: int, line: int | None, field: str) -> dict:
-    """A ShareGPT ``function_call`` value (``{"name", "arguments"}`` JSON) in OpenAI ``tool_calls`` shape."""
-    try:
-        call = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise data_error(path, f"function_call is not valid JSON ({e.msg})", reason="invalid function call",
-                         record=index, line=line, field=field) from None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        raise data_error(path, 'function_call must be {"name": ..., "arguments": ...}',
-                         reason="invalid function call", record=index, line=line, field=field)
-    return {"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}}
-
-
-def sharegpt_messages(path, turns, *, index: int, line: int | None, key: str = "conversations"
-                      ) -> tuple[list[dict], list[str]]:
-    """ShareGPT turns -> neutral messages and each turn's field name (unknown roles kept for the checker)."""
-    if not isinstance(turns, list):
-        raise data_error(path, f"expected a list of turns, got {type(turns).__name__}", reason="invalid record",
-                         record=index, line=line, field=key)
-    msgs, names = [], []
-    for t, turn in enumerate(turns):
-        name = f"{key}[{t}]"
-        if not isinstance(turn, dict):
-            raise data_error(path, f"expected a turn object, got {type(turn).__name__}", reason="invalid record",
-                             record=index, line=line, field=name)
-        for k in ("from", "value"):
-            if k not in turn:
-                hint = "this looks like OpenAI messages: use format openai_messages" if "role" in turn else None
-                raise data_error(path, "missing field", reason="invalid record", record=index, line=line,
-                                 field=f"{name}.{k}", hint=hint)
-        raw, value = turn["from"], turn["value"]
-        if not isinstance(value, str):
-            raise data_error(path, f"expected a string, got {type(value).__name__}", reason="invalid record",
-                             record=index, line=line, field=f"{name}.value")
-        if "\x00" in value or "\ue000" in value or "\ue001" in value:
-            raise data_error(path, "contains a NUL or reserved private-use character", reason="invalid record",
-                             record=index, line=line, field=f"{name}.value")
-        role = ROLE_MAP.get(raw, raw) if isinstance(raw, str) else repr(raw)
-        msg = {"role": role, "content": value}
-        if raw == "function_call":
-            msg["tool_calls"] = [tool_call(path, value, index=index, line=line, field=f"{name}.value")]
-        msgs.append(msg)
-        names.append(name)
-    return msgs, names
 
 
 def _is_bare_conversation(records: list) -> bool:

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from herd.core.errors import ConfigError
 from herd.core.progress import Progress
 from herd.core.registry import TRANSFORMS
 from herd.data.records import Example
@@ -36,6 +37,10 @@ class TransformContext:
     base_spec: str  # the derivation's base: its tokenizer measures lengths, it may sample replies
     report: DataReport = field(default_factory=DataReport)
     progress: bool = True
+    # responder(spec, *, temperature, max_new_tokens, seed) -> respond(messages) -> reply: how a transform
+    # samples replies from a model. The pipeline passes herd.engine.generation.model_responder; the data
+    # layer itself never loads a model.
+    responder: Callable | None = None
     _tokenizer: object = None
 
     @property
@@ -57,15 +62,17 @@ class TransformContext:
 
 
 TransformFn = Callable[[list[Example], TransformConfig, TransformContext], list[Example]]
+
+
 def register_transform(kind: str, config: type[TransformConfig]):
     """Decorator of a transform: ``kind`` → (its config class, the transform function)."""
     return TRANSFORMS.register(kind, lambda fn: (config, fn))
 
 
-def apply_transforms(examples: list[Example], recipe, base_spec: str, *, progress: bool = True
-                     ) -> tuple[list[Example], DataReport]:
+def apply_transforms(examples: list[Example], recipe, base_spec: str, *, progress: bool = True,
+                     responder: Callable | None = None) -> tuple[list[Example], DataReport]:
     """Run the recipe's transforms in order; returns the records and the report of what changed."""
-    ctx = TransformContext(recipe=recipe, base_spec=base_spec, progress=progress)
+    ctx = TransformContext(recipe=recipe, base_spec=base_spec, progress=progress, responder=responder)
     for spec in recipe.transforms:
         cfg_cls, fn = TRANSFORMS[spec["kind"]]
         cfg = cfg_cls.model_validate(spec)
@@ -172,27 +179,6 @@ def _is_dialogue(ex: Example, min_turns: int) -> bool:
     return len(body) >= 2 * min_turns and roles == ["user", "assistant"] * (len(body) // 2)
 
 
-def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed: int = 0):
-    """``respond(messages) -> reply``: one sampled reply from ``spec`` in its own template."""
-    from herd.artifacts import artifact_path, artifact_template
-    from herd.base import load_model, load_tokenizer, resolve_base
-    from herd.engine.generation import generate
-
-    ref = resolve_base(artifact_path(spec))
-    tok, model = load_tokenizer(ref), load_model(ref)
-    template = artifact_template(ref.path, tok)
-    calls = [0]
-
-    def respond(messages: list[dict]) -> str:
-        calls[0] += 1
-        prompt = template.prompt(messages, tok)
-        reply = generate(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
-                         stop=template.stop_strings(tok), seed=seed + calls[0])[0]
-        return reply or "…"  # an empty sample would make an empty turn; keep the record renderable
-
-    return respond
-
-
 @register_transform("gatt", GattConfig)
 def gatt(examples: list[Example], cfg: GattConfig, ctx: TransformContext) -> list[Example]:
     from herd.data.gatt import CONSTRAINTS, gatt_transform
@@ -205,7 +191,10 @@ def gatt(examples: list[Example], cfg: GattConfig, ctx: TransformContext) -> lis
     respond = None
     sampled = cfg.respond == "model" and bool(chosen)
     if sampled:
-        sample = model_responder(cfg.respond_model or ctx.base_spec, temperature=cfg.respond_temperature,
+        if ctx.responder is None:
+            raise ConfigError("transforms.gatt: respond: model samples replies from a model; run it through "
+                              "herd derive (which provides the responder), or use respond: dialogue")
+        sample = ctx.responder(cfg.respond_model or ctx.base_spec, temperature=cfg.respond_temperature,
                                  max_new_tokens=cfg.respond_max_new_tokens, seed=cfg.seed)
 
         def counted(messages: list[dict]) -> str:

@@ -56,3 +56,23 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
         if j >= 0:
             cut = min(cut, j)
     return text[:cut].strip()
+
+
+def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed: int = 0):
+    """``respond(messages) -> reply``: one sampled reply from ``spec`` in its own template."""
+    from herd.artifacts import artifact_path, artifact_template
+    from herd.base import load_model, load_tokenizer, resolve_base
+
+    ref = resolve_base(artifact_path(spec))
+    tok, model = load_tokenizer(ref), load_model(ref)
+    template = artifact_template(ref.path, tok)
+    calls = [0]
+
+    def respond(messages: list[dict]) -> str:
+        calls[0] += 1
+        prompt = template.prompt(messages, tok)
+        reply = generate(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
+                         stop=template.stop_strings(tok), seed=seed + calls[0])[0]
+        return reply or "…"  # an empty sample would make an empty turn; keep the record renderable
+
+    return respond

@@ -5,13 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from herd.core.errors import HerdError
-
-
-def default_gguf_path(artifact: str | Path, dtype: str) -> Path:
-    """Where ``herd export`` (and ``herd serve --backend llamacpp``) put an artifact's GGUF."""
-    from herd.artifacts import read_lineage
-
-    return Path(artifact) / "export" / f"{read_lineage(artifact)['name']}.{dtype}.gguf"
+from herd.export.gguf_file import default_gguf_path
 
 
 def _cmd_export(args) -> int:

@@ -165,6 +165,11 @@ def _write_lineage(w, lineage: dict, weights_sha256: str) -> None:
     w.add_string("herd.lineage", json.dumps(lineage, sort_keys=True, default=str))
 
 
+def default_gguf_path(artifact: str | Path, dtype: str) -> Path:
+    """Where ``herd export`` (and ``herd serve --backend llamacpp``) put an artifact's GGUF."""
+    return Path(artifact) / "export" / f"{read_lineage(artifact)['name']}.{dtype}.gguf"
+
+
 def export_gguf(artifact: str | Path, out: str | Path, dtype: str = "f16", *, progress: bool = True) -> Path:
     """Write ``artifact`` as a GGUF file at ``out``; returns the path (``progress``: tensors written)."""
     import gguf

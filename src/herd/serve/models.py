@@ -84,7 +84,7 @@ def load_served(artifact: str | Path, backend: str = "transformers", *, gguf: st
 
         be: Backend = TransformersBackend(folder, tok, ids, max_batch=max_batch, context_length=context_length)
     elif backend == "llamacpp":
-        from herd.export.commands import default_gguf_path
+        from herd.export import default_gguf_path
         from herd.serve.backends import LlamaCppBackend
 
         path = Path(gguf) if gguf else default_gguf_path(folder, gguf_dtype)
