@@ -209,16 +209,13 @@ def test_the_checker_sees_imports_inside_functions_and_circles():
     assert inner == ["herd.api"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: recipe validation loads the eval and stage modules, which "
-                                       "import torch at module level; their configs must move to torch-free "
-                                       "modules (strict: this marker must go when it passes)")
 def test_load_recipe_leaves_torch_unimported():
     code = ("import sys, glob\nfrom herd.core.recipe import load_recipe\n"
             f"for f in sorted(glob.glob({str(RECIPES / '*.yaml')!r})):\n    load_recipe(f)\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False", "validating a recipe imported torch"
 
 
 def upward_count() -> int:

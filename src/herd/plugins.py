@@ -1,29 +1,39 @@
 """The plugin list: the one module that imports every data reader, document format, data build, data
-transform and evaluation, so that each registers itself (herd.core.registry).
+transform, stage kind and evaluation, so that each registers itself (herd.core.registry).
 
-A new plugin is its own module plus one line here. Registries load this list on their first lookup.
+A new plugin is its own module plus one line here. Registries load this list on their first lookup:
+:func:`load_configs` for what validating a recipe needs (no torch), :func:`load` for everything.
 """
 
 from __future__ import annotations
 
 
-def load() -> None:
+def load_configs() -> None:
+    """The plugins a recipe is validated against; none of these modules imports torch."""
     # data formats (herd.data.load_examples)
-    # stage kinds: configs (torch-free) and run functions
-    from herd.align import config, dpo, ppo, rejection, reward  # noqa: F401
+    from herd.data import alpaca, dolly, openai_messages, preference_sft, sharegpt  # noqa: F401
+    from herd.gorilla import reader  # noqa: F401  (apibench)
+    from herd.guard import moderation  # noqa: F401  (moderation)
 
-    # evaluations
+    # document formats (pretraining sources), data builds, data transforms
+    from herd.data import documents, transforms  # noqa: F401
+    from herd.selfinstruct import build  # noqa: F401
+
+    # stage configs (sft and pretrain are in herd.core.recipe)
+    from herd.align import config  # noqa: F401
+
+    # evaluations (each imports its model code when it runs)
     from herd.align import evals as align_evals  # noqa: F401
     from herd.chat_eval import evals as chat_evals  # noqa: F401
     from herd.code import evals as code_evals  # noqa: F401
-
-    # document formats (pretraining sources), data builds, data transforms
-    from herd.data import alpaca, documents, dolly, openai_messages, preference_sft, sharegpt, transforms  # noqa: F401  # noqa: F401
     from herd.evals import builtin  # noqa: F401
     from herd.gorilla import eval as gorilla_eval  # noqa: F401
-    from herd.gorilla import reader  # noqa: F401  (apibench)
     from herd.guard import evaluate as guard_eval  # noqa: F401
-    from herd.guard import moderation  # noqa: F401  (moderation)
     from herd.medical import evals as medical_evals  # noqa: F401
-    from herd.selfinstruct import build  # noqa: F401
+
+
+def load() -> None:
+    """Every plugin: the configs and the stages' run functions."""
+    load_configs()
+    from herd.align import dpo, ppo, rejection, reward  # noqa: F401
     from herd.stages import pretrain, sft  # noqa: F401

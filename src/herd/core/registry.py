@@ -15,23 +15,25 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 PLUGIN_LIST = "herd.plugins"  # its load() imports every stage, eval, reader, document format, build, transform
-_loaded = False
+_loaded: set[str] = set()
 
 
-def load_plugins() -> None:
-    """Import the plugin list once (idempotent; cheap after the first call)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True  # set first: the plugin modules look registries up while they import
-        importlib.import_module(PLUGIN_LIST).load()
+def load_plugins(level: str = "all") -> None:
+    """Import the plugin list once per level (idempotent). ``configs``: every module a recipe needs to be
+    validated, none of which imports torch; ``all``: also the stages' run functions (torch)."""
+    if level in _loaded or "all" in _loaded:
+        return
+    _loaded.add(level)  # first: the plugin modules look registries up while they import
+    plugins = importlib.import_module(PLUGIN_LIST)
+    plugins.load() if level == "all" else plugins.load_configs()
 
 
 class Registry(Mapping[str, T], Generic[T]):
     """A read-only mapping for users (``name in REG``, ``REG[name]``, ``sorted(REG)``) that plugins add to
     with :meth:`add` or the :meth:`register` decorator. Reading it loads the plugin list first."""
 
-    def __init__(self, noun: str):
-        self.noun = noun
+    def __init__(self, noun: str, level: str = "configs"):
+        self.noun, self.level = noun, level  # the plugin-list level that fills this registry
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
@@ -47,19 +49,19 @@ class Registry(Mapping[str, T], Generic[T]):
         return deco
 
     def __getitem__(self, name: str) -> T:
-        load_plugins()
+        load_plugins(self.level)
         return self._entries[name]
 
     def __iter__(self) -> Iterator[str]:
-        load_plugins()
+        load_plugins(self.level)
         return iter(self._entries)
 
     def __len__(self) -> int:
-        load_plugins()
+        load_plugins(self.level)
         return len(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        load_plugins()
+        load_plugins(self.level)
         return name in self._entries
 
     def known(self) -> str:
@@ -75,5 +77,5 @@ BUILDS: Registry = Registry("data build")  # kind → (config class, build funct
 TRANSFORMS: Registry = Registry("data transform")  # kind → (config class, transform function)
 EVALS: Registry = Registry("evaluation")  # name → (config class, eval function)
 STAGE_CONFIGS: Registry = Registry("stage kind")  # kind → pydantic config class (no torch)
-STAGES: Registry = Registry("stage kind")  # kind → run(cfg, StageContext) -> (artifact path, summary)
-STAGE_CHECKS: Registry = Registry("stage check")  # kind → check(cfg, recipe_dir): before any model loads
+STAGES: Registry = Registry("stage kind", level="all")  # kind → run(cfg, StageContext) -> (artifact path, summary)
+STAGE_CHECKS: Registry = Registry("stage check", level="all")  # kind → check(cfg, recipe_dir): before any model loads

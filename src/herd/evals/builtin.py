@@ -5,8 +5,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from herd.data.tokenize import tokenize_examples
-from herd.engine.generation import generate
-from herd.engine.heldout import heldout_loss
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 
 
@@ -22,6 +20,9 @@ class SideBySideConfig(EvalConfig):
 @register_eval("heldout_loss", HeldoutLossConfig)
 def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
     from herd.core.recipe import eval_max_len
+    from herd.engine.heldout import (
+        heldout_loss,  # torch: only when the eval runs (recipes validate without it)
+    )
 
     max_len = eval_max_len(ctx.recipe)
     items, rep = tokenize_examples(ctx.eval_examples, ctx.template, ctx.tokenizer, max_len)
@@ -52,6 +53,8 @@ def prompt_messages(ex) -> list[dict]:
 
 @register_eval("side_by_side", SideBySideConfig)
 def run_side_by_side(ctx: EvalContext, cfg: SideBySideConfig) -> EvalOutput:
+    from herd.engine.generation import generate  # torch: only when the eval runs
+
     exs = [ex for ex in ctx.eval_examples if prompt_messages(ex)][: cfg.n]
     if not exs:
         return EvalOutput()

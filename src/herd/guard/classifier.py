@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from herd.core.errors import HerdError
-from herd.guard.scoring import code_scoring, score_prompts
 from herd.guard.taxonomy import LLAMA_GUARD_V1, Taxonomy, load_taxonomy
 
 GUARD_FILE = "guard.json"
@@ -143,6 +142,8 @@ class Guard:
         convs = [conversation(x) for x in items]
         names = self.taxonomy.names
         mode = self.settings.per_category
+        from herd.guard.scoring import code_scoring, score_prompts  # torch: only when scoring
+
         codes = code_scoring(self.tokenizer, [c["code"] for c in self.taxonomy.prompt_categories()]) \
             if mode == "codes" else None
         _, p_unsafe, p_codes = score_prompts(self.model, self.tokenizer, [self.prompt(c) for c in convs],

@@ -19,7 +19,6 @@ from pydantic import Field
 from herd.core.errors import ConfigError
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 from herd.guard.classifier import Guard, GuardSettings
-from herd.guard.metrics import binary_metrics, choose_threshold, pr_curve_png
 from herd.guard.moderation import (
     LabelMapping,
     ModerationRecord,
@@ -72,6 +71,8 @@ def evaluate_guard(guard: Guard, data: GuardData, *, choose_on_dev: bool = True,
                    ) -> GuardReport:
     """Score dev and test, choose thresholds on dev (or keep the guard's), measure on test; ``progress``
     reports records scored (``[eval guard <model> test] 120/680 records …``)."""
+    from herd.guard.metrics import binary_metrics, choose_threshold  # scikit-learn: only when scoring
+
     names = [n for n in guard.taxonomy.names if n in data.mapping.mapped()]
     desc = f"eval guard {guard.name}"
     p_dev, c_dev = guard.scores([r.messages() for r in data.dev], progress=progress, desc=f"{desc} dev") \
@@ -177,6 +178,8 @@ def markdown(reports: dict[str, GuardReport], data: GuardData, cfg_per_category:
 
 
 def pr_png(reports: dict[str, GuardReport], path: Path) -> Path:
+    from herd.guard.metrics import pr_curve_png  # scikit-learn: only when scoring
+
     panels = {panel: {role: rep.curves[panel] for role, rep in reports.items() if panel in rep.curves}
               for panel in next(iter(reports.values())).curves}
     return pr_curve_png(panels, path, "guard precision-recall (test split)")

@@ -25,7 +25,6 @@ from typing import Literal
 from pydantic import Field
 
 from herd.core.errors import ConfigError, DataError
-from herd.engine.training import device
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 from herd.medical.mcq import (
     MCQItem,
@@ -161,6 +160,8 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
         model = ctx.model(role)
         home = next(model.parameters()).device
         try:  # on the accelerator when there is one; back home after, for evals that assume CPU
+            from herd.engine.training import device  # torch: only when the eval runs
+
             scores = score_items(model.to(device()), ctx.tokenizer, prompts, conts, mode=cfg.mode,
                                  batch_size=cfg.batch_size, max_len=cfg.max_len, progress=ctx.progress,
                                  desc=f"eval {key} {role}")
