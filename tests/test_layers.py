@@ -16,8 +16,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -137,15 +137,49 @@ def add_stage_results(card: dict, stage_runs: list) -> None:
     card["sections"].insert(0, "\n".join(rows))
 
 
+@dataclass
+class Inputs:
+    """The derivation's validated inputs: SFT records (train / held-out), their files, what changed them."""
+
+    train: list
+    evals: list
+    data_records: list[dict]
+    transformed: object  # the transforms' DataReport, or None
+    recipe_dir: Path
+
+
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
            overrides: dict | None = None, progress: bool = True) -> DeriveResult:
-    from herd.core.recipe import POLICY_KINDS
-    from herd.core.registry import STAGE_CHECKS, STAGES
-    from herd.engine.distributed import barrier, single_rank
     from herd.engine.training import dist_env
-    from herd.stages import StageContext
 
+    recipe = _load(recipe_name, profile, overrides, max_steps, data)
+    template = get_template(recipe.template)
+    base_spec = base or recipe.base
+    rank, _ = dist_env()
+    workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
+    # 1. everything validated before a model loads (data builds may load a teacher: they run first)
+    inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
+    ref = resolve_base(base_spec)
+    workspace.mkdir(parents=True, exist_ok=True)
+    recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
+                  "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
+    # 2. stages in order, each from the previous policy artifact
+    stage_runs, final = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
+                                    name=f"{recipe.name}-{ref.name}-{profile}", resume=resume, progress=progress)
+    if rank != 0:
+        return DeriveResult(stage_runs[-1][1], None, None)
+    _link_model(workspace, final)
+    # 3. scorecard: derived vs the recipe's parent, same inputs
+    card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress)
+    (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
+                                                       "model": final.name}, indent=2) + "\n")
+    return DeriveResult(final, card, md)
+
+
+def _load(recipe_name: str, profile: str, overrides: dict | None, max_steps: int | None,
+          data: list[str] | None) -> Recipe:
+    """The recipe with the command line's changes applied, each listed as a deviation."""
     recipe = load_recipe(recipe_name, profile, overrides)
     if max_steps:
         for st in recipe.stages:
@@ -156,14 +190,18 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     if data:
         recipe.deviations.append("data: the recipe's files replaced on the command line by "
                                  + ", ".join(Path(p).name for p in data))
-    template = get_template(recipe.template)
-    base_spec = base or recipe.base
-    rank, _ = dist_env()
+    return recipe
+
+
+def _inputs(recipe: Recipe, data: list[str] | None, base_spec: str, workspace: Path, progress: bool,
+            rank: int) -> Inputs:
+    """Data builds, records read/transformed/split, every stage's own sources checked: before any model."""
+    from herd.core.registry import STAGE_CHECKS
+    from herd.engine.distributed import barrier
+
     if rank == 0:
         for name, why in unavailable_evals(recipe).items():
             print(f"[eval] warning: evals.{name} will be skipped: {why} (listed in the scorecard's deviations)")
-    workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
-    # 1. everything validated before a model loads (data builds may load a teacher: they run first)
     if recipe.data and recipe.builds:
         _load_data(recipe, data, transform=False)  # the given files are checked before a build spends time
     built = []
@@ -186,24 +224,26 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             print(f"[data] transforms: {transformed.summary()}")
         print(f"[data] {len(train)} train / {len(evals)} held-out records from {len(data_records)} file(s)"
               + (f"; {n_dup} exact duplicates dropped" if n_dup else ""))
-    ref = resolve_base(base_spec)
-    workspace.mkdir(parents=True, exist_ok=True)
-    recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
-                  "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
-    # 2. stages in order, each from the previous artifact
+    return Inputs(train, evals, data_records, transformed, recipe_dir)
+
+
+def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspace: Path, recipe_rec: dict, *,
+                name: str, resume: bool, progress: bool) -> tuple[list, Path | None]:
+    """Each stage from the previous policy artifact, through the stage registry (one signature); a
+    finished stage (same inputs hash) is skipped. Returns [(stage, folder, summary)] and the last policy."""
+    from herd.core.recipe import POLICY_KINDS
+    from herd.core.registry import STAGES
+    from herd.engine.distributed import barrier
+    from herd.engine.training import dist_env
+    from herd.stages import StageContext
+
+    rank, _ = dist_env()
     parent: BaseRef = ref
-    training = None
     stage_runs: list = []
     final = None
     for i, stage in enumerate(recipe.stages, 1):
-        key = sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in data_records],
-                           "train": len(train), "template": template.jinja, "stage": stage.model_dump(mode="json"),
-                           "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records],
-                           **({"transforms": recipe.transforms} if recipe.transforms else {}),
-                           # later stages may use earlier non-policy outputs (a reward model): chain them
-                           **({"after": [d.name for _, d, _ in stage_runs]} if stage_runs else {})})
+        key = _stage_key(recipe, stage, parent, template, inputs, stage_runs)
         stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
-        name = f"{recipe.name}-{ref.name}-{profile}"
         with phase("derive", f"stage {i}/{len(recipe.stages)} {stage.name} ({stage.kind})",
                    enabled=progress and rank == 0):
             if is_artifact(stage_dir):
@@ -212,32 +252,53 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                 training = read_lineage(stage_dir).get("metrics")
             else:
                 ctx = StageContext(parent=parent, template=template, out=stage_dir, name=name, recipe=recipe_rec,
-                                   resume=resume, progress=progress, workspace=workspace, recipe_dir=recipe_dir,
-                                   train=train, data=data_records)
+                                   resume=resume, progress=progress, workspace=workspace,
+                                   recipe_dir=inputs.recipe_dir, train=inputs.train, data=inputs.data_records)
                 _, training = STAGES[stage.kind](stage, ctx)
         stage_runs.append((stage, stage_dir, training))
         barrier()  # rank 0 published the stage: every rank starts the next one from it
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on
             parent = resolve_base(stage_dir)
             final = stage_dir
-    if rank != 0:
-        return DeriveResult(stage_dir, None, None)
+    return stage_runs, final
+
+
+def _stage_key(recipe: Recipe, stage, parent: BaseRef, template, inputs: Inputs, stage_runs: list) -> str:
+    """The hash that names a stage's folder: everything its result depends on."""
+    return sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in inputs.data_records],
+                        "train": len(inputs.train), "template": template.jinja,
+                        "stage": stage.model_dump(mode="json"),
+                        "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records],
+                        **({"transforms": recipe.transforms} if recipe.transforms else {}),
+                        # later stages may use earlier non-policy outputs (a reward model): chain them
+                        **({"after": [d.name for _, d, _ in stage_runs]} if stage_runs else {})})
+
+
+def _link_model(workspace: Path, final: Path) -> None:
+    """``workspace/model``: the link every artifact command follows."""
     link = workspace / "model"
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(final.name, link)
-    # 3. scorecard: derived vs the recipe's parent, same inputs
+
+
+def _scorecard(recipe: Recipe, template, ref: BaseRef, final: Path, inputs: Inputs, stage_runs: list,
+               progress: bool) -> tuple[dict, str]:
+    """Evaluate parent vs derived, add the stage rows, and write scorecard, lineage and model card."""
+    from herd.engine.distributed import single_rank
+
     # the other ranks are done: evaluation helpers must not wait for them
     with single_rank(), phase("derive", "scorecard", enabled=progress):
-        card = evaluate_pair(recipe, template, ref.path, final, evals, progress=progress,
+        card = evaluate_pair(recipe, template, ref.path, final, inputs.evals, progress=progress,
                              stages=[(st, d) for st, d, _ in stage_runs])
     add_stage_results(card, stage_runs)
+    transformed = inputs.transformed
     if transformed:
         from herd.data.transforms import report_markdown
 
         card["extra"]["data_transforms"] = transformed.as_dict()
         card["sections"].append(report_markdown(transformed))
-    md = write_scorecard(final, card, training)
+    md = write_scorecard(final, card, stage_runs[-1][2])
     lineage = read_lineage(final)
     if transformed:
         lineage["data_transforms"] = {"transforms": recipe.transforms, "report": transformed.as_dict()}
@@ -245,6 +306,4 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                             "deviations": len(card["deviations"]), "file": "scorecard.json"}
     lineage = write_lineage(final, lineage)
     (final / "README.md").write_text(model_card(lineage, extra_md=md))
-    (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
-                                                       "model": final.name}, indent=2) + "\n")
-    return DeriveResult(final, card, md)
+    return card, md

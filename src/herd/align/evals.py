@@ -39,14 +39,10 @@ def _win_rate(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[flo
 
 @register_eval("reward_win_rate", RewardWinRateConfig)
 def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutput:
-    import torch
-
-    from herd.align.common import load_pair_data
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.errors import ConfigError
     from herd.core.recipe import POLICY_KINDS
     from herd.engine.generation import generate
-    from herd.engine.logprobs import reply_logps
     from herd.engine.reward_model import load_reward_model
 
     by_name = {st.name: (st, Path(d)) for st, d in ctx.stages}
@@ -57,25 +53,8 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     names = [st.name for st, _ in ctx.stages]
     later = [(st, Path(d)) for st, d in ctx.stages[names.index(cfg.baseline) + 1:]
              if st.kind in POLICY_KINDS and st.kind != "pretrain"]
-    recipe_rec = {"file": ctx.recipe.source_file}
-    held = load_pair_data(rm_stage, recipe_rec).evals
-    prompts, seen = [], set()
-    for p in held:
-        key = json.dumps(p.prompt, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(p.prompt)
-    prompts = prompts[: cfg.n]
-    lineage = json.loads((rm_dir / "lineage.json").read_text())
-    rm_metrics = lineage.get("metrics") or {}
-    metrics = []
-    acc_after = (rm_metrics.get("heldout") or {}).get("accuracy")
-    acc_before = (rm_metrics.get("heldout_before") or {}).get("accuracy")
-    if acc_after is not None:
-        metrics.append({"task": "reward model: held-out pairwise accuracy (before → after its training)",
-                        "name": "rm_accuracy", "dataset": f"{(rm_metrics.get('heldout') or {}).get('pairs')} held-out "
-                        f"pairs of stage {rm_stage.name}", "parent": acc_before, "derived": acc_after,
-                        "better": "higher"})
+    prompts = _heldout_prompts(rm_stage, ctx.recipe.source_file, cfg.n)
+    metrics = _rm_accuracy(rm_stage, rm_dir)
 
     def answers(path: Path, label: str) -> list[str]:
         tok, model = load_tokenizer(resolve_base(path)), load_model(resolve_base(path))
@@ -102,23 +81,10 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
                         "parent": round(1 - win, 4), "derived": round(win, 4), "better": "higher"})
         if cfg.kl_samples:
             ctx.log(f"KL({st.name} || {cfg.baseline}) on {cfg.kl_samples} sampled replies per prompt")
-            tok = load_tokenizer(resolve_base(d))
-            pol = load_model(resolve_base(d))
-            ps = [m for m in prompts for _ in range(cfg.kl_samples)]
-            texts = [ctx.template.prompt(m, tok) for m in ps]
-            sampled = generate(pol, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                               stop=ctx.template.stop_strings(tok), seed=cfg.seed, progress=ctx.progress,
-                               desc=f"eval reward_win_rate KL {st.name}")
-            with torch.no_grad():
-                lp = reply_logps(pol, tok, ctx.template, ps, sampled).float()
-                del pol
-                ref = load_model(resolve_base(base_dir))
-                lr = reply_logps(ref, load_tokenizer(resolve_base(base_dir)), ctx.template, ps, sampled).float()
-                del ref
-            kl = float((lp - lr).mean())
+            kl, n_sampled = _kl_to_baseline(ctx, cfg, st.name, d, base_dir, prompts)
             row["kl_to_baseline"] = round(kl, 4)
             metrics.append({"task": f"KL(stage {st.name} ‖ {cfg.baseline}) per reply, nats (sampled at T=1)",
-                            "name": f"kl_{st.name}", "dataset": f"{len(ps)} sampled replies to held-out prompts",
+                            "name": f"kl_{st.name}", "dataset": f"{n_sampled} sampled replies to held-out prompts",
                             "parent": 0.0, "derived": round(kl, 4), "better": "lower"})
         rows.append(row)
         samples += [{"stage": st.name, "prompt": p[-1]["content"], "baseline": b, "answer": a,
@@ -126,12 +92,67 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
                     for p, b, a, sb, s in zip(prompts, base_answers, ans, base_scores, scores)]
     out_file = ctx.out_dir / "reward_win_rate.jsonl"
     out_file.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in samples))
+    md = _markdown(rows, cfg.baseline, rm_stage.name, len(prompts))
+    return EvalOutput(metrics=metrics, extra={"reward_win_rate": rows}, markdown=md, files=[str(out_file)])
+
+
+def _heldout_prompts(rm_stage, recipe_file: str | None, n: int) -> list[list[dict]]:
+    """The first ``n`` distinct prompts of the reward model's held-out pairs (never trained on)."""
+    from herd.align.common import load_pair_data
+
+    prompts, seen = [], set()
+    for p in load_pair_data(rm_stage, {"file": recipe_file}).evals:
+        key = json.dumps(p.prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(p.prompt)
+    return prompts[:n]
+
+
+def _rm_accuracy(rm_stage, rm_dir: Path) -> list[dict]:
+    """The reward model's held-out pairwise accuracy before and after its training, from its lineage."""
+    rm_metrics = json.loads((rm_dir / "lineage.json").read_text()).get("metrics") or {}
+    acc_after = (rm_metrics.get("heldout") or {}).get("accuracy")
+    acc_before = (rm_metrics.get("heldout_before") or {}).get("accuracy")
+    if acc_after is None:
+        return []
+    return [{"task": "reward model: held-out pairwise accuracy (before → after its training)",
+             "name": "rm_accuracy", "dataset": f"{(rm_metrics.get('heldout') or {}).get('pairs')} held-out "
+             f"pairs of stage {rm_stage.name}", "parent": acc_before, "derived": acc_after, "better": "higher"}]
+
+
+def _kl_to_baseline(ctx: EvalContext, cfg: RewardWinRateConfig, name: str, stage_dir: Path, base_dir: Path,
+                    prompts: list) -> tuple[float, int]:
+    """KL(stage ‖ baseline) per reply in nats, on ``kl_samples`` replies per prompt sampled at T=1."""
+    import torch
+
+    from herd.base import load_model, load_tokenizer, resolve_base
+    from herd.engine.generation import generate
+    from herd.engine.logprobs import reply_logps
+
+    tok = load_tokenizer(resolve_base(stage_dir))
+    pol = load_model(resolve_base(stage_dir))
+    ps = [m for m in prompts for _ in range(cfg.kl_samples)]
+    texts = [ctx.template.prompt(m, tok) for m in ps]
+    sampled = generate(pol, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
+                       stop=ctx.template.stop_strings(tok), seed=cfg.seed, progress=ctx.progress,
+                       desc=f"eval reward_win_rate KL {name}")
+    with torch.no_grad():
+        lp = reply_logps(pol, tok, ctx.template, ps, sampled).float()
+        del pol
+        ref = load_model(resolve_base(base_dir))
+        lr = reply_logps(ref, load_tokenizer(resolve_base(base_dir)), ctx.template, ps, sampled).float()
+        del ref
+    return float((lp - lr).mean()), len(ps)
+
+
+def _markdown(rows: list[dict], baseline: str, rm_name: str, n_prompts: int) -> str:
     md = ["### Reward-model-judged comparison with the SFT model", "",
-          "| stage | win rate vs " + cfg.baseline + " (95% CI) | mean reward | baseline mean reward | KL |",
+          "| stage | win rate vs " + baseline + " (95% CI) | mean reward | baseline mean reward | KL |",
           "|---|---|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['stage']} | {r['win_rate']} [{r['ci95'][0]}, {r['ci95'][1]}] | {r['mean_reward']} | "
                   f"{r['baseline_mean_reward']} | {r.get('kl_to_baseline', '–')} |")
-    md += ["", f"Judged by the reward model of stage `{rm_stage.name}` on {len(prompts)} held-out prompts; "
+    md += ["", f"Judged by the reward model of stage `{rm_name}` on {n_prompts} held-out prompts; "
            "a small reward model on few pairs is a noisy judge."]
-    return EvalOutput(metrics=metrics, extra={"reward_win_rate": rows}, markdown="\n".join(md), files=[str(out_file)])
+    return "\n".join(md)

@@ -62,6 +62,7 @@ from herd.engine.training import (
     dist_env,
     find_checkpoint,
     load_checkpoint,
+    param_groups,
     save_checkpoint,
 )
 from herd.stages import StageContext
@@ -320,8 +321,7 @@ def _optimizer(policy, value_model, cfg: PPOStage) -> torch.optim.Optimizer:
     groups = []
     for model, lr in ((policy, cfg.lr), (value_model, cfg.value_lr or cfg.lr)):
         params = [p for p in model.parameters() if p.requires_grad]
-        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
-                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+        groups += param_groups(params, cfg.weight_decay, lr=lr)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, foreach=True)
 
 

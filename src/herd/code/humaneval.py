@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from herd.templates.base import truncate
+
 HUMANEVAL = "shared:humaneval/HumanEval.jsonl.gz"
 HUMANEVAL_INFILLING = "shared:humaneval_infilling/HumanEval-SingleLineInfilling.jsonl.gz"
 MBPP = "shared:mbpp/mbpp.jsonl"
@@ -110,16 +112,6 @@ def estimate_pass_at_k(num_samples: Sequence[int], num_correct: Sequence[int], k
     return [pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct, strict=True)]
 
 
-def truncate(text: str, stops: Sequence[str]) -> str:
-    """Cut at the earliest stop sequence (the stop itself dropped), leaving whitespace alone."""
-    cut = len(text)
-    for s in stops:
-        j = text.find(s)
-        if j >= 0:
-            cut = min(cut, j)
-    return text[:cut]
-
-
 def first_line(text: str) -> str:
     """Single-line infilling: the generated line with its newline (the suffix starts on the next line)."""
     j = text.find("\n")
@@ -158,6 +150,7 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
     import torch
 
     from herd.core.progress import Progress
+    from herd.engine.generation import sampling_kwargs
 
     ends = sorted({i for i in [tokenizer.eos_token_id, *stop_ids] if i is not None})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
@@ -171,14 +164,8 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=ends or None)
-        if temperature > 0:
-            torch.manual_seed(seed + b)
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(do_sample=False)
-        if stop_strings:
-            kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=ends or None,
+                            **sampling_kwargs(temperature, top_p, seed + b, stop_strings, tokenizer))
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         for row in gen[:, width:].tolist():  # finished rows are padded: cut at pad too

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from herd.core.progress import Progress
+from herd.templates.base import truncate
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
@@ -29,14 +30,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
             chunk = prompts[i:i + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=eos_ids or None)
-            if temperature > 0:
-                torch.manual_seed(seed + i)
-                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(do_sample=False)
-            if text_stops:
-                kwargs.update(stop_strings=text_stops, tokenizer=tokenizer)
+                          eos_token_id=eos_ids or None,
+                          **sampling_kwargs(temperature, top_p, seed + i, text_stops, tokenizer))
             with torch.no_grad():
                 gen = model.generate(**enc, **kwargs)
             for row in gen[:, enc["input_ids"].shape[1]:]:
@@ -50,12 +45,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
-    cut = len(text)
-    for s in stops:
-        j = text.find(s)
-        if j >= 0:
-            cut = min(cut, j)
-    return text[:cut].strip()
+    """The reply before its first stop string, stripped."""
+    return truncate(text, stops).strip()
 
 
 def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed: int = 0):
@@ -76,3 +67,16 @@ def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed:
         return reply or "…"  # an empty sample would make an empty turn; keep the record renderable
 
     return respond
+
+
+def sampling_kwargs(temperature: float, top_p: float, seed: int, stops, tokenizer) -> dict:
+    """``model.generate`` settings: sampling seeded with ``seed`` when ``temperature > 0``, else greedy;
+    text stop strings when given."""
+    if temperature > 0:
+        torch.manual_seed(seed)
+        kwargs: dict = dict(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs = dict(do_sample=False)
+    if stops:
+        kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
+    return kwargs

@@ -1,4 +1,5 @@
-"""The training engine shared by every stage that trains a causal LM (sft, pretrain).
+"""The training engine: :func:`optimise` is the one loop of every gradient stage (sft and pretrain through
+:func:`train`'s masked causal-LM step, the reward model and DPO through herd.engine.pair_loop's item step).
 
 One plain loop over transformers' ``LlamaForCausalLM`` (the measured baseline for this field's tools is
 TRL's SFTTrainer at ~107 useful tokens/s on 2 CPU cores; see bench/sft_throughput.py). Why it is fast:
@@ -50,7 +51,9 @@ class LoopConfig:
     micro_batch_rows: int = 4  # packed rows per forward/backward
     row_len: int = 512
     pack: bool = True
+    micro_batch: int = 4  # items per forward/backward, for item losses (reward model, DPO pairs)
     warmup_ratio: float = 0.03
+    min_warmup_steps: int = 0  # warmup lasts at least this many steps (Llama 2's reward model: 5)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -163,8 +166,9 @@ def plan_steps(n_examples: int, cfg: LoopConfig) -> list[list[int]]:
 
 
 def lr_at(step: int, total: int, cfg: LoopConfig) -> float:
-    """Linear warmup then cosine decay to ``min_lr_ratio * lr`` (HF's cosine schedule when 0)."""
-    warm = int(math.ceil(cfg.warmup_ratio * total))
+    """Linear warmup over ``max(min_warmup_steps, ceil(warmup_ratio·total))`` steps, then cosine decay to
+    ``min_lr_ratio·lr`` (HF's cosine schedule when 0; Llama 2's reward model: 3 % but at least 5, to 10 %)."""
+    warm = min(total, max(cfg.min_warmup_steps, int(math.ceil(cfg.warmup_ratio * total))))
     if step < warm:
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
@@ -276,10 +280,123 @@ def wrap_distributed(module: nn.Module, cfg: LoopConfig, world: int) -> nn.Modul
     return DDP(module)
 
 
+def param_groups(params: list, weight_decay: float, **extra) -> list[dict]:
+    """AdamW groups: weight decay on matrices only, never on biases and norms (one-dimensional)."""
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, **extra},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, **extra}]
+
+
+def _accumulate(loss_mod: nn.Module, mbs: list, n_trained: int, cfg: LoopConfig, pad_id: int, amp, dev,
+                world: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step's forwards and backwards over its micro-batches; returns the summed loss and
+    tokens. Every rank runs the same number of forwards (an idle one joins with a zero-weight pad row),
+    and gradients are reduced only on the last (``no_sync`` before it, under DDP)."""
+    n_mb = len(mbs)
+    if world > 1:
+        t = torch.tensor([n_mb], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        n_mb = int(t.item())
+    step_loss = torch.zeros((), device=dev)
+    step_tokens = 0
+    for m in range(n_mb):
+        if m < len(mbs):
+            b = mbs[m]
+            ids, pos, lab = b.input_ids.to(dev), b.position_ids.to(dev), b.labels.to(dev)
+        else:
+            ids = torch.full((1, 1), pad_id, device=dev)
+            pos = torch.zeros((1, 1), dtype=torch.long, device=dev)
+            lab = torch.full((1, 1), IGNORE_INDEX, device=dev)
+        sync = m == n_mb - 1
+        ctx = loss_mod.no_sync() if (world > 1 and not cfg.fsdp and not sync) else nullcontext()
+        with ctx, torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss_sum = loss_mod(ids, pos, lab)
+        (loss_sum * (world / max(1, n_trained))).backward()
+        step_loss += loss_sum.detach()
+        if m < len(mbs):
+            step_tokens += mbs[m].n_tokens
+    return step_loss, step_tokens
+
+
+def _sum_over_ranks(step_loss: torch.Tensor, step_tokens: int, dev, world: int) -> tuple[float, int]:
+    """The step's loss sum and token count over every rank (as they are, in one process)."""
+    if world == 1:
+        return float(step_loss), step_tokens
+    stats = torch.tensor([float(step_loss), float(step_tokens)], device=dev)
+    dist.all_reduce(stats)
+    return float(stats[0]), int(stats[1])
+
+
+@dataclass
+class StepOut:
+    """One optimizer step's forwards and backwards, summed over ranks: the loss per trained unit, the
+    step's own metrics fields, and the tokens it processed (for the throughput; None for item losses)."""
+
+    loss: float
+    fields: dict = field(default_factory=dict)
+    tokens: int | None = None
+
+
+def optimise(module: nn.Module, cfg: LoopConfig, run_dir: Path, total: int, step_fn: Callable[[int], StepOut], *,
+             resume: bool = False, desc: str = "train", on_log: Callable[[dict], None] | None = None) -> LoopResult:
+    """THE training loop of every gradient stage (sft, pretrain, reward model, DPO): AdamW without decay on
+    one-dimensional tensors, linear warmup and cosine decay, gradient clipping, ``metrics.jsonl``, atomic
+    checkpoints every ``checkpoint_every`` steps with exact resume, progress. ``step_fn(step)`` runs the
+    step's forwards and backwards: that is where a causal LM, Bradley-Terry or DPO loss differ."""
+    rank, world = dist_env()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                            foreach=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start, history = 0, []
+    if resume and (found := find_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(found, module, opt)
+        start, history = state["step"], state["history"]
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:  # rewritten from the checkpointed history: no duplicate lines after a resume
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
+    bar = Progress(total=total, initial=start, desc=desc, unit="step", enabled=cfg.progress and rank == 0)
+    tokens = 0
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        lr = lr_at(step, total, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        out = step_fn(step)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip else None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        rec = {"step": step + 1, "epoch": round((step + 1) / total * cfg.epochs, 4), "loss": out.loss, "lr": lr,
+               "grad_norm": grad_norm, **out.fields}
+        if out.tokens is not None:
+            tokens += out.tokens
+            rec["tokens_per_s"] = tokens / elapsed
+        rec["elapsed"] = round(elapsed, 3)
+        history.append(rec)
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if on_log:
+                on_log(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}",
+                        **({"tok_s": f"{rec['tokens_per_s']:.0f}"} if out.tokens is not None else {}))
+        bar.update(1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            save_checkpoint(run_dir / "checkpoint", module, opt, {"step": step + 1, "history": history}, rank)
+            if kill_after and step + 1 >= kill_after and rank == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if world > 1:
+        dist.barrier()
+    return LoopResult(steps=total, history=history, tokens=tokens, seconds=seconds)
+
+
 def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str | Path, *, pad_id: int,
           resume: bool = False, on_log: Callable[[dict], None] | None = None) -> LoopResult:
-    """Train ``model`` in place on ``data``; metrics go to ``run_dir/metrics.jsonl``."""
-    run_dir = Path(run_dir)
+    """Train ``model`` in place on ``data`` with the masked causal-LM loss (sft, pretrain); metrics go to
+    ``run_dir/metrics.jsonl``."""
     rank, world = dist_env()
     dev = device()
     torch.manual_seed(cfg.seed)
@@ -288,93 +405,22 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loss_mod = wrap_distributed(MaskedLMLoss(model), cfg, world)
-    params = [p for p in loss_mod.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
     amp = resolve_precision(cfg.precision)
     plan = plan_steps(len(data), cfg)
-    total = len(plan)
-    start, history = 0, []
-    ckpt_dir = run_dir / "checkpoint"
-    metrics_path = run_dir / "metrics.jsonl"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (found := find_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(found, loss_mod, opt)
-        start, history = state["step"], state["history"]
-    if rank == 0:  # metrics.jsonl is rewritten from the checkpointed history: no duplicate lines
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    kill_after = int(os.environ.get("HERD_TEST_KILL_AFTER_STEP", "0"))  # tests: kill -9 at a known point
-    bar = Progress(total=total, initial=start, desc="train", unit="step", enabled=cfg.progress and rank == 0)
-    tokens = trained = 0
-    t0 = time.perf_counter()
-    for step in range(start, total):
-        lr = lr_at(step, total, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    trained = 0
+
+    def step_fn(step: int) -> StepOut:
+        nonlocal trained
         mbs, n_trained = micro_batches([data[i] for i in plan[step]], cfg, pad_id, rank, world)
-        n_mb = len(mbs)
-        if world > 1:  # every rank must run the same number of forwards
-            t = torch.tensor([n_mb], device=dev)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            n_mb = int(t.item())
-        step_loss = torch.zeros((), device=dev)
-        step_tokens = 0
-        for m in range(n_mb):
-            if m < len(mbs):
-                b = mbs[m]
-                ids, pos, lab = b.input_ids.to(dev), b.position_ids.to(dev), b.labels.to(dev)
-            else:  # an idle rank joins the collective with a zero-weight pad row
-                ids = torch.full((1, 1), pad_id, device=dev)
-                pos = torch.zeros((1, 1), dtype=torch.long, device=dev)
-                lab = torch.full((1, 1), IGNORE_INDEX, device=dev)
-            sync = m == n_mb - 1
-            ctx = loss_mod.no_sync() if (world > 1 and not cfg.fsdp and not sync) else nullcontext()
-            with ctx, torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss_sum = loss_mod(ids, pos, lab)
-            (loss_sum * (world / max(1, n_trained))).backward()
-            step_loss += loss_sum.detach()
-            if m < len(mbs):
-                step_tokens += mbs[m].n_tokens
-        grad_norm = None
-        if cfg.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            stats = torch.tensor([float(step_loss), float(step_tokens)], device=dev)
-            dist.all_reduce(stats)
-            step_loss_val, step_tokens = float(stats[0]), int(stats[1])
-        else:
-            step_loss_val = float(step_loss)
-        tokens += step_tokens
+        step_loss, step_tokens = _accumulate(loss_mod, mbs, n_trained, cfg, pad_id, amp, dev, world)
+        step_loss_val, step_tokens = _sum_over_ranks(step_loss, step_tokens, dev, world)
         trained += n_trained
-        elapsed = time.perf_counter() - t0
-        rec = {"step": step + 1, "epoch": round((step + 1) / total * cfg.epochs, 4),
-               "loss": step_loss_val / max(1, n_trained), "lr": lr, "grad_norm": grad_norm,
-               "tokens": step_tokens, "trained_tokens": n_trained, "tokens_per_s": tokens / elapsed,
-               "elapsed": round(elapsed, 3)}
-        history.append(rec)
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if on_log:
-                on_log(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-            bar.update(1)
-        last = step + 1 == total
-        if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0) and not last:
-            save_checkpoint(ckpt_dir, loss_mod, opt, {"step": step + 1, "history": history}, rank)
-            if kill_after and step + 1 >= kill_after and rank == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    if world > 1:
-        dist.barrier()
-    return LoopResult(steps=total, history=history, tokens=tokens, trained_tokens=trained, seconds=seconds)
+        return StepOut(loss=step_loss_val / max(1, n_trained),
+                       fields={"tokens": step_tokens, "trained_tokens": n_trained}, tokens=step_tokens)
+
+    result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
+    result.trained_tokens = trained
+    return result
 
 
 def full_state_dict(model: nn.Module, all_ranks: bool = False) -> dict[str, torch.Tensor]:

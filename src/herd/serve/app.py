@@ -41,12 +41,21 @@ def _sse(obj: dict | str) -> str:
 
 def create_app(models: list[ServedModel], config: ServerConfig | None = None,
                guard: Guard | None = None) -> FastAPI:
-    cfg = config or ServerConfig()
-    by_id = {m.id: m for m in models}
-    if len(by_id) != len(models):
-        raise HerdError("two served artifacts have the same name; serve them separately")
+    """The OpenAI-compatible app over ``models`` (each under its lineage name), moderated by ``guard``."""
+    srv = _Server(models, config or ServerConfig(), guard)
     app = FastAPI(title="herd", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+    app.get("/health")(srv.health)
+    app.get("/v1/models")(srv.list_models)
+    app.get("/v1/models/{model_id:path}")(srv.get_model)
+    app.post("/v1/chat/completions")(srv.chat)
+    app.post("/v1/completions")(srv.completions)
+    app.post("/v1/moderations")(srv.moderations)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """OpenAI-style error bodies for herd's errors, unknown routes and anything unexpected."""
     @app.exception_handler(P.APIError)
     async def _api_error(_, e: P.APIError):
         return JSONResponse(e.body(), status_code=e.status)
@@ -61,26 +70,36 @@ def create_app(models: list[ServedModel], config: ServerConfig | None = None,
         err = P.APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
         return JSONResponse(err.body(), status_code=500)
 
-    def auth(request: Request) -> None:
-        if cfg.api_key is None:
+
+class _Server:
+    """The server's state (models, settings, guard) and its request handlers, one method per route."""
+
+    def __init__(self, models: list[ServedModel], cfg: ServerConfig, guard: Guard | None):
+        self.models, self.cfg, self.guard = models, cfg, guard
+        self.by_id = {m.id: m for m in models}
+        if len(self.by_id) != len(models):
+            raise HerdError("two served artifacts have the same name; serve them separately")
+
+    def auth(self, request: Request) -> None:
+        if self.cfg.api_key is None:
             return
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
             raise P.APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
-        if not hmac.compare_digest(header[7:].strip().encode(), cfg.api_key.encode()):
+        if not hmac.compare_digest(header[7:].strip().encode(), self.cfg.api_key.encode()):
             raise P.APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    async def parse(request: Request, schema):
-        auth(request)
+    async def parse(self, request: Request, schema):
+        self.auth(request)
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            raise P.APIError(413, f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}",
+        if declared and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
+            raise P.APIError(413, f"request body is {declared} bytes; the limit is {self.cfg.max_body_bytes}",
                              code="request_too_large")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > cfg.max_body_bytes:
-                raise P.APIError(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes",
+            if len(body) > self.cfg.max_body_bytes:
+                raise P.APIError(413, f"request body exceeds the limit of {self.cfg.max_body_bytes} bytes",
                                  code="request_too_large")
         try:
             data = json.loads(body)
@@ -93,37 +112,37 @@ def create_app(models: list[ServedModel], config: ServerConfig | None = None,
         except ValidationError as e:
             raise P.validation_error(e) from None
 
-    def model_for(name: str) -> ServedModel:
-        if name not in by_id:
-            raise P.APIError(404, f"The model '{name}' does not exist; served: {', '.join(by_id)}",
+    def model_for(self, name: str) -> ServedModel:
+        if name not in self.by_id:
+            raise P.APIError(404, f"The model '{name}' does not exist; served: {', '.join(self.by_id)}",
                              param="model", code="model_not_found")
-        return by_id[name]
+        return self.by_id[name]
 
-    def gen_params(req, m: ServedModel, ids: list[int], max_tokens: int | None) -> GenParams:
+    def gen_params(self, req, m: ServedModel, ids: list[int], max_tokens: int | None) -> GenParams:
         ctx = m.backend.context_length
-        if max_tokens is not None and max_tokens > min(cfg.max_tokens_limit, ctx):
+        if max_tokens is not None and max_tokens > min(self.cfg.max_tokens_limit, ctx):
             raise P.APIError(400, f"max_tokens is {max_tokens}; this server allows at most "
-                             f"{min(cfg.max_tokens_limit, ctx)}", param="max_tokens", code="invalid_value")
+                             f"{min(self.cfg.max_tokens_limit, ctx)}", param="max_tokens", code="invalid_value")
         if len(ids) + (max_tokens or 1) > ctx:
             raise P.APIError(400, f"This model's maximum context length is {ctx} tokens; the prompt has "
                              f"{len(ids)} tokens and {max_tokens or 1} new tokens were requested",
                              param="messages", code="context_length_exceeded")
         if max_tokens is None:
-            max_tokens = min(cfg.default_max_tokens, ctx - len(ids))
+            max_tokens = min(self.cfg.default_max_tokens, ctx - len(ids))
         return GenParams(prompt_ids=ids, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                          stop=req.stop_list() + m.stop_strings, seed=req.seed)
 
-    async def flagged(texts: list[str]) -> bool:
-        verdicts = await run_in_threadpool(guard.moderate, texts)
+    async def flagged(self, texts: list[str]) -> bool:
+        verdicts = await run_in_threadpool(self.guard.moderate, texts)
         return any(v.flagged for v in verdicts)
 
-    def start(m: ServedModel, params: GenParams) -> AsyncIterator:
+    def start(self, m: ServedModel, params: GenParams) -> AsyncIterator:
         try:
             return m.backend.stream(params)
         except Overloaded as e:
             raise P.APIError(429, str(e), type="rate_limit_error", code="server_overloaded") from None
 
-    async def collect(stream: AsyncIterator) -> tuple[str, str, int, int]:
+    async def collect(self, stream: AsyncIterator) -> tuple[str, str, int, int]:
         text, finish, prompt, completion = [], "stop", 0, 0
         async for d in stream:
             text.append(d.text)
@@ -131,53 +150,49 @@ def create_app(models: list[ServedModel], config: ServerConfig | None = None,
                 finish, prompt, completion = d.finish_reason, d.prompt_tokens, d.completion_tokens
         return "".join(text), finish, prompt, completion
 
-    async def filter_output(text: str, finish: str) -> tuple[str, str]:
-        if guard is not None and cfg.guard_output and text and await flagged([text]):
+    async def filter_output(self, text: str, finish: str) -> tuple[str, str]:
+        if self.guard is not None and self.cfg.guard_output and text and await self.flagged([text]):
             return "", "content_filter"
         return text, finish
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "models": list(by_id)}
+    async def health(self):
+        return {"status": "ok", "models": list(self.by_id)}
 
-    @app.get("/v1/models")
-    async def list_models(request: Request):
-        auth(request)
-        return {"object": "list", "data": [m.card() for m in models]}
+    async def list_models(self, request: Request):
+        self.auth(request)
+        return {"object": "list", "data": [m.card() for m in self.models]}
 
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request):
-        auth(request)
-        return model_for(model_id).card()
+    async def get_model(self, model_id: str, request: Request):
+        self.auth(request)
+        return self.model_for(model_id).card()
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        req = await parse(request, P.ChatRequest)
-        m = model_for(req.model)
+    async def chat(self, request: Request):
+        req = await self.parse(request, P.ChatRequest)
+        m = self.model_for(req.model)
         messages = [{"role": x.role, "content": x.text()} for x in req.messages]
-        if guard is not None and cfg.guard_input and await flagged([x["content"] for x in messages]):
+        if self.guard is not None and self.cfg.guard_input and await self.flagged([x["content"] for x in messages]):
             raise P.APIError(400, "the input was flagged by the moderation model", param="messages",
                              code="content_filter")
         try:
             ids = m.chat_prompt_ids(messages)
         except HerdError as e:
             raise P.APIError(400, str(e), param="messages") from None
-        params = gen_params(req, m, ids, req.max_completion_tokens or req.max_tokens)
-        stream, rid = start(m, params), P.new_id("chatcmpl")
+        params = self.gen_params(req, m, ids, req.max_completion_tokens or req.max_tokens)
+        stream, rid = self.start(m, params), P.new_id("chatcmpl")
         if not req.stream:
-            text, finish, n_in, n_out = await collect(stream)
-            text, finish = await filter_output(text, finish)
+            text, finish, n_in, n_out = await self.collect(stream)
+            text, finish = await self.filter_output(text, finish)
             return P.chat_response(rid, m.id, text, finish, n_in, n_out)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        buffered = guard is not None and cfg.guard_output
+        buffered = self.guard is not None and self.cfg.guard_output
 
         async def sse():
             finish, n_in, n_out = "stop", len(ids), 0
             yield _sse(P.chat_chunk(rid, m.id, {"role": "assistant", "content": ""}))
             try:
                 if buffered:
-                    text, finish, n_in, n_out = await collect(stream)
-                    text, finish = await filter_output(text, finish)
+                    text, finish, n_in, n_out = await self.collect(stream)
+                    text, finish = await self.filter_output(text, finish)
                     yield _sse(P.chat_chunk(rid, m.id, {"content": text}))
                 else:
                     async for d in stream:
@@ -194,17 +209,16 @@ def create_app(models: list[ServedModel], config: ServerConfig | None = None,
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        req = await parse(request, P.CompletionRequest)
-        m = model_for(req.model)
+    async def completions(self, request: Request):
+        req = await self.parse(request, P.CompletionRequest)
+        m = self.model_for(req.model)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
             raise P.APIError(400, "send one prompt per request", param="prompt")
-        params = gen_params(req, m, m.completion_prompt_ids(prompts[0]), req.max_tokens)
-        stream, rid = start(m, params), P.new_id("cmpl")
+        params = self.gen_params(req, m, m.completion_prompt_ids(prompts[0]), req.max_tokens)
+        stream, rid = self.start(m, params), P.new_id("cmpl")
         if not req.stream:
-            text, finish, n_in, n_out = await collect(stream)
+            text, finish, n_in, n_out = await self.collect(stream)
             return P.completion_response(rid, m.id, text, finish, n_in, n_out)
 
         async def sse():
@@ -218,16 +232,13 @@ def create_app(models: list[ServedModel], config: ServerConfig | None = None,
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
-    @app.post("/v1/moderations")
-    async def moderations(request: Request):
-        req = await parse(request, P.ModerationRequest)
-        if guard is None:
+    async def moderations(self, request: Request):
+        req = await self.parse(request, P.ModerationRequest)
+        if self.guard is None:
             raise P.APIError(404, "this server has no moderation model (start it with a guard)",
                              code="not_found")
         texts = [req.input] if isinstance(req.input, str) else req.input
-        verdicts = await run_in_threadpool(guard.moderate, texts)
-        return {"id": P.new_id("modr"), "model": guard.name,
+        verdicts = await run_in_threadpool(self.guard.moderate, texts)
+        return {"id": P.new_id("modr"), "model": self.guard.name,
                 "results": [{"flagged": v.flagged, "categories": v.categories,
                              "category_scores": v.category_scores} for v in verdicts]}
-
-    return app

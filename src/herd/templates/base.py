@@ -158,3 +158,14 @@ def _adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer("a")["input_ids"]
     return bool(ids) and ids[0] == bos
+
+
+def truncate(text: str, stops) -> str:
+    """Cut ``text`` at the earliest of ``stops`` (the stop itself dropped), leaving whitespace alone: where a
+    reply ends when a stop string, not a stop token, ends it."""
+    cut = len(text)
+    for s in stops:
+        j = text.find(s)
+        if j >= 0:
+            cut = min(cut, j)
+    return text[:cut]
