@@ -24,8 +24,8 @@ import random
 import re
 import time
 
-from herd.paths import shared_data_dir
-from herd.selfinstruct.novelty import BruteForcePool, NoveltyPool
+from herd.core.paths import shared_data_dir
+from herd.data.builds.selfinstruct.novelty import BruteForcePool, NoveltyPool
 
 POOLS = (1_000, 10_000)
 

@@ -24,13 +24,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from herd.base import load_model, load_tokenizer, resolve_base  # noqa: E402
+from herd.core.paths import shared_data_dir  # noqa: E402
+from herd.core.recipe import LoraSpec  # noqa: E402
 from herd.data import load_examples  # noqa: E402
 from herd.data.tokenize import tokenize_examples  # noqa: E402
-from herd.paths import shared_data_dir  # noqa: E402
-from herd.recipe import LoraSpec  # noqa: E402
+from herd.engine.training import LoopConfig, resolve_precision, train  # noqa: E402
 from herd.stages.sft import apply_lora  # noqa: E402
 from herd.templates import IGNORE_INDEX, get_template  # noqa: E402
-from herd.training import LoopConfig, resolve_precision, train  # noqa: E402
 
 LORA = LoraSpec(r=16, alpha=32, dropout=0.05)
 ROW = 512

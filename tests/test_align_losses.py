@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from herd.align.rejection import distribution, expected_max_of_k, select_best
 from herd.engine.losses import (
     MARGINS,
     bradley_terry_loss,
@@ -22,6 +21,7 @@ from herd.engine.losses import (
     rating_margins,
     whiten,
 )
+from herd.stages.rejection_sampling import distribution, expected_max_of_k, select_best
 
 
 def _nls(x: float) -> float:

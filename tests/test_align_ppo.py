@@ -19,8 +19,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from herd.align.config import PPOStage
 from herd.core.paths import repo_root
+from herd.stages.configs import PPOStage
 from tests.align_helpers import toy_recipe
 
 torch.set_num_threads(1)
@@ -69,8 +69,8 @@ def build_models(ref_base, seed: int = 0):
 
 
 def run_toy(ref_base, run_dir: Path, cfg: PPOStage, resume: bool = False):
-    from herd.align.ppo import train_ppo
     from herd.base import load_tokenizer
+    from herd.stages.ppo import train_ppo
     from herd.templates import get_template
 
     tok = load_tokenizer(ref_base)
@@ -100,7 +100,7 @@ def test_token_rewards_match_hand_computation():
 
 
 def test_gae_matches_hand_computation():
-    from herd.align.ppo import gae
+    from herd.stages.ppo import gae
 
     r = torch.tensor([[0.1, -0.2, 0.0, 1.0], [0.5, 2.0, 7.0, 7.0]])
     v = torch.tensor([[0.5, 0.4, 0.3, 0.2], [1.0, 0.5, 9.0, 9.0]])  # row 2: two tokens, junk after
@@ -125,7 +125,7 @@ def test_gae_matches_hand_computation():
 
 
 def test_clipped_objectives_match_hand_computation():
-    from herd.align.ppo import policy_loss, value_loss
+    from herd.stages.ppo import policy_loss, value_loss
 
     old = torch.tensor([[-1.0, -1.0, -1.0, -1.0]])
     logps = (old + torch.tensor([[0.3, -0.5, -0.5, 5.0]])).requires_grad_()
@@ -146,7 +146,7 @@ def test_clipped_objectives_match_hand_computation():
 
 
 def test_iteration_prompts_cover_each_prompt_once_per_pass():
-    from herd.align.ppo import iteration_prompts
+    from herd.stages.ppo import iteration_prompts
 
     seen = [i for it in range(3) for i in iteration_prompts(10, 5, it, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and len(seen) == 15
@@ -167,9 +167,9 @@ def test_reward_scores_are_probabilities():
     """One reward model: σ(raw score), so logit(Rc) gives the raw score back; two: Llama 2's piecewise Rc."""
     from types import SimpleNamespace
 
-    from herd.align.ppo import reward_scores
-    from herd.align.rejection import Scorer
     from herd.engine.losses import logit
+    from herd.stages.ppo import reward_scores
+    from herd.stages.rejection_sampling import Scorer
 
     helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, -1.0]))
     safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([3.0, -3.0]))  # σ: 0.95, 0.047 (< 0.15)
@@ -205,8 +205,8 @@ def test_ppo_raises_toy_reward(tmp_path, tiny_ref):
 def test_early_stopping_keeps_the_best_evaluated_policy(tmp_path, tiny_ref):
     """Held-out rewards 0.1, 0.5, 0.3, 0.2 with patience 2: training stops after iteration 4 (of 6) and the
     policy is the one evaluated at iteration 2, as Llama 2 early-stops PPO on held-out prompts."""
-    from herd.align.ppo import train_ppo
     from herd.base import load_tokenizer
+    from herd.stages.ppo import train_ppo
     from herd.templates import get_template
 
     tok = load_tokenizer(tiny_ref)
@@ -240,7 +240,7 @@ run_toy(resolve_base('tiny'), Path(sys.argv[2]), cfg)
 
 @pytest.mark.slow
 def test_ppo_kill_and_resume_is_identical(tmp_path, tiny_ref, monkeypatch):
-    import herd.align.ppo as ppo
+    import herd.stages.ppo as ppo
 
     kw = {"iterations": 4, "batch_size": 16, "checkpoint_every": 2}
     cfg = ppo_config(**kw)

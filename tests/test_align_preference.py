@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from herd.align.preference import (
+from herd.core.errors import ConfigError, DataError
+from herd.core.recipe import DataSource
+from herd.data.preference import (
     LabeledReply,
     PreferencePair,
     dedupe_items,
@@ -18,8 +20,6 @@ from herd.align.preference import (
     split_by_prompt,
     split_items,
 )
-from herd.core.errors import ConfigError, DataError
-from herd.core.recipe import DataSource
 from herd.data.report import DataReport
 
 from .conftest import SHARED

@@ -18,9 +18,9 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from herd.align.config import DPOStage, RejectionSamplingStage, RewardModelStage
 from herd.artifacts import read_lineage
 from herd.core.paths import repo_root
+from herd.stages.configs import DPOStage, RejectionSamplingStage, RewardModelStage
 from herd.templates import get_template
 
 torch.set_num_threads(1)
@@ -59,7 +59,7 @@ def toy_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reward_artifact(tmp_path_factory, toy_data, tiny_ref):
-    from herd.align.reward import run_reward_model
+    from herd.stages.reward_model import run_reward_model
 
     out = tmp_path_factory.mktemp("rm") / "01-reward-abc"
     path, summary = run_reward_model(rm_config(toy_data), tiny_ref, get_template(TEMPLATE), out, name="toy",
@@ -93,7 +93,7 @@ def test_reward_artifact_loads_in_plain_transformers(reward_artifact, tokenizer)
     """AutoModelForSequenceClassification's own pooling (pad id) gives herd's reward (last real token)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from herd.align.reward import load_reward_model
+    from herd.stages.reward_model import load_reward_model
 
     path, _ = reward_artifact
     model = AutoModelForSequenceClassification.from_pretrained(str(path))
@@ -119,7 +119,7 @@ def _run_killed(kind: str, cfg, out: Path, kill_after: int) -> subprocess.Comple
         "from pathlib import Path\n"
         "from herd.base import resolve_base\n"
         "from herd.templates import get_template\n"
-        f"from herd.align import config, {'reward' if kind == 'reward_model' else 'dpo'} as mod\n"
+        f"from herd.stages import configs as config, {'reward_model' if kind == 'reward_model' else 'dpo'} as mod\n"
         f"cls = {{'reward_model': config.RewardModelStage, 'dpo': config.DPOStage}}['{kind}']\n"
         "cfg = cls.model_validate_json(sys.argv[1])\n"
         f"fn = {{'reward_model': 'run_reward_model', 'dpo': 'run_dpo'}}['{kind}']\n"
@@ -147,7 +147,7 @@ def _kill_resume_identical(kind: str, cfg, tmp_path: Path, tiny_ref, run) -> Non
 
 @pytest.mark.slow
 def test_reward_model_kill_and_resume_is_identical(tmp_path, toy_data, tiny_ref):
-    from herd.align.reward import run_reward_model
+    from herd.stages.reward_model import run_reward_model
 
     _kill_resume_identical("reward_model", rm_config(toy_data, checkpoint_every=2, max_train_pairs=64),
                            tmp_path, tiny_ref, run_reward_model)
@@ -156,7 +156,7 @@ def test_reward_model_kill_and_resume_is_identical(tmp_path, toy_data, tiny_ref)
 def test_dpo_prefers_chosen_on_heldout(tmp_path, toy_data, tiny_ref):
     from transformers import AutoModelForCausalLM
 
-    from herd.align.dpo import run_dpo
+    from herd.stages.dpo import run_dpo
 
     path, summary = run_dpo(dpo_config(toy_data), tiny_ref, get_template(TEMPLATE), tmp_path / "dpo",
                             name="toy", progress=False)
@@ -170,7 +170,7 @@ def test_dpo_prefers_chosen_on_heldout(tmp_path, toy_data, tiny_ref):
 
 
 def test_dpo_lora_merges_adapter(tmp_path, toy_data, tiny_ref):
-    from herd.align.dpo import run_dpo
+    from herd.stages.dpo import run_dpo
 
     cfg = dpo_config(toy_data, method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=3)
     path, summary = run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "dpo", name="toy", progress=False)
@@ -182,7 +182,7 @@ def test_dpo_lora_merges_adapter(tmp_path, toy_data, tiny_ref):
 
 @pytest.mark.slow
 def test_dpo_kill_and_resume_is_identical(tmp_path, toy_data, tiny_ref):
-    from herd.align.dpo import run_dpo
+    from herd.stages.dpo import run_dpo
 
     _kill_resume_identical("dpo", dpo_config(toy_data, checkpoint_every=2, max_train_pairs=64), tmp_path,
                            tiny_ref, run_dpo)
@@ -191,8 +191,8 @@ def test_dpo_kill_and_resume_is_identical(tmp_path, toy_data, tiny_ref):
 def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, reward_artifact):
     from transformers import AutoModelForCausalLM
 
-    from herd.align.rejection import run_rejection_sampling
-    from herd.align.reward import load_reward_model
+    from herd.stages.rejection_sampling import run_rejection_sampling
+    from herd.stages.reward_model import load_reward_model
 
     rm_path, _ = reward_artifact
     cfg = RejectionSamplingStage(
@@ -221,7 +221,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
 
 def test_rejection_selection_feeds_sft(monkeypatch, tmp_path, toy_data, tiny_ref, reward_artifact):
     """The SFT engine receives exactly prompt + highest-scored reply for each prompt."""
-    import herd.align.rejection as rej
+    import herd.stages.rejection_sampling as rej
     import herd.stages.sft as sft
 
     rm_path, _ = reward_artifact
@@ -253,8 +253,8 @@ def test_scorer_combines_helpfulness_and_safety(tmp_path):
     """Two reward models: Llama 2's piecewise Rc on σ(raw scores); one model: its raw score."""
     from types import SimpleNamespace
 
-    from herd.align.rejection import Scorer, resolve_reward_model
     from herd.core.errors import ConfigError
+    from herd.stages.rejection_sampling import Scorer, resolve_reward_model
 
     helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, 2.0, 2.0]))
     safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([0.0, -3.0, 1.0]))  # σ: 0.5, 0.047, 0.73
@@ -270,7 +270,7 @@ def test_scorer_combines_helpfulness_and_safety(tmp_path):
 def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer, toy_data):
     """Finished chunks are read back, a chunk cut by a kill is sampled again, nothing twice."""
     import herd.engine.generation as gen
-    from herd.align.rejection import sample_replies
+    from herd.stages.rejection_sampling import sample_replies
 
     calls = []
 

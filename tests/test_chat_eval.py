@@ -17,8 +17,10 @@ import time
 
 import pytest
 
-from herd.chat_eval import judge as J
-from herd.chat_eval.mtbench import (
+from herd.cli import main
+from herd.core.errors import DataError, HerdError
+from herd.evals import judge as J
+from herd.evals.mtbench import (
     DEFAULT_TEMPERATURE,
     TEMPERATURE,
     generate_answers,
@@ -26,8 +28,6 @@ from herd.chat_eval.mtbench import (
     read_questions,
     write_answers,
 )
-from herd.cli import main
-from herd.core.errors import DataError, HerdError
 from herd.templates import get_template
 
 QUESTIONS = [  # FastChat question.jsonl records (MT-bench style: 2 turns; Vicuna-bench style: 1)

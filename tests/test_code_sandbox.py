@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from herd.code import humaneval as he
-from herd.code import sandbox as sb
+from herd.engine import sandbox as sb
+from herd.evals import humaneval as he
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HUMANEVAL = SHARED / "humaneval" / "HumanEval.jsonl.gz"

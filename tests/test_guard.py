@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from herd.core.errors import ConfigError, DataError
-from herd.guard.moderation import (
+from herd.data.moderation import (
     augmented_examples,
     make_mapping,
     read_moderation_records,
     split_records,
 )
-from herd.guard.taxonomy import LLAMA_GUARD_V1, load_taxonomy
 from herd.templates import IGNORE_INDEX, TemplateError, get_template
+from herd.templates.taxonomy import LLAMA_GUARD_V1, load_taxonomy
 from tests.conftest import SHARED
 
 MODERATION = SHARED / "openai_moderation_train" / "moderation_train_1000.jsonl"
@@ -328,7 +328,7 @@ def test_verdict_and_categories_follow_thresholds(tiny_model, tokenizer):
 
 
 def test_threshold_and_metrics():
-    from herd.guard.metrics import binary_metrics, choose_threshold
+    from herd.evals.guard_metrics import binary_metrics, choose_threshold
 
     y = np.array([0, 0, 1, 1, 0, 1])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])

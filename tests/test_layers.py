@@ -19,42 +19,33 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
-# Lowest first. The paper packages (align, code, guard, gorilla, medical, chat_eval, selfinstruct) are
-# split across layers by what each module is: a reader is data, a loop is engine, a stage is a stage.
+# Lowest first; a module's layer is its folder (each folder one noun).
 LAYER_ORDER = ["core", "templates", "base", "data", "engine", "stages", "evals", "pipeline", "apps", "top"]
 LAYERS: dict[str, str] = {
     "herd.core": "core",
-    "herd.templates": "templates", "herd.guard.taxonomy": "templates",
+    "herd.templates": "templates",
     "herd.base": "base", "herd.artifacts": "base",
-    "herd.data": "data", "herd.selfinstruct": "data", "herd.gorilla": "data", "herd.guard.moderation": "data",
-    "herd.medical": "data", "herd.medical.corpus": "data", "herd.code": "data", "herd.code.fim": "data",
-    "herd.align.preference": "data", "herd.chat_eval": "data",
-    "herd.engine": "engine",
-    "herd.code.sandbox": "engine", "herd.guard": "engine", "herd.guard.scoring": "engine",
-    "herd.guard.classifier": "engine", "herd.gorilla.retriever": "data", "herd.gorilla.prompts": "data",
-    "herd.gorilla.ast_match": "evals",
-    "herd.stages": "stages", "herd.align": "stages", "herd.align.config": "stages", "herd.align.common": "stages",
-    "herd.evals": "evals", "herd.align.evals": "evals", "herd.chat_eval.evals": "evals",
-    "herd.chat_eval.judge": "evals", "herd.chat_eval.mtbench": "evals", "herd.code.evals": "evals",
-    "herd.code.humaneval": "evals", "herd.medical.evals": "evals", "herd.medical.mcq": "evals",
-    "herd.gorilla.eval": "evals", "herd.guard.evaluate": "evals", "herd.guard.metrics": "evals",
-    "herd.derive": "pipeline", "herd.scorecard": "pipeline", "herd.plugins": "pipeline",
+    "herd.data": "data",
+    "herd.engine": "engine", "herd.guard": "engine",  # the guard classifier: a runtime piece (serve --guard)
+    "herd.stages": "stages",
+    "herd.evals": "evals",
+    "herd.plugins": "pipeline", "herd.derive": "pipeline", "herd.scorecard": "pipeline",
     "herd.export": "apps", "herd.serve": "apps", "herd.family": "apps",
-    "herd.api": "top", "herd.cli": "top", "herd.doctor": "top", "herd.evals.commands": "top",
+    "herd.api": "top", "herd.cli": "top", "herd.doctor": "top", "herd.commands": "top",
 }
 COMMAND_SUFFIX = ".commands"  # every *.commands module is part of the CLI (top)
 
 # Plugins of one kind must not import each other: what they share moves down a layer.
 PLUGIN_GROUPS = {
-    "stage": ["herd.stages.sft", "herd.stages.pretrain", "herd.align.reward", "herd.align.dpo",
-              "herd.align.rejection", "herd.align.ppo"],
-    "eval": ["herd.evals.builtin", "herd.align.evals", "herd.chat_eval.evals",
-             "herd.code.evals", "herd.medical.evals", "herd.gorilla.eval", "herd.guard.evaluate"],
+    "stage": ["herd.stages.sft", "herd.stages.pretrain", "herd.stages.reward_model", "herd.stages.dpo",
+              "herd.stages.rejection_sampling", "herd.stages.ppo"],
+    "eval": ["herd.evals.builtin", "herd.evals.reward_win_rate", "herd.evals.chat", "herd.evals.code",
+             "herd.evals.medical", "herd.evals.apibench", "herd.evals.guard"],
     "reader": ["herd.data.alpaca", "herd.data.dolly", "herd.data.openai_messages", "herd.data.preference_sft",
-               "herd.data.sharegpt", "herd.gorilla.reader", "herd.guard.moderation"],
+               "herd.data.sharegpt", "herd.data.apibench", "herd.data.moderation"],
 }
 # A registry never imports its plugins (they register themselves; the plugin list imports them).
-REGISTRIES = {"herd.evals.registry": "eval", "herd.align": "stage", "herd.data.records": "reader"}
+REGISTRIES = {"herd.evals.registry": "eval", "herd.stages": "stage", "herd.data.records": "reader"}
 # Sibling imports that are intended (say why).
 SIBLINGS_ALLOWED: set[tuple[str, str]] = set()
 

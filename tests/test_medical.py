@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from herd.core.errors import ConfigError, DataError
-from herd.medical.corpus import (
+from herd.data.pubmedqa import (
     assert_no_leakage,
     demo_sources,
     load_test_labels,
@@ -21,7 +21,7 @@ from herd.medical.corpus import (
     pubmedqa_train_documents,
     replay_documents,
 )
-from herd.medical.mcq import (
+from herd.evals.mcq import (
     MCQItem,
     bootstrap_ci,
     build_prompt,
@@ -131,7 +131,7 @@ def test_demos_are_deterministic_and_never_the_item_itself():
 
 
 def test_pubmedqa_and_medqa_items_follow_upstream():
-    from herd.medical.evals import medqa_items, pubmedqa_items
+    from herd.evals.medical import medqa_items, pubmedqa_items
 
     test, pool = pubmedqa_items(PUBMEDQA)
     assert len(test) == 500 and len(pool) == 500 and not {t.id for t in test} & {p.id for p in pool}
@@ -144,7 +144,7 @@ def test_pubmedqa_and_medqa_items_follow_upstream():
 
 
 def test_medqa_reader_names_the_bad_line(tmp_path):
-    from herd.medical.evals import medqa_items
+    from herd.evals.medical import medqa_items
 
     bad = tmp_path / "m.jsonl"
     bad.write_text(json.dumps({"question": "q?", "options": {"A": "x", "B": "y"}, "answer_idx": "A", "answer": "x"})
@@ -266,7 +266,7 @@ def _ctx(tiny_ref, tokenizer, tmp_path):
                                        ("medqa", {"n": 3, "shots": 2, "bootstrap": 50, "mode": "loglik",
                                                   "target": "text"})])
 def test_registered_evals_score_parent_and_derived(tiny_ref, tokenizer, tmp_path, name, cfg):
-    import herd.medical.evals  # noqa: F401  (registers pubmedqa and medqa)
+    import herd.evals.medical  # noqa: F401  (registers pubmedqa and medqa)
     from herd.evals.registry import EVALS
 
     config_cls, fn = EVALS[name]
@@ -289,7 +289,7 @@ def test_registered_evals_score_parent_and_derived(tiny_ref, tokenizer, tmp_path
 def test_eval_configs_validate_and_report_missing_data(tmp_path):
     from pydantic import ValidationError
 
-    import herd.medical.evals  # noqa: F401  (registers pubmedqa and medqa)
+    import herd.evals.medical  # noqa: F401  (registers pubmedqa and medqa)
     from herd.evals.registry import EVALS
 
     pub, med = EVALS["pubmedqa"][0], EVALS["medqa"][0]
@@ -304,7 +304,7 @@ def test_eval_configs_validate_and_report_missing_data(tmp_path):
 
 
 def test_eval_turns_an_unscorable_config_into_a_config_error(tiny_ref, tokenizer, tmp_path):
-    from herd.medical.evals import MedQAConfig, run_medqa
+    from herd.evals.medical import MedQAConfig, run_medqa
 
     data = tmp_path / "m.jsonl"
     data.write_text(json.dumps({"question": "q?", "options": {"A": "x", "A A": "y"}, "answer_idx": "A"}) + "\n")
@@ -314,7 +314,7 @@ def test_eval_turns_an_unscorable_config_into_a_config_error(tiny_ref, tokenizer
 
 def test_subsets_are_seeded_samples_not_a_label_sorted_prefix():
     """PubMedQA's ground-truth file lists every "yes" item first: a prefix would reward always-yes."""
-    from herd.medical.evals import pubmedqa_items, subset
+    from herd.evals.medical import pubmedqa_items, subset
 
     test, _ = pubmedqa_items(SHARED / "pubmedqa")
     assert {it.answer for it in test[:60]} == {"yes"}  # the trap

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from herd.code.fim import (
+from herd.core.errors import DataError
+from herd.data.documents import CorpusReport, check_source, detect_license, stream_source
+from herd.data.fim import (
     SENTINELS,
     FIMStats,
     add_sentinels,
@@ -22,8 +24,6 @@ from herd.code.fim import (
     sentinel_ids,
     split_document,
 )
-from herd.core.errors import DataError
-from herd.data.documents import CorpusReport, check_source, detect_license, stream_source
 from tests.conftest import SHARED
 from tests.test_resume_and_distributed import _final, _run
 
@@ -278,7 +278,7 @@ def test_meditron_mixture_shares_and_decontamination_reach_the_scorecard(tmp_pat
 
 def test_a_test_context_in_the_training_text_stops_the_run_before_training(tmp_path):
     from herd.api import derive
-    from herd.medical.corpus import pubmedqa_test_texts
+    from herd.data.pubmedqa import pubmedqa_test_texts
 
     pmid, text = next(iter(pubmedqa_test_texts(SHARED / "pubmedqa")))
     leak = tmp_path / "leak.jsonl"

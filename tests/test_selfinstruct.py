@@ -17,11 +17,11 @@ import pytest
 
 from herd.core.errors import ConfigError, HerdError
 from herd.data import load_examples
-from herd.selfinstruct.filters import blacklist_regex, filter_reason
-from herd.selfinstruct.generate import GenerationSettings, generate_self_instruct, state_path
-from herd.selfinstruct.novelty import BruteForcePool, NoveltyPool, lcs_length, rouge_l_f
-from herd.selfinstruct.parse import parse_alpaca, parse_self_instruct
-from herd.selfinstruct.prompt import (
+from herd.data.builds.selfinstruct.filters import blacklist_regex, filter_reason
+from herd.data.builds.selfinstruct.generate import GenerationSettings, generate_self_instruct, state_path
+from herd.data.builds.selfinstruct.novelty import BruteForcePool, NoveltyPool, lcs_length, rouge_l_f
+from herd.data.builds.selfinstruct.parse import parse_alpaca, parse_self_instruct
+from herd.data.builds.selfinstruct.prompt import (
     ALPACA,
     BLACKLIST_ALPACA,
     BLACKLIST_SELF_INSTRUCT,
@@ -32,7 +32,7 @@ from herd.selfinstruct.prompt import (
     load_seeds,
     request_rng,
 )
-from herd.selfinstruct.teachers import LocalTeacher, OpenAITeacher, RateLimiter
+from herd.data.builds.selfinstruct.teachers import LocalTeacher, OpenAITeacher, RateLimiter
 
 from .conftest import ALPACA_DEMO, ALPACA_TINY, SHARED
 

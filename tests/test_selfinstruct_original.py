@@ -15,29 +15,33 @@ import pytest
 
 from herd.core.errors import ConfigError
 from herd.data import load_examples
-from herd.selfinstruct import instances as inst_mod
-from herd.selfinstruct.filters import filter_duplicate_instances, filter_invalid_instances, limit_instances
-from herd.selfinstruct.generate import GenerationSettings, format_report, generate_self_instruct
-from herd.selfinstruct.instances import (
+from herd.data.builds.selfinstruct import instances as inst_mod
+from herd.data.builds.selfinstruct.filters import (
+    filter_duplicate_instances,
+    filter_invalid_instances,
+    limit_instances,
+)
+from herd.data.builds.selfinstruct.generate import GenerationSettings, format_report, generate_self_instruct
+from herd.data.builds.selfinstruct.instances import (
     CLF_SAMPLING,
     instance_sampling,
     is_classification_answer,
     prepare_instances,
     step_paths,
 )
-from herd.selfinstruct.original_templates import (
+from herd.data.builds.selfinstruct.original_templates import (
     input_first_template_for_gen,
     output_first_template_for_clf,
     template_1,
 )
-from herd.selfinstruct.parse import (
+from herd.data.builds.selfinstruct.parse import (
     Instance,
     parse_classification_instances,
     parse_generation_instances,
     parse_input_output,
 )
-from herd.selfinstruct.prompt import clf_prompt, instance_prompt, load_seeds
-from herd.selfinstruct.teachers import Completion, LocalTeacher, OpenAITeacher
+from herd.data.builds.selfinstruct.prompt import clf_prompt, instance_prompt, load_seeds
+from herd.data.builds.selfinstruct.teachers import Completion, LocalTeacher, OpenAITeacher
 
 from .test_selfinstruct import served_url  # noqa: F401  (the herd serve fixture)
 
@@ -423,7 +427,7 @@ def test_self_instruct_build_accepts_the_original_variant(tmp_path, monkeypatch)
     """The ``self_instruct`` data build trains on the instance records (Alpaca format)."""
     from herd.core.errors import HerdError
     from herd.data.builds import BuildContext
-    from herd.selfinstruct import build as build_mod
+    from herd.data.builds.selfinstruct import build as build_mod
 
     teacher = ScriptedTeacher()
     monkeypatch.setattr(build_mod, "make_teacher", lambda spec, **kw: teacher)

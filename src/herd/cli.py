@@ -13,13 +13,13 @@ from herd.core.errors import HerdError
 
 # Modules that add subcommands: each defines add_commands(subparsers).
 COMMAND_MODULES: list[str] = [
-    "herd.gorilla.commands",
+    "herd.commands.apibench",
     "herd.export.commands",
     "herd.serve.commands",
     "herd.family.commands",
     "herd.evals.commands",
     "herd.guard.commands",
-    "herd.selfinstruct.commands",
+    "herd.commands.generate",
 ]
 
 

@@ -102,7 +102,7 @@ class FIMSpec(_Strict):
 
 class TestSet(_Strict):
     """Evaluation texts that must never be trained on: every training document is checked against them
-    (exact normalised match, or 13-gram overlap) before any row is written (herd.medical.corpus)."""
+    (exact normalised match, or 13-gram overlap) before any row is written (herd.data.pubmedqa)."""
 
     name: str
     path: str
@@ -130,7 +130,7 @@ class PretrainStage(TrainStage):
     decontaminate: list[TestSet] = []  # test sets no training document may contain
 
 
-# Stage configs register by kind; the alignment stages' configs register from herd.align.config (no torch).
+# Stage configs register by kind; the alignment stages' configs register from herd.stages.configs (no torch).
 STAGE_CONFIGS.add("sft", SFTStage)
 STAGE_CONFIGS.add("pretrain", PretrainStage)
 POLICY_KINDS = ("sft", "pretrain", "rejection_sampling", "dpo", "ppo")  # stages whose output is the next parent

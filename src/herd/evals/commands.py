@@ -10,7 +10,7 @@ import importlib
 
 EVAL_COMMAND_MODULES: list[str] = [
     "herd.guard.commands",
-    "herd.chat_eval.commands",
+    "herd.commands.mtbench",
 ]
 
 

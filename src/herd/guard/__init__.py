@@ -14,7 +14,7 @@ def __getattr__(name: str):
 
         return getattr(classifier, name)
     if name in ("LLAMA_GUARD_V1", "Taxonomy", "load_taxonomy"):
-        from herd.guard import taxonomy
+        from herd.templates import taxonomy
 
         return getattr(taxonomy, name)
     raise AttributeError(f"module 'herd.guard' has no attribute '{name}'")

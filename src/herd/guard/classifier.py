@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from herd.core.errors import HerdError
-from herd.guard.taxonomy import LLAMA_GUARD_V1, Taxonomy, load_taxonomy
+from herd.templates.taxonomy import LLAMA_GUARD_V1, Taxonomy, load_taxonomy
 
 GUARD_FILE = "guard.json"
 PER_CATEGORY = ("codes", "one_vs_all", "none")

@@ -88,8 +88,8 @@ def _cmd_classify(args) -> int:
 
 def _cmd_eval_guard(args) -> int:
     from herd.base import load_model, load_tokenizer, resolve_base
+    from herd.evals.guard import GuardEvalConfig, evaluate_guard, load_guard_data, markdown, pr_png
     from herd.guard.classifier import Guard, GuardSettings
-    from herd.guard.evaluate import GuardEvalConfig, evaluate_guard, load_guard_data, markdown, pr_png
 
     label_map = None
     if args.label_map:

@@ -9,7 +9,7 @@ classification); roles must alternate starting with ``user``.
 Categories come from the ``categories`` template kwarg, else ``messages[0]["categories"]`` (how a
 training record carries its shuffled / reduced list), else the six v1 categories baked in below, so
 the exported chat template works on plain messages exactly like Meta's. Each entry is
-``{"code", "title", "description"}`` (see :meth:`herd.guard.taxonomy.Taxonomy.prompt_categories`).
+``{"code", "title", "description"}`` (see :meth:`herd.templates.taxonomy.Taxonomy.prompt_categories`).
 
 Trained (§6.3, loss on the answer): a final ``{"role": "verdict", "content": "unsafe\\nO3"}`` message,
 rendered ``" " + content + eos_token``. The space is llama-recipes' ``f"{prompt} {generation}"``
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 
-from herd.guard.taxonomy import LLAMA_GUARD_V1
 from herd.templates.base import Template
+from herd.templates.taxonomy import LLAMA_GUARD_V1
 
 HEAD = ("[INST] Task: Check if there is unsafe content in '{agent}' messages in conversations according our "
         "safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n")

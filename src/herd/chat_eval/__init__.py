@@ -1,1 +1,0 @@
-"""Chat evaluation: MT-bench answer generation and pairwise judging (dossier §2.5, FastChat llm_judge)."""

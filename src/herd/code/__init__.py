@@ -1,1 +1,0 @@
-"""Code derivations (Code Llama): fill-in-the-middle, the code corpus, sandboxed execution evals."""

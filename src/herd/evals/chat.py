@@ -1,0 +1,106 @@
+"""Recipe evals for chat derivations: MT-bench pairwise (derived vs parent) and held-out loss per category.
+
+``mtbench_pairwise`` answers a FastChat question file with parent and derived (MT-bench answer protocol),
+writes both answer files and the judgments into the artifact, and scores derived against parent with
+the pair-v2 judge in both orders: win/tie/loss with a bootstrap CI. With a small local judge the
+numbers are a protocol check, not comparable to GPT-4-judged MT-bench.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from pydantic import Field
+
+from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
+
+
+class MTBenchPairwiseConfig(EvalConfig):
+    questions: str = "shared:vicuna_bench/question.jsonl"  # FastChat question.jsonl (``shared:`` allowed)
+    judge: str = "smollm2"  # base spec / artifact, "parent", "derived", or an OpenAI-compatible URL
+    judge_model: str | None = None  # model name at a judge URL
+    max_new_tokens: int = Field(default=1024, gt=0)  # per answer turn (MT-bench: 1024)
+    judge_max_new_tokens: int = Field(default=2048, gt=0)  # FastChat: 2048
+    max_questions: int | None = Field(default=None, gt=0)
+    max_turns: int | None = Field(default=None, gt=0)
+    bootstrap: int = Field(default=1000, gt=0)
+    seed: int = 0
+
+    def unavailable(self, recipe_dir: Path) -> str | None:
+        from herd.core.paths import resolve_data_path
+
+        qpath = resolve_data_path(self.questions, recipe_dir)
+        return None if qpath.is_file() else f"question file {qpath} not found (a FastChat question.jsonl)"
+
+
+@register_eval("mtbench_pairwise", MTBenchPairwiseConfig)
+def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOutput:
+    from herd.core.errors import ConfigError
+    from herd.core.paths import resolve_data_path
+    from herd.evals.judge import games, make_judge, play, summarize, summary_markdown
+    from herd.evals.mtbench import generate_answers, read_questions, write_answers
+
+    recipe_dir = Path(ctx.recipe.source_file).parent if ctx.recipe.source_file else Path.cwd()
+    qpath = resolve_data_path(cfg.questions, recipe_dir)
+    if not qpath.is_file():
+        raise ConfigError(f"evals.mtbench_pairwise.questions: {qpath} not found (a FastChat question.jsonl)")
+    questions = read_questions(qpath)[: cfg.max_questions]
+    answers, files = {}, []
+    for role in ("parent", "derived"):
+        ctx.log(f"MT-bench answers, {role} ({len(questions)} questions)")
+        ans = generate_answers(ctx.model(role), ctx.tokenizer, ctx.template, questions, model_id=role,
+                               max_new_tokens=cfg.max_new_tokens, max_turns=cfg.max_turns, seed=cfg.seed,
+                               progress=ctx.progress)
+        files.append(str(write_answers(ctx.out_dir / f"mtbench-answers-{role}.jsonl", ans)))
+        answers[role] = {a["question_id"]: a for a in ans}
+    judge_spec = {"parent": str(ctx.parent_path), "derived": str(ctx.derived_path)}.get(cfg.judge, cfg.judge)
+    ctx._cache.clear()  # free the evaluated model before the judge loads
+    judge = make_judge(judge_spec, model=cfg.judge_model, max_new_tokens=cfg.judge_max_new_tokens)
+    game_list = games(answers["derived"], answers["parent"])
+    ctx.log(f"judging {len(game_list)} games in both orders with {judge.name}")
+    results = play(judge, game_list, model_1="derived", model_2="parent", progress=ctx.progress)
+    jpath = ctx.out_dir / "mtbench-judgments.jsonl"
+    jpath.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    files.append(str(jpath))
+    s = summarize(results, n_boot=cfg.bootstrap, seed=cfg.seed)
+    ds = f"{qpath.name} ({s['games']} games, judge {s['judge']})"
+    adj = s["win_rate_adjusted"]
+    metrics = [{"task": "MT-bench pairwise win rate, ties ½ (derived vs parent)", "name": "win_rate_adjusted",
+                "dataset": ds, "parent": None if adj is None else round(1 - adj, 4), "derived": adj,
+                "better": "higher"}]
+    return EvalOutput(metrics=metrics, extra={"mtbench_pairwise": s},
+                      markdown=summary_markdown(s, "MT-bench pairwise judgment (derived = model 1)"), files=files)
+
+
+class HeldoutByCategoryConfig(EvalConfig):
+    key: str = "category"  # the record's meta key to group by (Dolly: its 8 categories)
+
+
+@register_eval("heldout_loss_by_category", HeldoutByCategoryConfig)
+def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> EvalOutput:
+    """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived."""
+    from herd.core.progress import Progress
+    from herd.core.recipe import eval_max_len
+    from herd.data.tokenize import tokenize_examples
+    from herd.engine.heldout import heldout_loss
+
+    max_len = eval_max_len(ctx.recipe)
+    groups = defaultdict(list)
+    for ex in ctx.eval_examples:
+        groups[str(ex.meta.get(cfg.key) or "(none)")].append(ex)
+    items = {g: tokenize_examples(exs, ctx.template, ctx.tokenizer, max_len)[0] for g, exs in sorted(groups.items())}
+    items = {g: it for g, it in items.items() if it}
+    res: dict[str, dict] = {"parent": {}, "derived": {}}
+    for role in ("parent", "derived"):
+        ctx.log(f"held-out loss by {cfg.key}, {role} ({len(items)} groups)")
+        for g, it in Progress(items.items(), desc=f"eval heldout_loss_by_category {role}", unit="group",
+                              enabled=ctx.progress):
+            res[role][g] = heldout_loss(ctx.model(role), it, ctx.tokenizer.pad_token_id, row_len=max_len)
+    metrics = [{"task": f"held-out response loss, {cfg.key} {g}", "name": "loss",
+                "dataset": f"{ctx.recipe.name} held-out split, {cfg.key} {g} ({res['parent'][g]['records']} "
+                           f"records, {res['parent'][g]['tokens']} tokens)",
+                "parent": round(res["parent"][g]["loss"], 4), "derived": round(res["derived"][g]["loss"], 4),
+                "better": "lower"} for g in items]
+    return EvalOutput(metrics=metrics)

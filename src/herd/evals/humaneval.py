@@ -1,0 +1,244 @@
+"""HumanEval, HumanEval infilling and MBPP as their harnesses define them (dossier §3.7).
+
+- Programs are built exactly like openai/human-eval (``prompt + completion + "\\n" + test + "\\n" +
+  f"check({entry_point})"``) and openai/human-eval-infilling (``prompt + middle + suffix + ...``);
+  a sample passes when its program runs to the end in :mod:`herd.engine.sandbox`.
+- pass@k is the unbiased estimator of Chen et al. 2021, in human-eval's numerically stable form.
+- Generation decodes the new tokens of each row with a leading anchor, so SentencePiece does not eat
+  the first space of a completion (HumanEval completions start with indentation), and never strips.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from herd.templates.base import truncate
+
+HUMANEVAL = "shared:humaneval/HumanEval.jsonl.gz"
+HUMANEVAL_INFILLING = "shared:humaneval_infilling/HumanEval-SingleLineInfilling.jsonl.gz"
+MBPP = "shared:mbpp/mbpp.jsonl"
+
+# Chen et al. 2021, "Evaluating Large Language Models Trained on Code" (arXiv:2107.03374), §3: Codex is
+# sampled "until we encounter one of the following stop sequences: '\nclass', '\ndef', '\n#', '\nif', or
+# '\nprint', since the model will continue generating additional functions or statements otherwise".
+# bigcode-evaluation-harness (tasks/humaneval.py) uses the same five plus a few of its own.
+STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+
+# MBPP (Austin et al. 2021): few-shot prompts use task_ids 2, 3, 4; task_ids 11-510 are the test split
+# (shared/data/mbpp/PROVENANCE.md, from the upstream README).
+MBPP_SHOTS = (2, 3, 4)
+MBPP_TEST_IDS = (11, 510)
+MBPP_STOP = ("[DONE]",)
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_humaneval(path: str | Path) -> list[dict]:
+    """HumanEval problems: task_id, prompt, canonical_solution, test, entry_point."""
+    return read_jsonl(path)
+
+
+def load_infilling(path: str | Path) -> list[dict]:
+    """HumanEval infilling tasks: prompt (before the gap), suffix, canonical_solution (the gap), test."""
+    return read_jsonl(path)
+
+
+def load_mbpp(path: str | Path) -> list[dict]:
+    """MBPP records with the reference code's CRLF line ends normalised (the shots quote it)."""
+    rows = read_jsonl(path)
+    for r in rows:
+        r["code"] = r["code"].replace("\r\n", "\n")
+    return rows
+
+
+def mbpp_split(rows: list[dict], ids: tuple[int, int] = MBPP_TEST_IDS) -> list[dict]:
+    return [r for r in rows if ids[0] <= r["task_id"] <= ids[1]]
+
+
+# ---- programs ---------------------------------------------------------------------------------------
+
+def check_program(problem: dict, completion: str) -> str:
+    """openai/human-eval execution.py's check program, verbatim."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+
+
+def infilling_program(problem: dict, middle: str) -> str:
+    """openai/human-eval-infilling execution.py's check program: the middle between prompt and suffix."""
+    return (problem["prompt"] + middle + problem["suffix"] + "\n" + problem["test"] + "\n"
+            + f"check({problem['entry_point']})")
+
+
+def mbpp_program(problem: dict, code: str) -> str:
+    """The candidate, the test setup code (it uses the candidate's classes, e.g. task 367), the asserts."""
+    setup = problem.get("test_setup_code", "").replace("\r\n", "\n")
+    return code + "\n" + setup + "\n" + "\n".join(problem["test_list"]) + "\n"
+
+
+def mbpp_prompt(problem: dict, shots: Sequence[dict]) -> str:
+    """Austin et al.'s few-shot format: each shot ``... [BEGIN]\\n{code}\\n[DONE]``, then the open task."""
+    def block(p: dict) -> str:
+        tests = "\n".join(p["test_list"])
+        return (f"You are an expert Python programmer, and here is your task: {p['text']} "
+                f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+
+    return "".join(block(s) + s["code"] + "\n[DONE]\n" for s in shots) + block(problem)
+
+
+# ---- scoring ----------------------------------------------------------------------------------------
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k), as the stable product in human-eval's evaluation.py."""
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def estimate_pass_at_k(num_samples: Sequence[int], num_correct: Sequence[int], k: int) -> list[float]:
+    """pass@k per problem (mean over problems is the benchmark score)."""
+    return [pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct, strict=True)]
+
+
+def first_line(text: str) -> str:
+    """Single-line infilling: the generated line with its newline (the suffix starts on the next line)."""
+    j = text.find("\n")
+    return text[: j + 1] if j >= 0 else text + "\n"
+
+
+def normalized_lines(code: str) -> list[str]:
+    """Lines stripped of surrounding whitespace, blank lines dropped: the unit of exact match."""
+    return [s for s in (line.strip() for line in code.splitlines()) if s]
+
+
+def exact_match(generated: str, canonical: str) -> bool:
+    """Infilling exact match: the same non-blank lines, each compared stripped."""
+    return normalized_lines(generated) == normalized_lines(canonical)
+
+
+# ---- generation -------------------------------------------------------------------------------------
+
+def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
+    """Decode generated ids as a continuation: behind an anchor, so no leading space is dropped."""
+    anchor = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    kw = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    base = tokenizer.decode(anchor, **kw)
+    text = tokenizer.decode(list(anchor) + list(ids), **kw)
+    return text[len(base):] if text.startswith(base) else tokenizer.decode(list(ids), **kw)
+
+
+def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop_ids: Sequence[int] = (),
+                 stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0, progress: bool = False,
+                 desc: str = "generate") -> list[list[list[int]]]:
+    """``n`` continuations (token ids, cut before EOS/any stop id) of each tokenized prompt; left-padded batches.
+
+    Greedy when ``temperature`` is 0, else nucleus sampling seeded per batch, so parent and derived
+    draw with the same seeds. ``progress`` reports completions done under ``desc``."""
+    import torch
+
+    from herd.core.progress import Progress
+    from herd.engine.generation import sampling_kwargs
+
+    ends = sorted({i for i in [tokenizer.eos_token_id, *stop_ids] if i is not None})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
+    flat = [list(p) for p in prompts for _ in range(n)]
+    out: list[list[int]] = []
+    device = next(model.parameters()).device
+    model.eval()
+    bar = Progress(total=len(flat), desc=desc, unit="completion", enabled=progress)
+    for b, start in enumerate(range(0, len(flat), batch_size)):
+        chunk = flat[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=ends or None,
+                            **sampling_kwargs(temperature, top_p, seed + b, stop_strings, tokenizer))
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        for row in gen[:, width:].tolist():  # finished rows are padded: cut at pad too
+            cut = next((j for j, t in enumerate(row) if t in ends or t == pad), len(row))
+            out.append(row[:cut])
+        bar.update(len(chunk))
+    bar.close()
+    return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def complete(model, tokenizer, prompts: Sequence[str], *, stops: Sequence[str] = STOP_SEQUENCES,
+             max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
+             batch_size: int = 8, seed: int = 0, progress: bool = False, desc: str = "generate") -> list[list[str]]:
+    """Completions of raw text prompts (BOS as the tokenizer adds it), truncated at the stop sequences."""
+    enc = [tokenizer(p)["input_ids"] for p in prompts]
+    rows = generate_ids(model, tokenizer, enc, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, n=n, stop_strings=stops, batch_size=batch_size, seed=seed,
+                        progress=progress, desc=desc)
+    return [[truncate(decode_continuation(tokenizer, ids), stops) for ids in samples] for samples in rows]
+
+
+def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line: bool, max_new_tokens: int = 128,
+           batch_size: int = 8, progress: bool = False, desc: str = "infill") -> list[str]:
+    """Greedy middles in Code Llama's PSM/SPM inference layout, until <EOT>, EOS or (single-line) a newline.
+
+    A tokenizer without the sentinel tokens (the parent) sees them as text; "<EOT>" then stops as text."""
+    from herd.data.fim import SENTINELS, eot_id, infill_prompt_ids
+
+    eot = eot_id(tokenizer)
+    stops = ["\n"] if single_line else []
+    if eot is None:
+        stops.append(SENTINELS[3])
+    prompts = [infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
+    rows = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                        stop_ids=[eot] if eot is not None else [], stop_strings=stops, batch_size=batch_size,
+                        progress=progress, desc=desc)
+    middles = []
+    for (ids,) in rows:
+        text = decode_continuation(tokenizer, ids)
+        if eot is None:
+            text = truncate(text, [SENTINELS[3]])
+        middles.append(first_line(text) if single_line else text)
+    return middles
+
+
+def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, progress: bool = False,
+               desc: str = "middle NLL") -> list[float | None]:
+    """Mean negative log-likelihood (nats/token) of each problem's true middle after the PSM/SPM infilling
+    prompt, teacher-forced: a graded measure of infilling where exact match of a small model is all 0.
+
+    The middle is tokenized on its own (in SPM training it is encoded together with the prefix; the
+    boundary token may differ) and its closing <EOT> is not scored (a parent has no such token)."""
+    import torch
+
+    from herd.core.progress import Progress
+    from herd.data.fim import infill_prompt_ids
+
+    out = []
+    dev = next(model.parameters()).device
+    model.eval()
+    for p in Progress(problems, desc=desc, unit="problem", enabled=progress):
+        prompt = infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode)
+        target = tokenizer(p["canonical_solution"], add_special_tokens=False)["input_ids"]
+        if not target:
+            out.append(None)
+            continue
+        ids = torch.tensor([prompt + target], device=dev)
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1:-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(target, device=dev))
+        out.append(float(nll))
+    return out
+
+
+def mean(xs: Sequence[float]) -> float:
+    return math.fsum(xs) / len(xs) if xs else 0.0

@@ -1,1 +1,0 @@
-"""Meditron (recipes.md §4): the demo GAP-Replay corpus, its leakage guard, and medical MCQ evals."""

@@ -1,0 +1,161 @@
+"""Settings of the alignment stages (pydantic, ``extra="forbid"``), kept free of torch so a recipe can be
+validated before anything heavy imports.
+
+Each stage reads its OWN data (``data:``, preference or prompt files in the formats of
+:mod:`herd.data.preference`), with a deterministic held-out split (``eval_size`` records chosen by
+content hash with ``split_seed``). Defaults are the published Llama 2 settings (dossier §5.2) where the
+paper gives them; a recipe's profile overrides them like any stage's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from herd.core.recipe import DataSource, LoraSpec, SFTStage
+from herd.core.registry import STAGE_CONFIGS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _PairTraining(_Strict):
+    """What the reward-model and DPO stages share: their data, the held-out split, the optimiser."""
+
+    data: list[DataSource] = Field(min_length=1)
+    eval_size: int = Field(default=50, ge=0)  # held-out pairs (accuracy/margins in the summary)
+    split_seed: int = 42
+    max_train_pairs: int | None = Field(default=None, gt=0)
+    max_len: int = Field(default=1024, ge=16)  # pairs whose longer side exceeds this are dropped, counted
+    lr: float = Field(default=1e-5, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    global_batch: int = Field(default=64, gt=0)  # PAIRS per optimizer step
+    micro_batch: int = Field(default=4, gt=0)  # pairs per forward/backward
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    min_warmup_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)  # cosine floor as a fraction of lr
+    weight_decay: float = Field(default=0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    grad_clip: float | None = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=0, ge=0)  # optimizer steps; 0 = none
+    eval_batch: int = Field(default=8, gt=0)  # pairs per scoring forward on held-out data
+    seed: int = 42
+    fsdp: bool = False  # under torchrun: shard with FSDP2 instead of replicating with DDP
+
+
+class RewardModelStage(_PairTraining):
+    """A scalar reward head on the parent (LM head → regression head), trained with the Bradley-Terry
+    loss and Llama 2's optional rating margin. Defaults: §5.2 step 3 (1 epoch, lr 1e-5 for models
+    below 70B, cosine to 10 %, warmup 3 % of steps but at least 5, batch 512 pairs) and the base
+    model's optimiser (AdamW β 0.9/0.95, eps 1e-5, weight decay 0.1, clip 1.0; Llama 2 §2.2)."""
+
+    name: str = "reward_model"
+    kind: Literal["reward_model"] = "reward_model"
+    margin: Literal["none", "small", "large"] = "none"  # Table 27 scheme; pairs without a rating get 0
+    lr: float = Field(default=1e-5, gt=0)
+    global_batch: int = Field(default=512, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    min_warmup_steps: int = Field(default=5, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(default=1e-5, gt=0)
+
+
+class DPOStage(_PairTraining):
+    """Direct Preference Optimization against the frozen parent (Rafailov et al. 2023): the paper's
+    β 0.1, lr 1e-6 with linear warmup (150 steps there; 10 % here), batch 64, RMSprop there / AdamW here."""
+
+    name: str = "dpo"
+    kind: Literal["dpo"] = "dpo"
+    beta: float = Field(default=0.1, gt=0)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSpec = LoraSpec()
+    lr: float = Field(default=1e-6, gt=0)
+    global_batch: int = Field(default=64, gt=0)
+    micro_batch: int = Field(default=2, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+
+
+class RejectionSamplingStage(_Strict):
+    """Llama 2's rejection-sampling fine-tuning (§5.2 step 4): K replies per prompt from the parent,
+    scored by the reward model(s), the best kept and trained on with herd's SFT engine (``sft``)."""
+
+    name: str = "rejection_sampling"
+    kind: Literal["rejection_sampling"] = "rejection_sampling"
+    data: list[DataSource] = Field(min_length=1)  # prompts: any preference/KTO file, or SFT formats
+    eval_size: int = Field(default=20, ge=0)  # held-out prompts: mean reward of parent vs result
+    split_seed: int = 42
+    max_prompts: int | None = Field(default=None, gt=0)
+    # a reward-model artifact folder, or the name of an earlier stage of this derivation
+    reward_model: str
+    safety_reward_model: str | None = None  # with it, Rc = Rs if safety prompt or Rs < threshold else Rh
+    safety_threshold: float = Field(default=0.15, gt=0, lt=1)
+    k: int = Field(default=4, ge=1)  # samples per prompt (the paper: 10-100)
+    temperature: float = Field(default=1.0, gt=0)  # the paper: 1.2-1.3 for its RLHF models
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=256, gt=0)
+    gen_batch: int = Field(default=8, gt=0)
+    score_batch: int = Field(default=8, gt=0)
+    seed: int = 0
+    sft: SFTStage = SFTStage(name="sft", epochs=1.0)  # how the kept replies are trained
+
+
+class PPOStage(_Strict):
+    """Llama 2's PPO (§5.2 step 5): the parent is the policy, a frozen copy the reference, the reward
+    ``whiten(logit(Rc)) − β·KL`` from the stage's reward model(s), a separate value model (a scalar head
+    on a copy of the parent). Defaults: §5.2 step 5 (β 0.01 for 7B/13B, 0.005 for 34B/70B; batch 512
+    prompts, mini-batch 64, one gradient step per mini-batch, clip 0.2; AdamW β 0.9/0.95, eps 1e-5,
+    weight decay 0.1, grad clip 1.0, constant lr 1e-6; 200-400 iterations). GAE γ/λ, the value model's
+    learning rate and clip, and the generation length are not given in the paper (γ 1, λ 0.95, TRL's)."""
+
+    name: str = "ppo"
+    kind: Literal["ppo"] = "ppo"
+    data: list[DataSource] = Field(min_length=1)  # prompts: any preference/KTO file, or SFT formats
+    eval_size: int = Field(default=20, ge=0)  # held-out prompts: greedy mean reward of parent vs result
+    split_seed: int = 42
+    max_prompts: int | None = Field(default=None, gt=0)
+    max_prompt_len: int = Field(default=1024, ge=8)  # prompts longer (tokens) are dropped, counted
+    # a reward-model artifact folder, or the name of an earlier stage of this derivation
+    reward_model: str
+    safety_reward_model: str | None = None  # with it, Rc = Rs if safety prompt or Rs < threshold else Rh
+    safety_threshold: float = Field(default=0.15, gt=0, lt=1)
+    beta: float = Field(default=0.01, ge=0)  # KL penalty coefficient
+    iterations: int = Field(default=200, gt=0)  # the paper: 200-400, early-stopped on held-out prompts
+    batch_size: int = Field(default=512, gt=0)  # prompts (one sample each) per PPO iteration
+    mini_batch: int = Field(default=64, gt=0)  # samples per gradient step
+    micro_batch: int = Field(default=8, gt=0)  # samples per forward/backward (memory only)
+    ppo_epochs: int = Field(default=1, gt=0)  # passes over an iteration's samples (the paper: 1)
+    clip: float = Field(default=0.2, gt=0)  # policy ratio clip ε
+    value_clip: float = Field(default=0.2, gt=0)  # value prediction clip around the rollout's values
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    lr: float = Field(default=1e-6, gt=0)  # constant
+    value_lr: float | None = Field(default=None, gt=0)  # None = lr (one optimiser, as TRL)
+    weight_decay: float = Field(default=0.1, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(default=1e-5, gt=0)
+    grad_clip: float | None = 1.0  # per model (policy, value)
+    temperature: float = Field(default=1.0, gt=0)  # sampling; log-probs are of logits / temperature
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=256, gt=0)
+    gen_batch: int = Field(default=16, gt=0)
+    score_batch: int = Field(default=8, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=0, ge=0)  # iterations; 0 = none
+    # Llama 2 "use[s] evaluations on held-out prompts for early stopping": every eval_every iterations the
+    # greedy mean reward on the held-out prompts is measured; the best iteration's policy is the result,
+    # and training stops after `patience` evaluations without improvement (0 = never early)
+    eval_every: int = Field(default=0, ge=0)
+    patience: int = Field(default=0, ge=0)
+    seed: int = 0
+
+
+for _cfg in (RewardModelStage, DPOStage, RejectionSamplingStage, PPOStage):
+    STAGE_CONFIGS.add(_cfg.model_fields["kind"].default, _cfg)

@@ -1,0 +1,148 @@
+"""The ``dpo`` stage: Direct Preference Optimization of the parent against itself, frozen, as reference.
+
+The reference log-probs ``log π0(reply | prompt)`` of every pair are computed once, before training,
+with the parent's weights and kept in the work folder: the reference is never updated, so this is
+exact, halves the memory of keeping a second model, and makes a resumed run use the very same numbers.
+The policy is the parent (full fine-tuning) or the parent with a fresh LoRA adapter (merged into the
+saved weights, like the sft stage). The summary reports DPO's implicit-reward accuracy and margins
+``β[(log π − log π0)(chosen) − (…)(rejected)]`` on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from herd.artifacts import save_model_folder, staging_dir, template_record
+from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.registry import STAGES
+from herd.engine.distributed import barrier, map_rows
+from herd.engine.logprobs import batched_logps, pad_right, sequence_logps
+from herd.engine.losses import dpo_loss
+from herd.engine.pair_loop import autocast, pair_loop_config, train_items
+from herd.engine.training import device, dist_env, full_state_dict
+from herd.stages import StageContext
+from herd.stages.common import finish_artifact
+from herd.stages.configs import DPOStage
+from herd.stages.pairs import EncodedPairs, load_encoded_pairs
+from herd.templates import Template
+
+
+def pair_logps(model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str = "fp32"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) sequence log-probs of encoded pairs under ``model``, no gradient, computed
+    with the training loop's autocast so reference and policy agree exactly at step 0."""
+    def logps(seqs):  # under torchrun the ranks share the batches; every rank gets all values
+        with autocast(precision):
+            return map_rows(lambda part: batched_logps(model, part, pad_id, batch_size, device()), seqs,
+                            batch_size, key=len)
+
+    return logps(enc.chosen), logps(enc.rejected)
+
+
+def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, batch_size: int, precision: str,
+               key: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs, cached under ``work`` (the cache is trusted only for the same pairs)."""
+    path = work / f"ref_logps_{name}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == repr(key):
+            return saved["chosen"], saved["rejected"]
+    chosen, rejected = pair_logps(model, enc, pad_id, batch_size, precision)
+    if dist_env()[0] == 0:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"key": repr(key), "chosen": chosen, "rejected": rejected}, tmp)
+        tmp.replace(path)
+    return chosen, rejected
+
+
+def dpo_metrics(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> dict:
+    """Held-out DPO numbers: loss, implicit-reward accuracy (ties wrong) and margins, log-prob shifts."""
+    if pc.numel() == 0:
+        return {"pairs": 0}
+    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, beta)
+    return {"pairs": int(pc.numel()), "loss": round(float(losses.mean()), 5),
+            "reward_accuracy": round(float((chosen_r > rejected_r).float().mean()), 4),
+            "reward_margin": round(float((chosen_r - rejected_r).mean()), 5),
+            "chosen_reward": round(float(chosen_r.mean()), 5), "rejected_reward": round(float(rejected_r.mean()), 5),
+            "chosen_logp_shift": round(float((pc - rc).mean()), 5),
+            "rejected_logp_shift": round(float((pr - rr).mean()), 5)}
+
+
+def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, name: str, resume: bool = False,
+            recipe: dict | None = None, progress: bool = True, workspace: Path | None = None) -> tuple[Path, dict]:
+    """Train the parent with DPO on ``cfg.data`` and write the artifact at ``out``; returns (path, summary)."""
+    rank, world = dist_env()
+    tok = load_tokenizer(parent)
+    pad = tok.pad_token_id
+    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress and rank == 0)
+    work = out.with_name(out.name + ".work")
+    if not resume and rank == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    barrier()
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(parent).to(device())
+    key = {"parent": parent.sha256, "template": template.jinja, "max_len": cfg.max_len, "precision": cfg.precision}
+    ref_c, ref_r = _reference(work, "train", model, train, pad, cfg.eval_batch, cfg.precision,
+                              {**key, "pairs": [p.key() for p in train.pairs]})
+    held_ref = _reference(work, "heldout", model, held, pad, cfg.eval_batch, cfg.precision,
+                          {**key, "pairs": [p.key() for p in held.pairs]}) if held.pairs else None
+    if cfg.method == "lora":
+        from herd.engine.lora import apply_lora
+
+        torch.manual_seed(cfg.seed)
+        model = apply_lora(model, cfg.lora)
+
+    def loss_fn(idx: list[int]):
+        dev = next(model.parameters()).device
+        ids, att, lab = pad_right([train.chosen[i] for i in idx] + [train.rejected[i] for i in idx], pad)
+        logps = sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev))
+        pc, pr = logps.chunk(2)
+        losses, cr, rr = dpo_loss(pc, pr, ref_c[idx].to(dev), ref_r[idx].to(dev), cfg.beta)
+        return losses.sum(), {"reward_accuracy": float((cr > rr).sum()), "reward_margin": float((cr - rr).sum())}
+
+    result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
+                         desc=cfg.name)
+    if world > 1:  # the trained model is wrapped or sharded: evaluate and save a plain copy of its weights
+        state = full_state_dict(model, all_ranks=True)
+        model = load_model(parent)
+        if cfg.method == "lora":
+            from herd.engine.lora import apply_lora
+
+            model = apply_lora(model, cfg.lora)
+        model.load_state_dict(state)
+        model.to(device())
+    heldout = {"pairs": 0}
+    if held_ref is not None:
+        pc, pr = pair_logps(model, held, pad, cfg.eval_batch, cfg.precision)
+        heldout = dpo_metrics(pc, pr, held_ref[0], held_ref[1], cfg.beta)
+    hist = result.history
+    summary = {"steps": result.steps, "train_pairs": len(train), "seconds": round(result.seconds, 1),
+               "beta": cfg.beta, "first_loss": hist[0]["loss"] if hist else None,
+               "final_loss": hist[-1]["loss"] if hist else None, "heldout": heldout,
+               "data": {"read": data.report.as_dict(), "duplicates": data.duplicates,
+                        "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)},
+               "world_size": world}
+    if rank != 0:
+        return out, summary
+    tmp = staging_dir(out)
+    model = model.cpu()
+    if cfg.method == "lora":
+        model.save_pretrained(tmp / "adapter")
+        model = model.merge_and_unload()
+    save_model_folder(model, tok, template, tmp)
+    md = (f"DPO (β {cfg.beta}): held-out implicit-reward accuracy {heldout.get('reward_accuracy')} on "
+          f"{heldout.get('pairs')} pairs, margin {heldout.get('reward_margin')}.")
+    finish_artifact(tmp, out, name=name, parent=parent, template_rec=template_record(template, tok), cfg=cfg,
+                    recipe=recipe, data=data.records, metrics=summary, history=hist, extra_md=md)
+    shutil.rmtree(work, ignore_errors=True)
+    return out, summary
+
+
+@STAGES.register("dpo")
+def run(cfg: DPOStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_dpo(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                   progress=ctx.progress, workspace=ctx.workspace)

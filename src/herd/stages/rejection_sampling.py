@@ -1,0 +1,221 @@
+"""The ``rejection_sampling`` stage: Llama 2's rejection-sampling fine-tuning (dossier §5.2 step 4).
+
+For every training prompt, K replies are sampled from the parent, scored by the reward model (or by the
+piecewise combination of a helpfulness and a safety reward model, §5.2 step 5), and the best reply is
+kept; the kept (prompt, reply) records are then trained with herd's SFT engine
+(the ``sft`` stage kind, called through the stage registry). The summary reports the reward distribution of all samples against
+the kept ones and the max-of-K curve (mean best reward as a function of K: what more samples per
+prompt buy), plus the held-out prompts' mean reward of the parent's and the new
+model's greedy replies.
+
+Resumable: samples are appended per chunk of prompts to ``<out>.rs-work/samples.jsonl`` (a resumed run
+skips finished chunks; generation is seeded per chunk, so the samples are the same either way) and the
+SFT run keeps its own atomic checkpoints.
+
+Under torchrun the ranks share sampling, scoring and the greedy evaluations chunk by chunk
+(:mod:`herd.engine.distributed`: the same chunks and seeds as one process, so the same samples), each rank
+appending to its own cache file; the SFT run is herd's distributed SFT; rank 0 publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from herd.artifacts import (
+    atomic_write_text,
+    is_artifact,
+    model_card,
+    publish,
+    read_lineage,
+    staging_dir,
+    write_lineage,
+)
+from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.errors import HerdError
+from herd.core.progress import Progress
+from herd.core.registry import STAGES
+from herd.data.records import Example
+from herd.data.report import DataReport
+from herd.engine.distributed import barrier, map_chunks
+from herd.engine.reward_model import load_reward_model
+from herd.engine.training import device, dist_env
+from herd.stages import StageContext
+from herd.stages.configs import RejectionSamplingStage
+from herd.stages.pairs import recipe_dir
+from herd.stages.sampling import (  # noqa: F401  (re-exported for callers of this module)
+    Scorer,
+    distribution,
+    greedy_replies,
+    load_prompts,
+    resolve_reward_model,
+    split_prompts,
+)
+from herd.templates import Template
+
+# -- pure pieces ------------------------------------------------------------------------------------
+
+def select_best(rewards: torch.Tensor) -> torch.Tensor:
+    """Index of the highest-reward sample of each prompt (``rewards``: [prompts, K]; ties: the first)."""
+    return rewards.argmax(dim=1)
+
+
+def expected_max_of_k(rewards: torch.Tensor) -> list[float]:
+    """Mean over prompts of E[max reward of k samples], k = 1..K, estimated without bias from the K
+    samples drawn (each k-subset equally likely): ``Σ_i r_(i)·C(i−1, k−1)/C(K, k)`` over ascending
+    order statistics r_(i). k = 1 is the mean sample reward, k = K the mean kept reward."""
+    n, K = rewards.shape
+    srt = rewards.double().sort(dim=1).values
+    out = []
+    for k in range(1, K + 1):
+        w = torch.tensor([math.comb(i - 1, k - 1) for i in range(1, K + 1)], dtype=torch.float64) / math.comb(K, k)
+        out.append(round(float((srt * w).sum(dim=1).mean()), 5))
+    return out
+
+
+def _read_cache(path: Path) -> dict[int, list[list[str]]]:
+    done: dict[int, list[list[str]]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill: that chunk is sampled again
+            continue
+        done[rec["chunk"]] = rec["replies"]
+    return done
+
+
+def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cfg: RejectionSamplingStage,
+                   cache: Path, progress: bool = True) -> list[list[str]]:
+    """K samples per prompt, appended per chunk of ``gen_batch`` prompts to ``cache`` (JSON Lines; rank r
+    of a torchrun appends to ``<cache stem>.rank<r>.jsonl``, and every cache file is read on resume)."""
+    from herd.engine.generation import generate
+
+    rank, world = dist_env()
+    own = cache if rank == 0 else cache.with_name(f"{cache.stem}.rank{rank}{cache.suffix}")
+    done: dict[int, list[list[str]]] = {}
+    for path in sorted(cache.parent.glob(f"{cache.stem}*{cache.suffix}")):
+        done.update(_read_cache(path))
+    if own.is_file():  # rewrite without a cut line, so appended chunks start on a line of their own
+        atomic_write_text(own, "".join(json.dumps({"chunk": c, "replies": r}) + "\n"
+                                       for c, r in _read_cache(own).items()))
+    stops = template.stop_strings(tokenizer)
+    n_chunks = math.ceil(len(prompts) / cfg.gen_batch)
+    mine = range(rank, n_chunks, world)
+    bar = Progress(total=len(mine), initial=sum(1 for c in mine if c in done), desc=f"{cfg.name} sample",
+                   unit="chunk", enabled=progress and rank == 0)
+
+    def one(part: list[dict], c: int) -> list[list[str]]:
+        if c in done and len(done[c]) == len(part):
+            return done[c]
+        texts = [template.prompt(p["messages"], tokenizer) for p in part for _ in range(cfg.k)]
+        flat = generate(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, stop=stops, batch_size=cfg.gen_batch * cfg.k, seed=cfg.seed + 7919 * c)
+        replies = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
+        with open(own, "a") as f:
+            f.write(json.dumps({"chunk": c, "replies": replies}) + "\n")
+        bar.update(1)
+        return replies
+
+    with bar:
+        return map_chunks(one, prompts, cfg.gen_batch)
+
+
+def _greedy_reward(model, tokenizer, template: Template, prompts: list[dict], scorer: Scorer,
+                   cfg: RejectionSamplingStage) -> dict:
+    if not prompts:
+        return {"n": 0}
+    replies = greedy_replies(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.gen_batch)
+    return distribution(scorer([p["messages"] for p in prompts], replies, [p["safety"] for p in prompts]))
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, template: Template, out: Path, *,
+                           name: str, resume: bool = False, recipe: dict | None = None, progress: bool = True,
+                           workspace: Path | None = None) -> tuple[Path, dict]:
+    """Sample, score, keep the best, fine-tune; writes the artifact at ``out``; returns (path, summary)."""
+    rank, world = dist_env()
+    report = DataReport()
+    prompts, data_records = load_prompts(cfg.data, relative_to=recipe_dir(recipe), report=report)
+    train_p, held_p = split_prompts(prompts, cfg)
+    work = out.with_name(out.name + ".rs-work")
+    sft_out = out.with_name(out.name + ".rs-sft")
+    if not resume and rank == 0:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(sft_out, ignore_errors=True)
+    barrier()
+    work.mkdir(parents=True, exist_ok=True)
+    helpful = load_reward_model(resolve_reward_model(cfg.reward_model, workspace, recipe), template)
+    safety = (load_reward_model(resolve_reward_model(cfg.safety_reward_model, workspace, recipe), template)
+              if cfg.safety_reward_model else None)
+    scorer = Scorer(helpful, safety, cfg.safety_threshold, cfg.score_batch)
+    tok = load_tokenizer(parent)
+    model = load_model(parent).to(device())
+    if progress and rank == 0:
+        print(f"[{cfg.name}] {len(train_p)} prompts x {cfg.k} samples; {len(held_p)} held-out prompts")
+    samples = sample_replies(model, tok, template, train_p, cfg, work / "samples.jsonl", progress)
+    flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
+    flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
+    rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety).view(len(train_p), cfg.k)
+    best = select_best(rewards)
+    kept = rewards.gather(1, best.unsqueeze(1)).squeeze(1)
+    held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
+    del model
+    examples = [Example(messages=[*p["messages"], {"role": "assistant", "content": samples[i][int(best[i])]}],
+                        source=p["source"], index=p["index"], meta={"reward": float(kept[i])})
+                for i, p in enumerate(train_p)]
+    empty = sum(1 for e in examples if not e.messages[-1]["content"].strip())
+    examples = [e for e in examples if e.messages[-1]["content"].strip()]
+    if not examples:
+        raise HerdError(f"stage {cfg.name}: every kept sample is empty")
+    barrier()  # every rank decides alike whether the SFT run is finished already
+    if is_artifact(sft_out):
+        sft_summary = read_lineage(sft_out).get("metrics") or {}
+    else:
+        # the SFT stage kind, through the registry: one stage never imports another
+        sft = StageContext(parent=parent, template=template, out=sft_out, name=name, recipe=recipe, resume=resume,
+                           progress=progress, train=examples, data=data_records)
+        _, sft_summary = STAGES["sft"](cfg.sft, sft)
+    barrier()  # rank 0 published the SFT model
+    new_model = load_model(sft_out).to(device())
+    held_after = _greedy_reward(new_model, tok, template, held_p, scorer, cfg)
+    del new_model
+    summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature,
+               "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
+               "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
+               "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,
+               "reward_models": [str(helpful.path)] + ([str(safety.path)] if safety else []),
+               "sft": {k: v for k, v in sft_summary.items() if k not in ("data", "data_report")},
+               "data": report.as_dict(), "world_size": world}
+    if rank != 0:
+        return out, summary
+    tmp = staging_dir(out)
+    tmp.rmdir()
+    shutil.copytree(sft_out, tmp)  # copy, not move: a kill here leaves the finished SFT run for a resume
+    with open(tmp / "rejection_samples.jsonl", "w") as f:
+        for i, p in enumerate(train_p):
+            f.write(json.dumps({"prompt": p["messages"], "replies": samples[i],
+                                "rewards": [round(x, 5) for x in rewards[i].tolist()], "kept": int(best[i])},
+                               ensure_ascii=False) + "\n")
+    lineage = read_lineage(tmp)
+    lineage["stage"] = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")}
+    lineage["metrics"] = summary
+    lineage = write_lineage(tmp, lineage)
+    md = (f"Rejection sampling: {len(train_p)} prompts x {cfg.k} samples; mean reward sampled "
+          f"{summary['reward_sampled'].get('mean')}, kept {summary['reward_kept'].get('mean')}.")
+    (tmp / "README.md").write_text(model_card(lineage, extra_md=md))
+    publish(tmp, out)
+    shutil.rmtree(sft_out, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return out, summary
+
+
+@STAGES.register("rejection_sampling")
+def run(cfg: RejectionSamplingStage, ctx: StageContext) -> tuple[Path, dict]:
+    """The registered entry point: ``herd derive`` calls every stage kind this way."""
+    return run_rejection_sampling(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
+                                  progress=ctx.progress, workspace=ctx.workspace)
