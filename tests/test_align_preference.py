@@ -9,7 +9,7 @@ import pytest
 
 from herd.core.errors import ConfigError, DataError
 from herd.core.recipe import DataSource
-from herd.data.preference import (
+from herd.data.readers.preference import (
     LabeledReply,
     PreferencePair,
     dedupe_items,

@@ -10,8 +10,8 @@ import pytest
 
 from herd.core.errors import DataError
 from herd.data import load_examples
-from herd.data.dolly import CATEGORIES, drop_over_length, stratified_sample
-from herd.data.preference_sft import parse_pair
+from herd.data.readers.dolly import CATEGORIES, stratified_sample
+from herd.data.readers.preference_sft import parse_pair
 from herd.data.report import DataReport
 from herd.templates import TemplateError, get_template
 from tests.conftest import ALPACA_TINY, SHARED
@@ -188,11 +188,8 @@ def test_dolly_missing_response_names_line_and_field(tmp_path):
     assert (e.value.line, e.value.record, e.value.field) == (2, 1, "response")
 
 
-def test_dolly_drops_over_length_and_stratifies_by_category(dolly_file, tokenizer):
+def test_dolly_stratifies_by_category(dolly_file):
     exs = load_examples(dolly_file[0], "dolly")
-    report = DataReport()
-    kept = drop_over_length(exs, get_template("dolly"), tokenizer, 160, report=report)
-    assert 0 < len(kept) < len(exs) and report.count("dropped", step="max_length") == len(exs) - len(kept)
     sample = stratified_sample(exs, 40, seed=42)
     assert len(sample) == 40 and {e.meta["category"] for e in sample} == set(CATEGORIES)
     assert all(sum(e.meta["category"] == c for e in sample) == 5 for c in CATEGORIES)

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from herd.core.paths import repo_root
-from herd.data.gatt import honours_train_flag
+from herd.data.transforms.ghost_attention import honours_train_flag
 from herd.templates import IGNORE_INDEX, TEMPLATES, TemplateError, get_template
 from herd.templates.llama2_chat import DEFAULT_SYSTEM as LLAMA2_SYSTEM
 from herd.templates.llama2_chat import special_tag_violations

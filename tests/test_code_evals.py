@@ -139,7 +139,7 @@ def test_mbpp_prompt_and_programs():
 def derived_dir(tiny_ref, tmp_path_factory):
     """The tiny model with Code Llama's FIM sentinels added, saved like a derived artifact."""
     from herd.base import load_model, load_tokenizer
-    from herd.data.fim import add_sentinels
+    from herd.data.transforms.fim import add_sentinels
 
     out = tmp_path_factory.mktemp("derived")
     tok, model = load_tokenizer(tiny_ref), load_model(tiny_ref)
@@ -249,7 +249,7 @@ def test_middle_nll_scores_exactly_the_middle_tokens(tiny_model, tokenizer):
     last position (no off-by-one), in both layouts, with the sentinels as text for a tokenizer without them."""
     import torch
 
-    from herd.data.fim import infill_prompt_ids
+    from herd.data.transforms.fim import infill_prompt_ids
 
     prob = {"prompt": "def f(x):\n", "suffix": "\n    return y\n", "canonical_solution": "    y"}
     target = tokenizer(prob["canonical_solution"], add_special_tokens=False)["input_ids"]

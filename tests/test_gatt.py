@@ -10,7 +10,9 @@ import pytest
 
 from herd.core.errors import HerdError
 from herd.data import load_examples
-from herd.data.gatt import (
+from herd.data.records import Example
+from herd.data.report import DataReport
+from herd.data.transforms.ghost_attention import (
     CONSTRAINTS,
     gatt_example,
     gatt_transform,
@@ -18,8 +20,6 @@ from herd.data.gatt import (
     sample_instruction,
     sampling_messages,
 )
-from herd.data.records import Example
-from herd.data.report import DataReport
 from herd.templates import IGNORE_INDEX, get_template
 from tests.conftest import SHARED
 

@@ -11,10 +11,10 @@ import pytest
 from herd.core.errors import DataError
 from herd.core.paths import repo_root
 from herd.data import load_examples
-from herd.data.apibench import read_api_database, read_apibench, read_questions, split_code
-from herd.data.apibench_files import HUB_FILES, PUBLISHED_RESPONSES
-from herd.data.apibench_prompts import RAT_JOIN, question_text, user_prompt
-from herd.data.retriever import BM25Retriever
+from herd.data.readers.apibench import read_api_database, read_apibench, read_questions, split_code
+from herd.data.readers.apibench_files import HUB_FILES, PUBLISHED_RESPONSES
+from herd.data.readers.apibench_prompts import RAT_JOIN, question_text, user_prompt
+from herd.data.readers.retriever import BM25Retriever
 from herd.evals.apibench import HubData
 from herd.evals.ast_match import ApiMatcher, extract_api_call, judge
 from herd.templates import IGNORE_INDEX, get_template

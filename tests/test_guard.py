@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from herd.core.errors import ConfigError, DataError
-from herd.data.moderation import (
+from herd.data.readers.moderation import (
     augmented_examples,
     make_mapping,
     read_moderation_records,

@@ -41,8 +41,8 @@ PLUGIN_GROUPS = {
               "herd.stages.rejection_sampling", "herd.stages.ppo"],
     "eval": ["herd.evals.builtin", "herd.evals.reward_win_rate", "herd.evals.chat", "herd.evals.code",
              "herd.evals.medical", "herd.evals.apibench", "herd.evals.guard"],
-    "reader": ["herd.data.alpaca", "herd.data.dolly", "herd.data.openai_messages", "herd.data.preference_sft",
-               "herd.data.sharegpt", "herd.data.apibench", "herd.data.moderation"],
+    "reader": ["herd.data.readers.alpaca", "herd.data.readers.dolly", "herd.data.readers.openai_messages", "herd.data.readers.preference_sft",
+               "herd.data.readers.sharegpt", "herd.data.readers.apibench", "herd.data.readers.moderation"],
 }
 # A registry never imports its plugins (they register themselves; the plugin list imports them).
 REGISTRIES = {"herd.evals.registry": "eval", "herd.stages": "stage", "herd.data.records": "reader"}

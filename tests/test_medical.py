@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from herd.core.errors import ConfigError, DataError
-from herd.data.pubmedqa import (
+from herd.data.documents.pubmedqa import (
     assert_no_leakage,
     demo_sources,
     load_test_labels,
@@ -86,7 +86,7 @@ def test_pubmedqa_document_uses_section_headers_and_ends_with_the_conclusion():
 
 
 def test_demo_mixture_of_pubmed_and_replay_holds_the_replay_share(tokenizer):
-    from herd.data.mixture import mix_stream
+    from herd.data.transforms.mixture import mix_stream
 
     assert sum(1 for _ in replay_documents(REPLAY)) == 330
     stream = mix_stream(demo_sources(PUBMEDQA, REPLAY, replay_share=0.05), tokenizer, seed=0)

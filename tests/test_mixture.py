@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from herd.core.errors import ConfigError
-from herd.data.mixture import MixtureError, Source, mix_stream
+from herd.data.transforms.mixture import MixtureError, Source, mix_stream
 
 
 class WordTokenizer:

@@ -14,7 +14,7 @@ import yaml
 
 from herd.core.errors import DataError
 from herd.data.documents import CorpusReport, check_source, detect_license, stream_source
-from herd.data.fim import (
+from herd.data.transforms.fim import (
     SENTINELS,
     FIMStats,
     add_sentinels,
@@ -278,7 +278,7 @@ def test_meditron_mixture_shares_and_decontamination_reach_the_scorecard(tmp_pat
 
 def test_a_test_context_in_the_training_text_stops_the_run_before_training(tmp_path):
     from herd.api import derive
-    from herd.data.pubmedqa import pubmedqa_test_texts
+    from herd.data.documents.pubmedqa import pubmedqa_test_texts
 
     pmid, text = next(iter(pubmedqa_test_texts(SHARED / "pubmedqa")))
     leak = tmp_path / "leak.jsonl"

@@ -208,7 +208,7 @@ def test_eval_guard_and_classify_report_records_scored(tmp_path, capfd, every_up
 
 @pytest.mark.skipif(not (SHARED / "gorilla_apibench").is_dir(), reason="shared gorilla_apibench dataset not present")
 def test_apibench_score_reports_responses(tmp_path, capfd, every_update):
-    from herd.data.apibench_files import PUBLISHED_RESPONSES
+    from herd.data.readers.apibench_files import PUBLISHED_RESPONSES
 
     data = SHARED / "gorilla_apibench"
     small = tmp_path / "responses.jsonl"

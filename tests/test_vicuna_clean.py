@@ -11,7 +11,7 @@ from herd.core.errors import HerdError
 from herd.data import load_examples
 from herd.data.records import Example
 from herd.data.report import DataReport
-from herd.data.vicuna_clean import (
+from herd.data.transforms.fastchat_clean import (
     CleanOptions,
     clean_sharegpt,
     convert_html,
@@ -187,7 +187,7 @@ def test_clean_sharegpt_on_real_tool_chats_splits_to_fit(tokenizer):
 def test_missing_optional_packages_say_what_to_install(monkeypatch):
     import sys
 
-    from herd.data.vicuna_clean import default_language_detector
+    from herd.data.transforms.fastchat_clean import default_language_detector
 
     monkeypatch.setitem(sys.modules, "langdetect", None)
     monkeypatch.setitem(sys.modules, "markdownify", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from herd.data.apibench_files import HUBS
+from herd.data.readers.apibench_files import HUBS
 
 
 def add_commands(subparsers) -> None:

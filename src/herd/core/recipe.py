@@ -102,7 +102,7 @@ class FIMSpec(_Strict):
 
 class TestSet(_Strict):
     """Evaluation texts that must never be trained on: every training document is checked against them
-    (exact normalised match, or 13-gram overlap) before any row is written (herd.data.pubmedqa)."""
+    (exact normalised match, or 13-gram overlap) before any row is written (herd.data.documents.pubmedqa)."""
 
     name: str
     path: str

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 # Table 27 (dossier §5.2 step 3): margin for significantly better / better / slightly better /
-# negligibly better-unsure, in the order of herd.data.preference.RATING_LEVELS.
+# negligibly better-unsure, in the order of herd.data.readers.preference.RATING_LEVELS.
 MARGINS: dict[str, tuple[float, float, float, float]] = {
     "small": (1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0),
     "large": (3.0, 2.0, 1.0, 0.0),
@@ -48,7 +48,7 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
 
 def rating_margin(rating: str | None, scheme: str, explicit: float | None = None) -> float:
     """The margin of one pair: an explicit margin wins; an unrated pair (or scheme ``none``) gets 0."""
-    from herd.data.preference import RATING_LEVELS
+    from herd.data.readers.preference import RATING_LEVELS
 
     if explicit is not None:
         return float(explicit)

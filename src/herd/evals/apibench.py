@@ -1,7 +1,7 @@
 """``apibench_ast``: Gorilla's evaluation, parent vs derived, 0-shot vs BM25 vs oracle retrieval.
 
 Both models answer the released 0-shot questions of one hub in the recipe's template, with the user turn
-built as in training (``herd.data.apibench_prompts``); answers are scored by AST sub-tree matching against the
+built as in training (``herd.data.readers.apibench_prompts``); answers are scored by AST sub-tree matching against the
 hub's API database (``herd.evals.ast_match``). The scorecard section is a miniature of the paper's
 Table 1 (accuracy, hallucination, error per retrieval setting). It also scores two fixed files, so every
 scorecard carries a check of the evaluator itself: Gorilla's own published TorchHub responses, and the
@@ -17,16 +17,16 @@ from typing import Literal
 from pydantic import Field
 
 from herd.core.paths import resolve_data_path
-from herd.data.apibench import (
+from herd.data.readers.apibench import (
     read_api_database,
     read_apibench,
     read_questions,
     read_responses,
     reference_domains,
 )
-from herd.data.apibench_files import HUB_FILES, PUBLISHED_RESPONSES
-from herd.data.apibench_prompts import user_prompt
-from herd.data.retriever import BM25Retriever
+from herd.data.readers.apibench_files import HUB_FILES, PUBLISHED_RESPONSES
+from herd.data.readers.apibench_prompts import user_prompt
+from herd.data.readers.retriever import BM25Retriever
 from herd.evals.ast_match import ApiMatcher, AstScore, score
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 

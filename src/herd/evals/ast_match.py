@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from herd.core.progress import Progress
-from herd.data.apibench_files import HUBS
+from herd.data.readers.apibench_files import HUBS
 
 _PUNCT = ("(", ")", ",")
 

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from herd.core.errors import ConfigError
-from herd.data.moderation import (
+from herd.data.readers.moderation import (
     LabelMapping,
     ModerationRecord,
     make_mapping,

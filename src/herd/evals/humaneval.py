@@ -192,7 +192,7 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
     """Greedy middles in Code Llama's PSM/SPM inference layout, until <EOT>, EOS or (single-line) a newline.
 
     A tokenizer without the sentinel tokens (the parent) sees them as text; "<EOT>" then stops as text."""
-    from herd.data.fim import SENTINELS, eot_id, infill_prompt_ids
+    from herd.data.transforms.fim import SENTINELS, eot_id, infill_prompt_ids
 
     eot = eot_id(tokenizer)
     stops = ["\n"] if single_line else []
@@ -221,7 +221,7 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, progres
     import torch
 
     from herd.core.progress import Progress
-    from herd.data.fim import infill_prompt_ids
+    from herd.data.transforms.fim import infill_prompt_ids
 
     out = []
     dev = next(model.parameters()).device

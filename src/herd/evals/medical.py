@@ -89,7 +89,7 @@ class MedQAConfig(MedicalMCQConfig):
 
 def pubmedqa_items(path: str | Path) -> tuple[list[MCQItem], list[MCQItem]]:
     """(official test items in test-file order, non-test PQA-L items for demos)."""
-    from herd.data.pubmedqa import load_pqal, load_test_labels
+    from herd.data.documents.pubmedqa import load_pqal, load_test_labels
 
     records, labels = load_pqal(path), load_test_labels(path)
 

@@ -2,7 +2,7 @@
 validated before anything heavy imports.
 
 Each stage reads its OWN data (``data:``, preference or prompt files in the formats of
-:mod:`herd.data.preference`), with a deterministic held-out split (``eval_size`` records chosen by
+:mod:`herd.data.readers.preference`), with a deterministic held-out split (``eval_size`` records chosen by
 content hash with ``split_seed``). Defaults are the published Llama 2 settings (dossier §5.2) where the
 paper gives them; a recipe's profile overrides them like any stage's.
 """

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.core.errors import ConfigError, HerdError
-from herd.data.preference import PreferencePair, dedupe_items, load_sources, split_items
+from herd.data.readers.preference import PreferencePair, dedupe_items, load_sources, split_items
 from herd.data.report import DataReport
 from herd.engine.logprobs import Encoded, encode_reply
 from herd.templates import Template, TemplateError

@@ -352,6 +352,30 @@ def load_best(run_dir: Path, policy: nn.Module) -> None:
     policy.load_state_dict(load_file(str(Path(run_dir) / "best.safetensors")), strict=False)
 
 
+def _iteration_record(it: int, ro: Rollout, st: dict) -> dict:
+    """One PPO iteration's metrics line: scores, rewards, KL to the reference, the update's losses."""
+    seq_kl = ((ro.old_logps - ro.ref_logps) * ro.mask).sum(dim=1)
+    return {"step": it + 1, "loss": st["policy_loss"] + st["value_loss"],
+            "score_mean": float(ro.scores.mean()), "reward_mean": float(logit(ro.scores).mean()),
+            "kl": float(seq_kl.mean()), "total_reward_mean": float(ro.rewards.sum(dim=1).mean()),
+            **st, "reply_tokens": float(ro.mask.sum(dim=1).mean()), "samples": len(ro.seqs),
+            "dropped": ro.dropped}
+
+
+def _early_stopping(best: dict, reward: float, it: int, cfg: PPOStage, run_dir: Path, policy, rank: int) -> bool:
+    """Llama 2's early stopping on held-out prompts: keep the best evaluated policy (best.safetensors) and
+    stop after ``patience`` evaluations without improvement; updates ``best`` and returns whether to stop."""
+    if best["heldout_reward"] is None or reward > best["heldout_reward"]:
+        best.update(iteration=it + 1, heldout_reward=reward, bad=0)
+        _save_best(run_dir, policy, rank)
+        return False
+    best["bad"] += 1
+    stop = bool(cfg.patience) and best["bad"] >= cfg.patience and it + 1 < cfg.iterations
+    if stop:
+        best["stopped_at"] = it + 1
+    return stop
+
+
 def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[dict], score_fn: ScoreFn,
               cfg: PPOStage, run_dir: Path, *, resume: bool = False, progress: bool = True,
               evaluate: Callable[[], dict] | None = None) -> PPOResult:
@@ -396,24 +420,11 @@ def train_ppo(policy, ref, value_model, tok, template: Template, prompts: list[d
                      seed=cfg.seed + 7919 * it)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         st = ppo_update(pv, opt, ro, cfg, tok.pad_token_id, gen, forward)
-        seq_kl = ((ro.old_logps - ro.ref_logps) * ro.mask).sum(dim=1)
-        rec = {"step": it + 1, "loss": st["policy_loss"] + st["value_loss"],
-               "score_mean": float(ro.scores.mean()), "reward_mean": float(logit(ro.scores).mean()),
-               "kl": float(seq_kl.mean()), "total_reward_mean": float(ro.rewards.sum(dim=1).mean()),
-               **st, "reply_tokens": float(ro.mask.sum(dim=1).mean()), "samples": len(ro.seqs),
-               "dropped": ro.dropped}
+        rec = _iteration_record(it, ro, st)
         stop = False
         if early and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
-            r = evaluate()["reward_mean"]
-            rec["heldout_reward"] = r
-            if best["heldout_reward"] is None or r > best["heldout_reward"]:
-                best.update(iteration=it + 1, heldout_reward=r, bad=0)
-                _save_best(run_dir, policy, rank)
-            else:
-                best["bad"] += 1
-                stop = bool(cfg.patience) and best["bad"] >= cfg.patience and it + 1 < cfg.iterations
-            if stop:
-                best["stopped_at"] = it + 1
+            rec["heldout_reward"] = evaluate()["reward_mean"]
+            stop = _early_stopping(best, rec["heldout_reward"], it, cfg, run_dir, policy, rank)
         rec["elapsed"] = round(time.perf_counter() - t0, 3)
         history.append(rec)
         if rank == 0:

@@ -1,7 +1,7 @@
 """The ``pretrain`` stage: continued pretraining on raw documents (Code Llama, Meditron).
 
 Documents stream from their sources (``herd.data.documents``), optionally through the token-share
-mixture (``herd.data.mixture``) and the FIM transform (``herd.data.fim``), are joined by a separator
+mixture (``herd.data.transforms.mixture``) and the FIM transform (``herd.data.transforms.fim``), are joined by a separator
 token and cut into rows of ``max_len`` tokens written to a memory-mapped file: memory stays flat
 however large the corpus, and a resumed run reuses the rows. Training is the SFT engine with every
 token a target (``global_batch`` counts rows). A hash-selected share of documents is held out and
@@ -123,7 +123,7 @@ def _documents(cfg: PretrainStage, tok, recipe_dir: Path | None, reports: dict
     if not mixing:
         src = cfg.data[0]
         return ((src.name, text, None) for text in stream(src)), None
-    from herd.data.mixture import Source, mix_stream
+    from herd.data.transforms.mixture import Source, mix_stream
 
     sources = [Source(name=s.name, docs=(lambda s=s: stream(s)), share=1.0 if s.share is None else s.share)
                for s in cfg.data]
@@ -140,7 +140,7 @@ def check_decontamination(cfg: PretrainStage, recipe_dir: Path | None = None) ->
         return {}
     from itertools import chain
 
-    from herd.data.pubmedqa import assert_no_leakage, pubmedqa_test_texts
+    from herd.data.documents.pubmedqa import assert_no_leakage, pubmedqa_test_texts
 
     tests = list(chain.from_iterable(pubmedqa_test_texts(resolve_data_path(t.path, recipe_dir))
                                      for t in cfg.decontaminate))
@@ -153,7 +153,7 @@ def check_decontamination(cfg: PretrainStage, recipe_dir: Path | None = None) ->
 def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None = None, progress: bool = True
                ) -> tuple[RowSet, RowSet, dict]:
     """Stream the sources into train and held-out row files (reused when the key matches)."""
-    from herd.data.fim import FIMStats, document_ids, sentinel_ids
+    from herd.data.transforms.fim import FIMStats, document_ids, sentinel_ids
 
     key = sha256_json({"stage": cfg.model_dump(mode="json"), "vocab": len(tok)})
     meta_path = work / "rows.json"
@@ -232,7 +232,7 @@ def prepare_model(model, tok, cfg: PretrainStage) -> None:
     if cfg.fim is not None:
         import torch
 
-        from herd.data.fim import add_sentinels
+        from herd.data.transforms.fim import add_sentinels
 
         with torch.random.fork_rng(devices=[]):  # mean resizing samples the new rows: seeded, so reruns match
             torch.manual_seed(cfg.seed)
@@ -250,7 +250,7 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
     rank, world = dist_env()
     tok = load_tokenizer(parent)
     if cfg.fim is not None:
-        from herd.data.fim import add_sentinels
+        from herd.data.transforms.fim import add_sentinels
 
         add_sentinels(tok, None)  # the rows are built with the sentinel ids the model will have
     work = out.with_name(out.name + ".work")

@@ -10,7 +10,7 @@ import torch
 
 from herd.artifacts import is_artifact
 from herd.core.errors import ConfigError, DataError, HerdError
-from herd.data.preference import (
+from herd.data.readers.preference import (
     LABELED_FORMATS,
     PAIR_FORMATS,
     READER_OPTIONS,

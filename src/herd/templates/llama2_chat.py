@@ -7,7 +7,7 @@ tokens (one id each), emitted by the template for every exchange, so ``uses_bos`
 
 Trained (§5.4, loss zeroed on user-prompt tokens): ``" " + answer.strip() + " " + EOS`` of every
 assistant turn. An assistant message with ``"train": false`` is rendered but not trained: Ghost
-Attention zeroes the loss of all earlier turns that way (§5.2.6, see ``herd.data.gatt``).
+Attention zeroes the loss of all earlier turns that way (§5.2.6, see ``herd.data.transforms.ghost_attention``).
 """
 
 from herd.templates.base import Template

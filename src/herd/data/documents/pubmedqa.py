@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from herd.core.errors import DataError
-from herd.data.mixture import Source
+from herd.data.transforms.mixture import Source
 
 PQAL_FILE = "ori_pqal.json"
 TEST_FILE = "test_ground_truth.json"

@@ -182,8 +182,8 @@ def read_apibench_examples(path: str | Path, retrieval: str = "none", api_databa
 
     Records without a complete answer are dropped and reported on stderr (the published TorchHub train
     file has one cut mid-answer); training on a cut answer would teach the model to stop mid-call."""
-    from herd.data.apibench_prompts import question_text, user_prompt
-    from herd.data.retriever import BM25Retriever
+    from herd.data.readers.apibench_prompts import question_text, user_prompt
+    from herd.data.readers.retriever import BM25Retriever
 
     if retrieval not in ("none", "oracle", "bm25"):
         raise DataError(str(path), f"retrieval must be none, oracle or bm25 (got '{retrieval}')")

@@ -206,11 +206,11 @@ class CodeFormat:
 @register_doc_format("pubmedqa")
 class PubMedQAFormat:
     """PQA-L abstracts (contexts under ``#`` section headers + the long answer) whose PMID is NOT in the
-    official test split (``herd.data.pubmedqa``); ``path`` is the dataset folder or ori_pqal.json."""
+    official test split (``herd.data.documents.pubmedqa``); ``path`` is the dataset folder or ori_pqal.json."""
 
     @staticmethod
     def check(path: Path, options: dict) -> None:
-        from herd.data.pubmedqa import load_pqal, load_test_labels
+        from herd.data.documents.pubmedqa import load_pqal, load_test_labels
 
         unknown = set(options) - {"exclude_test"}
         if unknown:
@@ -220,7 +220,7 @@ class PubMedQAFormat:
 
     @staticmethod
     def stream(path: Path, options: dict, report: CorpusReport) -> Iterator[str]:
-        from herd.data.pubmedqa import load_pqal, load_test_labels, pubmedqa_document
+        from herd.data.documents.pubmedqa import load_pqal, load_test_labels, pubmedqa_document
 
         test = set(load_test_labels(path)) if options.get("exclude_test", True) else set()
         for pmid, record in load_pqal(path).items():  # counted as read, so a budget cut shows as such

@@ -116,7 +116,7 @@ def template_roles(examples: list[Example], cfg: TemplateRolesConfig, ctx: Trans
 
 
 class VicunaCleanConfig(TransformConfig):
-    """FastChat's prepare_all steps (herd.data.vicuna_clean); defaults are Vicuna's. ``max_length``: split
+    """FastChat's prepare_all steps (herd.data.transforms.fastchat_clean); defaults are Vicuna's. ``max_length``: split
     conversations into chunks that fit this many tokens of the recipe's template (None = the SFT
     stage's ``max_len``, as FastChat splits to the model length it trains with); ``split_long: false``
     skips the step."""
@@ -135,7 +135,7 @@ class VicunaCleanConfig(TransformConfig):
 
 @register_transform("vicuna_clean", VicunaCleanConfig)
 def vicuna_clean(examples: list[Example], cfg: VicunaCleanConfig, ctx: TransformContext) -> list[Example]:
-    from herd.data.vicuna_clean import CleanOptions, clean_sharegpt
+    from herd.data.transforms.fastchat_clean import CleanOptions, clean_sharegpt
 
     max_length = (cfg.max_length or ctx.sft_max_len()) if cfg.split_long else None
     opts = CleanOptions(html=cfg.html, blocked_words=tuple(cfg.blocked_words), min_chars=cfg.min_chars,
@@ -147,7 +147,7 @@ def vicuna_clean(examples: list[Example], cfg: VicunaCleanConfig, ctx: Transform
 
 
 class GattConfig(TransformConfig):
-    """Ghost Attention (herd.data.gatt). ``fraction`` of the dialogues with at least ``min_turns``
+    """Ghost Attention (herd.data.transforms.ghost_attention). ``fraction`` of the dialogues with at least ``min_turns``
     exchanges become GAtt records; with ``keep_rest`` the other records stay as ordinary SFT data.
 
     ``respond``: ``dialogue`` keeps each dialogue's own replies (cheap; the replies do not follow the
@@ -181,7 +181,7 @@ def _is_dialogue(ex: Example, min_turns: int) -> bool:
 
 @register_transform("gatt", GattConfig)
 def gatt(examples: list[Example], cfg: GattConfig, ctx: TransformContext) -> list[Example]:
-    from herd.data.gatt import CONSTRAINTS, gatt_transform
+    from herd.data.transforms.ghost_attention import CONSTRAINTS, gatt_transform
 
     constraints = ({k: (v[0], tuple(v[1])) for k, v in cfg.constraints.items()} if cfg.constraints
                    else CONSTRAINTS)
@@ -236,7 +236,7 @@ class StratifiedSampleConfig(TransformConfig):
 
 @register_transform("stratified_sample", StratifiedSampleConfig)
 def stratified(examples: list[Example], cfg: StratifiedSampleConfig, ctx: TransformContext) -> list[Example]:
-    from herd.data.dolly import stratified_sample
+    from herd.data.readers.dolly import stratified_sample
 
     out = stratified_sample(examples, cfg.n, seed=cfg.seed, key=cfg.key)
     kept = {id(ex) for ex in out}

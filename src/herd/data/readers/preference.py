@@ -15,7 +15,7 @@ Formats (``format=`` of a recipe data source):
 - ``preference``: any of the above or TRL's ``prompt``/``chosen``/``rejected``, recognised per record;
 - ``kto``: ``messages`` + boolean ``label`` (:func:`read_labeled`).
 Parsing of the individual formats is shared with the ``preference_sft`` reader
-(:func:`herd.data.preference_sft.parse_pair`); this module adds the pair checks alignment needs.
+(:func:`herd.data.readers.preference_sft.parse_pair`); this module adds the pair checks alignment needs.
 
 Strict reading (the default) stops at the first bad record with a DataError naming file, line/record and
 field; ``repair=True`` drops bad records and counts each reason in the :class:`DataReport` (HH-RLHF's
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from herd.core.errors import ConfigError, DataError
 from herd.data.conversation import Loc, check_conversation, collect, data_error
-from herd.data.preference_sft import parse_pair
+from herd.data.readers.preference_sft import parse_pair
 from herd.data.records import read_json_records
 from herd.data.report import DataReport, where
 

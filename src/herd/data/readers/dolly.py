@@ -14,7 +14,7 @@ from pathlib import Path
 
 from herd.data.conversation import collect, data_error
 from herd.data.records import Example, read_json_records, register_reader, require_str
-from herd.data.report import DataReport, where_example
+from herd.data.report import DataReport
 
 CATEGORIES = ("brainstorming", "classification", "closed_qa", "creative_writing", "general_qa",
               "information_extraction", "open_qa", "summarization")
@@ -49,21 +49,6 @@ def read_dolly(path: str | Path, *, repair: bool = False, report: DataReport | N
     records = read_json_records(path)
     return collect(path, records, lambda rec, index, line: _example(path, rec, index, line), repair=repair,
                    report=report)
-
-
-def drop_over_length(examples: list[Example], template, tokenizer, max_length: int, *,
-                     report: DataReport | None = None) -> list[Example]:
-    """Dolly drops (never truncates) records of ``max_length`` tokens or more (train_dolly preprocessing)."""
-    report = report if report is not None else DataReport()
-    out = []
-    for ex in examples:
-        n = len(template.render(ex.messages, tokenizer).input_ids)
-        if n >= max_length:
-            report.dropped("max_length", f">= {max_length} tokens", where_example(ex))
-        else:
-            out.append(ex)
-    report.size("max_length", len(examples), len(out))
-    return out
 
 
 def stratified_sample(examples: list[Example], n: int, *, seed: int = 42, key: str = "category") -> list[Example]:
