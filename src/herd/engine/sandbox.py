@@ -50,6 +50,7 @@ STARTUP_GRACE = 2.0  # wall-clock allowance for interpreter start-up on a loaded
 NOBODY = 65534
 NS_FLAGS = ("--user", "--net", "--pid", "--fork", "--kill-child")
 STATUSES = ("passed", "failed", "timeout", "error")
+UNSHARE_KILLED = "unshare: sigprocmask unblock failed"  # see _execute: the wrapper's child died by SIGKILL
 
 # The child's first code: read the verdict nonce, install the audit hook, run the sample with an
 # interval timer (like human-eval's time_limit), and report on the inherited fd. Kept self-contained:
@@ -406,6 +407,10 @@ def _execute(iso: Isolation, tmp: str, prog: str, rep, out, err, timeout: float,
     if killed:
         return result("timeout", f"killed after {timeout + STARTUP_GRACE:.1f} s wall clock")
     rc = proc.returncode
+    if rc == 1 and UNSHARE_KILLED in _tail(err):
+        # util-linux's `unshare --fork` re-raises its child's fatal signal on itself, which fails for
+        # SIGKILL ("sigprocmask unblock failed: Invalid argument", exit 1): the sample died by SIGKILL
+        rc = -signal.SIGKILL
     killers = (-signal.SIGXCPU, 128 + signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGKILL)
     if rc in killers and time.monotonic() - start >= timeout:  # RLIMIT_CPU: SIGXCPU, then SIGKILL
         return result("timeout", f"CPU time limit (exit status {rc})")
