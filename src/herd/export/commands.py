@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from herd.core.errors import HerdError
-from herd.export.gguf_file import default_gguf_path
 
 
 def _cmd_export(args) -> int:
     from herd.artifacts import locate_artifact
+    from herd.export.gguf_file import default_gguf_path  # numpy and gguf: not at CLI start-up
 
     args.artifact = locate_artifact(args.artifact)
     if args.to == "gguf":
