@@ -276,6 +276,8 @@ def load_model(ref: BaseRef | Path | str, dtype=None):
     import torch
     from transformers import LlamaForCausalLM
 
+    from herd.core.phases import record
+
     path = ref.path if isinstance(ref, BaseRef) else Path(ref)
-    model = LlamaForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
-    return model
+    with record(f"load model {path.name}"):
+        return LlamaForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from herd.base import BaseRef, resolve_base
 from herd.core.errors import ConfigError
 from herd.core.hashing import sha256_file, sha256_json
 from herd.core.paths import resolve_data_path
+from herd.core.phases import PhaseLog, release_memory
 from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
 from herd.data import load_examples
@@ -158,23 +160,38 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     base_spec = base or recipe.base
     rank, _ = dist_env()
     workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
-    # 1. everything validated before a model loads (data builds may load a teacher: they run first)
-    inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
-    ref = resolve_base(base_spec)
-    workspace.mkdir(parents=True, exist_ok=True)
-    recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
-                  "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
-    # 2. stages in order, each from the previous policy artifact
-    stage_runs, final = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
-                                    name=f"{recipe.name}-{ref.name}-{profile}", resume=resume, progress=progress)
-    if rank != 0:
-        return DeriveResult(stage_runs[-1][1], None, None)
-    _link_model(workspace, final)
-    # 3. scorecard: derived vs the recipe's parent, same inputs
-    card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress)
+    with PhaseLog() as phases:  # seconds and peak RSS of every phase below
+        # 1. everything validated before a model loads (data builds may load a teacher: they run first)
+        inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
+        with phase("derive", "base: resolve", enabled=False):
+            ref = resolve_base(base_spec)
+        workspace.mkdir(parents=True, exist_ok=True)
+        recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
+                      "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
+        # 2. stages in order, each from the previous policy artifact
+        stage_runs, final = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
+                                        name=f"{recipe.name}-{ref.name}-{profile}", resume=resume,
+                                        progress=progress)
+        if rank != 0:
+            return DeriveResult(stage_runs[-1][1], None, None)
+        _link_model(workspace, final)
+        # 3. scorecard: derived vs the recipe's parent, same inputs
+        card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress)
+    _record_phases(final, phases, progress)
     (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
-                                                       "model": final.name}, indent=2) + "\n")
+                                                       "model": final.name, "phases": phases.as_list(),
+                                                       "peak_rss_mb": round(phases.peak_rss_mb)},
+                                                      indent=2) + "\n")
     return DeriveResult(final, card, md)
+
+
+def _record_phases(final: Path, phases: PhaseLog, progress: bool) -> None:
+    """The phase table into the derived artifact's lineage (``phases``), and on stderr."""
+    lineage = read_lineage(final)
+    lineage["phases"] = {"rows": phases.as_list(), "peak_rss_mb": round(phases.peak_rss_mb)}
+    write_lineage(final, lineage)
+    if progress:
+        print("[derive] where the time and memory went:\n" + phases.table(), file=sys.stderr, flush=True)
 
 
 def _load(recipe_name: str, profile: str, overrides: dict | None, max_steps: int | None,
@@ -255,6 +272,7 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
                                    resume=resume, progress=progress, workspace=workspace,
                                    recipe_dir=inputs.recipe_dir, train=inputs.train, data=inputs.data_records)
                 _, training = STAGES[stage.kind](stage, ctx)
+                release_memory()  # the stage's model and optimizer are garbage now
         stage_runs.append((stage, stage_dir, training))
         barrier()  # rank 0 published the stage: every rank starts the next one from it
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on

@@ -35,8 +35,12 @@ def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived
             not_run.append({"eval": name, "why": why})
             continue
         _, fn = EVALS[name]
+        ctx.eval_name = name
         with phase("eval", f"{k}/{len(evals)} {name}", enabled=progress):
-            out = fn(ctx, cfg)
+            try:
+                out = fn(ctx, cfg)
+            finally:
+                ctx.end_model_phase()
         metrics += out.metrics
         extra.update(out.extra)
         if out.markdown:

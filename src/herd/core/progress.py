@@ -187,14 +187,18 @@ class Progress(Generic[T]):
 def phase(name: str, what: str, *, enabled: bool = True, file: TextIO | None = None,
           clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
     """``[name] what`` on entry and ``[name] what: done in 0:12`` on exit (``failed after`` on an error),
-    on stderr in every mode: which long step a run is in, and what each step took."""
+    on stderr in every mode: which long step a run is in, and what each step took. Inside an active
+    :class:`herd.core.phases.PhaseLog` the step's seconds and peak RSS are also recorded (printed or not)."""
+    from herd.core.phases import record
+
     out = file if file is not None else sys.stderr
     if enabled:
         print(f"[{name}] {what}", file=out, flush=True)
     t0 = clock()
     ok = False
     try:
-        yield
+        with record(what):
+            yield
         ok = True
     finally:
         if enabled:

@@ -8,6 +8,7 @@ pydantic model, validated when the recipe loads — before any model does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,16 +51,33 @@ class EvalContext:
     out_dir: Path
     progress: bool = True
     stages: list = field(default_factory=list)  # (stage config, artifact folder) of this derivation, in order
+    eval_name: str = ""  # the eval running now: names its per-model phases
     _cache: dict = field(default_factory=dict)
+    _role: str | None = None
+    _role_phase: ExitStack = field(default_factory=ExitStack)
 
     def model(self, role: str):
-        """The parent or derived model (one kept in memory at a time)."""
+        """The parent or derived model (one kept in memory at a time). Asking for the other one starts
+        the phase ``<eval> on <role>``, so the phase table splits each eval's time and memory by model."""
         from herd.base import load_model
+        from herd.core.phases import record
 
+        if role != self._role:
+            self.end_model_phase()
+            self._role = role
+            self._role_phase.enter_context(record(f"{self.eval_name or 'eval'} on {role}"))
         if role not in self._cache:
-            self._cache.clear()
+            if self._cache:
+                from herd.core.phases import release_memory
+
+                self._cache.clear()
+                release_memory()  # the other model's weights go before this one's load
             self._cache[role] = load_model(self.parent_path if role == "parent" else self.derived_path)
         return self._cache[role]
+
+    def end_model_phase(self) -> None:
+        self._role_phase.close()
+        self._role = None
 
     def log(self, text: str) -> None:
         if self.progress:

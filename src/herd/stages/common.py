@@ -31,7 +31,8 @@ def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:
                       weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                       grad_clip=cfg.grad_clip,
                       seed=cfg.seed, precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
-                      fsdp=cfg.fsdp, gradient_checkpointing=cfg.gradient_checkpointing, progress=progress)
+                      fsdp=cfg.fsdp, gradient_checkpointing=cfg.gradient_checkpointing, progress=progress,
+                      compile=cfg.compile)
 
 def parent_record(parent: BaseRef) -> dict:
     """The lineage's ``parent``: the base's description without its local path, plus its lineage id."""
@@ -63,23 +64,26 @@ def publish_stage(cfg, model, tok, template: Template, parent: BaseRef, result, 
 
     ``prepare_plain(model)`` re-applies a stage's model changes (added tokens, RoPE base) when a plain
     model has to be rebuilt from the gathered state on rank 0."""
-    rank, world = dist_env()
-    state = full_state_dict(model) if world > 1 else None  # a collective: every rank takes part
-    if rank != 0:
-        return
-    tmp = staging_dir(out)
-    if world > 1:  # the trained model is sharded/wrapped: rebuild a plain one from the gathered state
-        model = load_model(parent)
-        if prepare_plain is not None:
-            prepare_plain(model)
+    from herd.core.phases import record
+
+    with record("save artifact"):
+        rank, world = dist_env()
+        state = full_state_dict(model) if world > 1 else None  # a collective: every rank takes part
+        if rank != 0:
+            return
+        tmp = staging_dir(out)
+        if world > 1:  # the trained model is sharded/wrapped: rebuild a plain one from the gathered state
+            model = load_model(parent)
+            if prepare_plain is not None:
+                prepare_plain(model)
+            if cfg.method == "lora":
+                model = apply_lora(model, cfg.lora)
+            model.load_state_dict(state)
         if cfg.method == "lora":
-            model = apply_lora(model, cfg.lora)
-        model.load_state_dict(state)
-    if cfg.method == "lora":
-        model.save_pretrained(tmp / "adapter")
-        model = model.merge_and_unload()
-    save_model_folder(model, tok, template, tmp)
-    finish_artifact(tmp, out, name=name, parent=parent, template_rec=template_record(template, tok), cfg=cfg,
-                    recipe=recipe, data=data or [], history=result.history,
-                    metrics={k: v for k, v in summary.items() if k != "data"} | {"data_report": data_report})
-    shutil.rmtree(work, ignore_errors=True)
+            model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+        save_model_folder(model, tok, template, tmp)
+        finish_artifact(tmp, out, name=name, parent=parent, template_rec=template_record(template, tok), cfg=cfg,
+                        recipe=recipe, data=data or [], history=result.history,
+                        metrics={k: v for k, v in summary.items() if k != "data"} | {"data_report": data_report})
+        shutil.rmtree(work, ignore_errors=True)
