@@ -7,6 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HERD_NO_CACHE", "1")  # the tokenized-data cache stays out of ~/.cache (its tests use tmp)
 
 from pathlib import Path  # noqa: E402
 

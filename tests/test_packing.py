@@ -28,12 +28,12 @@ def test_packed_record_logits_match_record_alone(tiny_model, tokenizer, alpaca_e
     """The second record of a row sees nothing of the first (the use_cache=False condition)."""
     items, _ = tokenize_examples(alpaca_examples[:2], get_template("alpaca"), tokenizer, max_len=512)
     a, b = items
-    ids = torch.tensor([a.input_ids + b.input_ids])
+    ids = torch.tensor([a.input_ids.tolist() + b.input_ids.tolist()])
     pos = torch.tensor([list(range(len(a))) + list(range(len(b)))])
     lm = tiny_model.eval()
     with torch.no_grad():
         packed = lm.model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state[0, len(a):]
-        alone = lm.model(input_ids=torch.tensor([b.input_ids]), use_cache=False).last_hidden_state[0]
+        alone = lm.model(input_ids=torch.tensor([b.input_ids.tolist()]), use_cache=False).last_hidden_state[0]
     assert torch.allclose(packed, alone, atol=1e-5)
 
 

@@ -172,11 +172,11 @@ def test_rows_are_the_separator_joined_stream_and_stop_at_the_budget(tmp_path, t
         stream += _enc(tokenizer, t) + [sep]
     assert len(rows) == 10 and len(held) == 0 and rep["tokens"] == 320
     assert [x for r in rows for x in r.input_ids] == stream[:320]  # contiguous, nothing lost or reordered
-    assert rows[3].labels == rows[3].input_ids
+    assert rows[3].labels.tolist() == rows[3].input_ids.tolist()
     assert rep["documents_read"] < 400  # streaming stopped at the budget
     assert (tmp_path / "work" / "rows.u32").stat().st_size == 10 * 32 * 4
     again, _, _ = build_rows(cfg, tokenizer, tmp_path / "work")  # reused, same rows
-    assert [r.input_ids for r in again] == [r.input_ids for r in rows]
+    assert [r.input_ids.tolist() for r in again] == [r.input_ids.tolist() for r in rows]
 
 
 def _code_recipe(tmp_path: Path, corpus: Path, **code) -> Path:

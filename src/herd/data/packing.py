@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from herd.data.tokenize import Tokenized
@@ -56,27 +57,27 @@ def best_fit(lengths: list[int], row_len: int) -> list[list[int]]:
 
 def make_batch(items: list[Tokenized], row_len: int, pad_id: int, *, pack: bool = True) -> Batch:
     """Rows for one micro-batch. ``pack=False`` gives one record per row, padded (the reference path)."""
-    groups = best_fit([len(x) for x in items], row_len) if pack else [[i] for i in range(len(items))]
-    width = row_len if pack else max(len(x) for x in items)
-    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(groups), width), IGNORE_INDEX, dtype=torch.long)
-    pos = torch.zeros((len(groups), width), dtype=torch.long)
-    row_tokens = torch.zeros(len(groups), dtype=torch.long)
-    n_tr = 0
+    lengths = [len(x) for x in items]
+    groups = best_fit(lengths, row_len) if pack else [[i] for i in range(len(items))]
+    width = row_len if pack else max(lengths)
+    ids = np.full((len(groups), width), pad_id, dtype=np.int64)
+    labels = np.full((len(groups), width), IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros((len(groups), width), dtype=np.int64)
+    row_tokens = np.zeros(len(groups), dtype=np.int64)
+    arange = np.arange(width, dtype=np.int64)
     for r, group in enumerate(groups):
         col = 0
         for i in group:
-            x = items[i]
-            n = len(x)
-            ids[r, col:col + n] = torch.tensor(x.input_ids)
-            # shift: the label at position t is the token at t+1 of the SAME record; a record's
-            # first token is never a target of the previous record.
-            lab = torch.tensor(x.labels[1:] + [IGNORE_INDEX])
-            labels[r, col:col + n] = lab
-            pos[r, col:col + n] = torch.arange(n)
+            x, n = items[i], lengths[i]
+            ids[r, col:col + n] = x.input_ids
+            # shift: the label at position t is the token at t+1 of the SAME record; a record's last
+            # position keeps IGNORE_INDEX, so its first token is never a target of the previous record.
+            labels[r, col:col + n - 1] = x.labels[1:]
+            pos[r, col:col + n] = arange[:n]
             col += n
-            n_tr += int((lab != IGNORE_INDEX).sum())
         row_tokens[r] = col
         if col < width:  # padding is its own "record" so it never joins a real one's attention block
-            pos[r, col:] = torch.arange(width - col)
-    return Batch(ids, labels, pos, row_tokens, n_tr)
+            pos[r, col:] = arange[:width - col]
+    n_tr = int(np.count_nonzero(labels != IGNORE_INDEX))
+    return Batch(torch.from_numpy(ids), torch.from_numpy(labels), torch.from_numpy(pos),
+                 torch.from_numpy(row_tokens), n_tr)
