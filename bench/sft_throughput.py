@@ -10,6 +10,12 @@ first (warm-up) step to the end of the last.
 
 Prints both systems side by side and the ratio herd / TRL. Machines are shared and noisy: compare the
 ratio, not absolute numbers, and rerun if the two systems' runs saw different load.
+
+Also measured in the same run: this machine's matmul ceiling for the model's own shapes (the
+projections and the LM head, forward and both backward products, in the training precision), and
+herd's model FLOPs utilisation against it: 6N FLOPs per token for full fine-tuning (N = the parameters
+that multiply: every linear layer and the LM head, not the embedding lookup), 4N + 6N_lora for LoRA
+(the frozen weights need no weight gradient). ``--method full`` also times full fine-tuning.
 """
 
 from __future__ import annotations
@@ -42,22 +48,73 @@ def data(tok, n: int):
     return items
 
 
-def bench_herd(ref, items, steps: int, precision: str, per_step: int) -> dict:
+def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: str = "lora",
+               compile_: str = "on") -> dict:
     tok = load_tokenizer(ref)
     torch.manual_seed(0)
-    model = apply_lora(load_model(ref), LORA)
-    cfg = LoopConfig(lr=2e-4, epochs=1, max_steps=steps + 1, global_batch=per_step, micro_batch_rows=4,
-                     row_len=ROW, precision=precision, progress=False, warmup_ratio=0.0)
+    model = load_model(ref)
+    if method == "lora":
+        model = apply_lora(model, LORA)
+    cfg = LoopConfig(lr=2e-4 if method == "lora" else 2e-5, epochs=1, max_steps=steps + 2, global_batch=per_step,
+                     micro_batch_rows=4, row_len=ROW, precision=precision, progress=False, warmup_ratio=0.0,
+                     compile=compile_)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         res = train(model, items, cfg, d, pad_id=tok.pad_token_id)
-    h = res.history
+    h = res.history[1:]  # the first step compiles (and, with it, the second shape of a short last micro-batch)
     toks = sum(x["tokens"] for x in h[1:])
     secs = h[-1]["elapsed"] - h[0]["elapsed"]
-    return {"system": "herd (packed rows, LM head on labelled positions)", "steps": len(h) - 1,
+    label = f"herd {method}, compile {compile_}"
+    return {"system": label, "steps": len(h) - 1, "method": method,
             "useful_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs,
-            "tokens_per_step": toks / (len(h) - 1), "final_loss": h[-1]["loss"]}
+            "tokens_per_step": toks / (len(h) - 1), "final_loss": h[-1]["loss"],
+            "flops_per_token": flops_per_token(model, method)}
+
+
+def matmul_shapes(model) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer the model multiplies by, the LM head included."""
+    from herd.engine.training import causal_lm
+
+    lm = causal_lm(model)
+    shapes = [(m.in_features, m.out_features) for n, m in lm.named_modules()
+              if isinstance(m, torch.nn.Linear) and "lora_" not in n]
+    return shapes
+
+
+def flops_per_token(model, method: str) -> float:
+    n = sum(i * o for i, o in matmul_shapes(model))
+    if method == "full":
+        return 6.0 * n
+    n_lora = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad)
+    return 4.0 * n + 6.0 * n_lora
+
+
+def matmul_ceiling(model, dtype: torch.dtype | None, tokens: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of this machine on the model's own matmuls: for each linear layer, the forward product and
+    the two backward ones (input and weight gradients), ``tokens`` rows, best of ``repeats``."""
+    dt = dtype or torch.float32
+    shapes = sorted(set(matmul_shapes(model)))
+    count = {s: 0 for s in shapes}
+    for s in matmul_shapes(model):
+        count[s] += 1
+    best = 0.0
+    for _ in range(repeats):
+        flops, secs = 0.0, 0.0
+        for (i, o) in shapes:
+            x = torch.randn(tokens, i, dtype=dt)
+            w = torch.randn(o, i, dtype=dt)
+            gy = torch.randn(tokens, o, dtype=dt)
+            x @ w.t()  # warm
+            t = time.perf_counter()
+            x @ w.t()
+            gy @ w
+            gy.t() @ x
+            dt_s = time.perf_counter() - t
+            flops += 3 * 2 * tokens * i * o * count[(i, o)]
+            secs += dt_s * count[(i, o)]
+        best = max(best, flops / secs)
+    return best
 
 
 def bench_trl(ref, items, steps: int, precision: str, batch: int) -> dict:
@@ -113,22 +170,46 @@ def main() -> None:
     ap.add_argument("--trl-steps", type=int, default=16, help="timed TRL steps (after one warm-up step)")
     ap.add_argument("--trl-batch", type=int, default=4)
     ap.add_argument("--per-step", type=int, default=12, help="examples per herd step (≈4 packed rows)")
+    ap.add_argument("--method", choices=["lora", "full", "both"], default="both",
+                    help="herd's runs: LoRA (the TRL comparison), full fine-tuning, or both")
+    ap.add_argument("--compile", choices=["on", "off", "both"], default="on",
+                    help="herd with the decoder layers compiled, eager, or both (to measure the lever)")
+    ap.add_argument("--no-trl", action="store_true", help="herd only (no TRL baseline, no ratio)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     ref = resolve_base(args.base)
     tok = load_tokenizer(ref)
     items = data(tok, 400)
-    precision = "bf16" if resolve_precision("auto") == torch.bfloat16 else "fp32"
+    amp = resolve_precision("auto")
+    precision = "bf16" if amp == torch.bfloat16 else "fp32"
+    print(machine())
     print(f"base {ref.name}, {len(items)} records, precision {precision}, {torch.get_num_threads()} threads, "
           f"LoRA r{LORA.r} on {len(LORA.target_modules)} projections")
-    results = [bench_trl(ref, items, args.trl_steps, precision, args.trl_batch),
-               bench_herd(ref, items, args.steps, precision, args.per_step)]
-    print(f"\n{'system':<62} {'steps':>5} {'tok/step':>9} {'useful tok/s':>13}")
+    results = [] if args.no_trl else [bench_trl(ref, items, args.trl_steps, precision, args.trl_batch)]
+    methods = ["lora", "full"] if args.method == "both" else [args.method]
+    compiles = ["off", "on"] if args.compile == "both" else [args.compile]
+    for method in methods:
+        for comp in compiles:
+            results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp))
+    ceiling = matmul_ceiling(load_model(ref), amp)
+    print(f"\nmatmul ceiling on the model's shapes ({precision}, 2048 rows, fwd + 2 bwd products): "
+          f"{ceiling / 1e9:.0f} GFLOP/s")
+    print(f"\n{'system':<62} {'steps':>5} {'tok/step':>9} {'useful tok/s':>13} {'MFU':>6}")
     for r in results:
-        print(f"{r['system']:<62} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f}")
-    ratio = results[1]["tokens_per_s"] / results[0]["tokens_per_s"]
-    print(f"\nratio herd / TRL: {ratio:.2f}x useful training tokens per second")
+        mfu = f"{r['tokens_per_s'] * r['flops_per_token'] / ceiling:.0%}" if "flops_per_token" in r else "-"
+        print(f"{r['system']:<62} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f} {mfu:>6}")
+    if not args.no_trl:
+        for r in results[1:]:
+            if r["method"] == "lora":
+                print(f"ratio {r['system']} / TRL: {r['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x useful "
+                      "training tokens per second")
 
+
+def machine() -> str:
+    """The CPU and what it can do (speed claims depend on it)."""
+    from herd.doctor import cpu_summary
+
+    return cpu_summary()
 
 if __name__ == "__main__":
     main()

@@ -66,6 +66,7 @@ class TrainStage(_Strict):
     grad_clip: float | None = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decoder layers (engine/compiling.py)
     fsdp: bool = False
     checkpoint_every: int = Field(default=0, ge=0)
     seed: int = 42

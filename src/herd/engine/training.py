@@ -34,9 +34,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from herd.core.phases import record, trim_heap
 from herd.core.progress import Progress
 from herd.data.packing import Batch, make_batch
 from herd.data.tokenize import Tokenized
+from herd.engine.compiling import compiled_layers, should_compile
+from herd.engine.cross_entropy import linear_cross_entropy
 from herd.templates import IGNORE_INDEX
 
 
@@ -66,6 +69,7 @@ class LoopConfig:
     fsdp: bool = False
     gradient_checkpointing: bool = False
     progress: bool = True
+    compile: str = "auto"  # auto | on | off: decoder layers through torch.compile (engine/compiling.py)
 
 
 @dataclass
@@ -135,14 +139,17 @@ class MaskedLMLoss(nn.Module):
 
     Wrapping the loss in a module lets DDP/FSDP2 see one forward per micro-batch."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, chunked: bool = True):
         super().__init__()
         self.model = model
+        self.chunked = chunked  # the LM head + loss in chunks (engine/cross_entropy.py); False: the plain path
 
     def forward(self, input_ids, position_ids, labels) -> torch.Tensor:
         lm = causal_lm(self.model)
         hidden = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         sel = labels != IGNORE_INDEX
+        if self.chunked and type(lm.lm_head) is nn.Linear and lm.lm_head.bias is None:
+            return linear_cross_entropy(hidden[sel], lm.lm_head.weight, labels[sel])
         logits = lm.lm_head(hidden[sel])
         return nn.functional.cross_entropy(logits.float(), labels[sel], reduction="sum")
 
@@ -179,7 +186,7 @@ def lr_at(step: int, total: int, cfg: LoopConfig) -> float:
 def micro_batches(items: list[Tokenized], cfg: LoopConfig, pad_id: int, rank: int, world: int
                   ) -> tuple[list[Batch], int]:
     """This rank's micro-batches for one step, and the trained-token count of the WHOLE step."""
-    n_trained = sum(sum(1 for x in it.labels[1:] if x != IGNORE_INDEX) for it in items)
+    n_trained = sum(it.n_targets for it in items)
     full = make_batch(items, cfg.row_len, pad_id, pack=cfg.pack)
     rows = list(range(full.input_ids.shape[0]))[rank::world]
     out = []
@@ -286,6 +293,17 @@ def param_groups(params: list, weight_decay: float, **extra) -> list[dict]:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, **extra}]
 
 
+def adamw(groups: list[dict], **kw) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where every parameter is a plain CPU/CUDA tensor: on
+    SmolLM2 a step took 0.09 s instead of foreach's 0.47 s and no temporary copies (foreach allocated
+    ~480 MB). Sharded (FSDP2 DTensor) parameters keep ``foreach``."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for g in groups for p in g["params"]]
+    plain = all(not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, **kw, **({"fused": True} if plain else {"foreach": True}))
+
+
 def _accumulate(loss_mod: nn.Module, mbs: list, n_trained: int, cfg: LoopConfig, pad_id: int, amp, dev,
                 world: int) -> tuple[torch.Tensor, int]:
     """One optimizer step's forwards and backwards over its micro-batches; returns the summed loss and
@@ -344,8 +362,7 @@ def optimise(module: nn.Module, cfg: LoopConfig, run_dir: Path, total: int, step
     step's forwards and backwards: that is where a causal LM, Bradley-Terry or DPO loss differ."""
     rank, world = dist_env()
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                            foreach=True)
+    opt = adamw(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     run_dir.mkdir(parents=True, exist_ok=True)
     start, history = 0, []
     if resume and (found := find_checkpoint(run_dir)) is not None:
@@ -366,6 +383,7 @@ def optimise(module: nn.Module, cfg: LoopConfig, run_dir: Path, total: int, step
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip else None
         opt.step()
         opt.zero_grad(set_to_none=True)
+        trim_heap()  # the step's freed activations back to the OS: RSS stays flat over a run
         elapsed = time.perf_counter() - t0
         rec = {"step": step + 1, "epoch": round((step + 1) / total * cfg.epochs, 4), "loss": out.loss, "lr": lr,
                "grad_norm": grad_norm, **out.fields}
@@ -408,6 +426,10 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     amp = resolve_precision(cfg.precision)
     plan = plan_steps(len(data), cfg)
     trained = 0
+    compile_on, why = should_compile(cfg.compile, steps=len(plan), world=world,
+                                     gradient_checkpointing=cfg.gradient_checkpointing, device=dev)
+    if cfg.progress and rank == 0 and cfg.compile != "off":
+        print(f"[train] compile: {'on' if compile_on else 'off'} ({why})", flush=True)
 
     def step_fn(step: int) -> StepOut:
         nonlocal trained
@@ -418,7 +440,8 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
         return StepOut(loss=step_loss_val / max(1, n_trained),
                        fields={"tokens": step_tokens, "trained_tokens": n_trained}, tokens=step_tokens)
 
-    result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
+    with record("train loop"), compiled_layers(model, compile_on):
+        result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
     result.trained_tokens = trained
     return result
 

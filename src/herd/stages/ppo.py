@@ -56,6 +56,7 @@ from herd.engine.losses import logit, ppo_token_rewards, whiten
 from herd.engine.pair_loop import autocast
 from herd.engine.training import (
     _dedupe_shared,
+    adamw,
     device,
     dist_env,
     find_checkpoint,
@@ -322,7 +323,7 @@ def _optimizer(policy, value_model, cfg: PPOStage) -> torch.optim.Optimizer:
     for model, lr in ((policy, cfg.lr), (value_model, cfg.value_lr or cfg.lr)):
         params = [p for p in model.parameters() if p.requires_grad]
         groups += param_groups(params, cfg.weight_decay, lr=lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, foreach=True)
+    return adamw(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
 
 
 @dataclass

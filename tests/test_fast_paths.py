@@ -1,0 +1,149 @@
+"""Every fast path of the training step gives the reference path's numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from herd.data.packing import make_batch
+from herd.data.tokenize import tokenize_examples
+from herd.engine.compiling import compiled_layers, should_compile
+from herd.engine.training import MaskedLMLoss, adamw, param_groups
+from herd.templates import get_template
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = MaskedLMLoss(model)(batch.input_ids, batch.position_ids, batch.labels)
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, tokenizer, alpaca_examples):
+    if not should_compile("on", steps=1, world=1, gradient_checkpointing=False, device=torch.device("cpu"))[0]:
+        pytest.skip("no C++ compiler for inductor")
+    items, _ = tokenize_examples(alpaca_examples[:12], get_template("alpaca"), tokenizer, max_len=256)
+    batch = make_batch(items, 256, tokenizer.pad_token_id)
+    ref_loss, ref_grads = _loss_and_grads(tiny_model, batch)
+    with compiled_layers(tiny_model, True):
+        assert all(layer._compiled_call_impl is not None for layer in tiny_model.model.layers)
+        loss, grads = _loss_and_grads(tiny_model, batch)
+    assert all(layer._compiled_call_impl is None for layer in tiny_model.model.layers)  # eager again
+    assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_compile_auto_only_where_it_pays(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("HERD_COMPILE", raising=False)
+    monkeypatch.setattr("herd.engine.compiling._have_cxx", lambda: True)
+    assert should_compile("auto", steps=30, world=1, gradient_checkpointing=False, device=cpu)[0]
+    assert not should_compile("auto", steps=3, world=1, gradient_checkpointing=False, device=cpu)[0]
+    assert not should_compile("on", steps=30, world=2, gradient_checkpointing=False, device=cpu)[0]
+    assert not should_compile("on", steps=30, world=1, gradient_checkpointing=True, device=cpu)[0]
+    assert not should_compile("off", steps=30, world=1, gradient_checkpointing=False, device=cpu)[0]
+    monkeypatch.setenv("HERD_COMPILE", "0")
+    assert not should_compile("on", steps=30, world=1, gradient_checkpointing=False, device=cpu)[0]
+    monkeypatch.setenv("HERD_COMPILE", "1")
+    assert should_compile("auto", steps=1, world=1, gradient_checkpointing=False, device=cpu)[0]
+    monkeypatch.delenv("HERD_COMPILE")
+    monkeypatch.setattr("herd.engine.compiling._have_cxx", lambda: False)
+    ok, why = should_compile("on", steps=30, world=1, gradient_checkpointing=False, device=cpu)
+    assert not ok and "C++" in why
+
+
+def test_fused_adamw_steps_like_foreach(tiny_model):
+    torch.manual_seed(0)
+    params = [p for p in tiny_model.parameters()]
+    start = [p.detach().clone() for p in params]
+    grads = [torch.randn_like(p) * 1e-2 for p in params]
+    results = []
+    for fused in (True, False):
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+        groups = param_groups(params, 0.1)
+        opt = adamw(groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8) if fused else torch.optim.AdamW(
+            groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+        assert opt.defaults.get("fused") is (True if fused else None)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients():
+    from herd.engine.cross_entropy import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    ref = torch.nn.functional.cross_entropy(h @ w.t(), y, reduction="sum")
+    gh, gw = torch.autograd.grad(ref * 3.0, (h, w))
+    loss = linear_cross_entropy(h, w, y, chunk=7)  # 6 chunks, the last one short
+    ch, cw = torch.autograd.grad(loss * 3.0, (h, w))
+    assert torch.allclose(loss, ref, rtol=1e-12)
+    assert torch.allclose(ch, gh, rtol=1e-10) and torch.allclose(cw, gw, rtol=1e-10)
+    with torch.no_grad():  # evaluation: the loss only
+        assert torch.allclose(linear_cross_entropy(h, w, y, chunk=7), ref, rtol=1e-12)
+    frozen = w.detach()  # LoRA: the head is frozen, only the hidden states get a gradient
+    (ch2,) = torch.autograd.grad(linear_cross_entropy(h, frozen, y, chunk=7), (h,))
+    assert torch.allclose(ch2, torch.autograd.grad(torch.nn.functional.cross_entropy(
+        h @ frozen.t(), y, reduction="sum"), (h,))[0], rtol=1e-10)
+
+
+def test_masked_lm_loss_chunked_equals_plain_on_the_model(tiny_model, tokenizer, alpaca_examples):
+    """The model path: tied embedding / LM head, packed rows, fp32; and under bf16 autocast within
+    bf16's rounding."""
+    items, _ = tokenize_examples(alpaca_examples[:12], get_template("alpaca"), tokenizer, max_len=256)
+    batch = make_batch(items, 256, tokenizer.pad_token_id)
+    runs = {}
+    for chunked in (False, True):
+        tiny_model.zero_grad(set_to_none=True)
+        loss = MaskedLMLoss(tiny_model, chunked=chunked)(batch.input_ids, batch.position_ids, batch.labels)
+        loss.backward()
+        runs[chunked] = (float(loss), {n: p.grad.clone() for n, p in tiny_model.named_parameters()})
+    assert abs(runs[True][0] - runs[False][0]) <= 1e-5 * abs(runs[False][0])
+    for name, g in runs[False][1].items():
+        assert torch.allclose(runs[True][1][name], g, rtol=1e-4, atol=1e-6), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = float(MaskedLMLoss(tiny_model, chunked=False)(batch.input_ids, batch.position_ids, batch.labels))
+        chunked = float(MaskedLMLoss(tiny_model)(batch.input_ids, batch.position_ids, batch.labels))
+    assert abs(plain - chunked) <= 1e-2 * abs(plain)
+
+
+def test_fast_dropout_is_inverted_dropout_with_the_same_p():
+    from herd.engine.lora import FastDropout
+
+    torch.manual_seed(0)
+    d = FastDropout(0.05)
+    x = torch.ones(300_001, requires_grad=True)  # not a multiple of the lanes
+    y = d(x)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.05) < 0.003  # ~15,000 drops: 4 sigma is ~0.0016
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - d.p)))
+    y.sum().backward()  # the gradient passes where kept, scaled; zero where dropped
+    assert torch.equal(x.grad == 0, y.detach() == 0)
+    d.eval()
+    assert d(x) is x
+    torch.manual_seed(1)
+    a = FastDropout(0.05)(torch.ones(1000))
+    torch.manual_seed(1)
+    assert torch.equal(a, FastDropout(0.05)(torch.ones(1000)))  # the seed decides the mask
+
+
+def test_lora_uses_fast_dropout(tiny_model):
+    from herd.core.recipe import LoraSpec
+    from herd.engine.lora import FastDropout, apply_lora
+
+    model = apply_lora(tiny_model, LoraSpec(r=4, alpha=8, dropout=0.1))
+    drops = [m for m in model.modules() if isinstance(m, FastDropout)]
+    assert drops and all(abs(d.p - 0.1) < 1e-4 for d in drops)
+    assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules())
