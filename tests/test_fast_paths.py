@@ -25,7 +25,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, tokenizer
     items, _ = tokenize_examples(alpaca_examples[:12], get_template("alpaca"), tokenizer, max_len=256)
     batch = make_batch(items, 256, tokenizer.pad_token_id)
     ref_loss, ref_grads = _loss_and_grads(tiny_model, batch)
-    with compiled_layers(tiny_model, True):
+    with compiled_layers(tiny_model.model.layers, True):
         assert all(layer._compiled_call_impl is not None for layer in tiny_model.model.layers)
         loss, grads = _loss_and_grads(tiny_model, batch)
     assert all(layer._compiled_call_impl is None for layer in tiny_model.model.layers)  # eager again

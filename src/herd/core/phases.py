@@ -47,6 +47,14 @@ def current_rss_mb() -> float:
         return 0.0
 
 
+def fmt_duration(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on (what tqdm shows)."""
+    s = max(0, int(round(seconds)))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 @dataclass
 class PhaseRow:
     name: str
@@ -128,8 +136,6 @@ class PhaseLog:
 
     def table(self) -> str:
         """A plain-text table: phase (indented by depth), seconds, peak RSS."""
-        from herd.core.progress import fmt_duration
-
         width = max([len("phase")] + [2 * r.depth + len(r.name) for r in self.rows])
         lines = [f"{'phase':<{width}}  {'time':>8}  {'peak RSS':>10}"]
         for r in self.rows:

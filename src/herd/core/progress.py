@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TextIO, TypeVar
 
+from herd.core.phases import fmt_duration, record
+
 T = TypeVar("T")
 
 EVERY_ENV = "HERD_PROGRESS_EVERY"
@@ -36,14 +38,6 @@ def every_seconds() -> float:
         return max(0.0, float(raw)) if raw else DEFAULT_EVERY
     except ValueError:  # a typo in an environment variable must not stop a run
         return DEFAULT_EVERY
-
-
-def fmt_duration(seconds: float) -> str:
-    """``m:ss``, or ``h:mm:ss`` from an hour on (what tqdm shows)."""
-    s = max(0, int(round(seconds)))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def plural(unit: str) -> str:
@@ -189,8 +183,6 @@ def phase(name: str, what: str, *, enabled: bool = True, file: TextIO | None = N
     """``[name] what`` on entry and ``[name] what: done in 0:12`` on exit (``failed after`` on an error),
     on stderr in every mode: which long step a run is in, and what each step took. Inside an active
     :class:`herd.core.phases.PhaseLog` the step's seconds and peak RSS are also recorded (printed or not)."""
-    from herd.core.phases import record
-
     out = file if file is not None else sys.stderr
     if enabled:
         print(f"[{name}] {what}", file=out, flush=True)

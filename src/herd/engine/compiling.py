@@ -49,18 +49,11 @@ def should_compile(setting: str | bool, *, steps: int, world: int, gradient_chec
     return True, "decoder layers compiled (inductor)"
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
-    from herd.engine.training import causal_lm
-
-    inner = getattr(causal_lm(model), "model", None)
-    return list(getattr(inner, "layers", []) or [])
-
-
 @contextmanager
-def compiled_layers(model: nn.Module, enabled: bool) -> Iterator[None]:
+def compiled_layers(layers: list[nn.Module], enabled: bool) -> Iterator[None]:
     """Inside: each decoder layer runs compiled (``nn.Module.compile``: parameter names and the state
     dict are unchanged, so checkpoints and the saved artifact are the same files). After: eager again."""
-    layers = _layers(model) if enabled else []
+    layers = list(layers) if enabled else []
     for layer in layers:
         layer.compile()
     try:

@@ -440,7 +440,7 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
         return StepOut(loss=step_loss_val / max(1, n_trained),
                        fields={"tokens": step_tokens, "trained_tokens": n_trained}, tokens=step_tokens)
 
-    with record("train loop"), compiled_layers(model, compile_on):
+    with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on):
         result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
     result.trained_tokens = trained
     return result
