@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -77,9 +78,8 @@ def matmul_shapes(model) -> list[tuple[int, int]]:
     from herd.engine.training import causal_lm
 
     lm = causal_lm(model)
-    shapes = [(m.in_features, m.out_features) for n, m in lm.named_modules()
-              if isinstance(m, torch.nn.Linear) and "lora_" not in n]
-    return shapes
+    return [(m.in_features, m.out_features) for n, m in lm.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lora_" not in n]
 
 
 def flops_per_token(model, method: str) -> float:
@@ -94,10 +94,8 @@ def matmul_ceiling(model, dtype: torch.dtype | None, tokens: int = 2048, repeats
     """FLOP/s of this machine on the model's own matmuls: for each linear layer, the forward product and
     the two backward ones (input and weight gradients), ``tokens`` rows, best of ``repeats``."""
     dt = dtype or torch.float32
-    shapes = sorted(set(matmul_shapes(model)))
-    count = {s: 0 for s in shapes}
-    for s in matmul_shapes(model):
-        count[s] += 1
+    count = Counter(matmul_shapes(model))
+    shapes = sorted(count)
     best = 0.0
     for _ in range(repeats):
         flops, secs = 0.0, 0.0

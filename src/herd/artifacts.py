@@ -82,11 +82,14 @@ def new_lineage(name: str, *, parent: dict, template: dict | None, recipe: dict 
     }
 
 
-def write_lineage(folder: str | Path, lineage: dict) -> dict:
-    """Hash the weights in ``folder`` into the lineage, give it an id, write it atomically."""
+def write_lineage(folder: str | Path, lineage: dict, *, rehash: bool = True) -> dict:
+    """Hash the weights in ``folder`` into the lineage, give it an id, write it atomically.
+    ``rehash=False`` keeps the lineage's ``weights_sha256`` (the weights did not change since it was
+    written: no second read of them)."""
     folder = Path(folder)
     lineage = dict(lineage)
-    lineage["weights_sha256"] = sha256_dir(folder) if list(folder.glob("*.safetensors")) else None
+    if rehash or "weights_sha256" not in lineage:
+        lineage["weights_sha256"] = sha256_dir(folder) if list(folder.glob("*.safetensors")) else None
     lineage.pop("id", None)
     lineage["id"] = sha256_json(lineage)
     atomic_write_text(folder / LINEAGE_FILE, json.dumps(lineage, indent=2, default=str) + "\n")

@@ -20,7 +20,7 @@ from herd.base import BaseRef, resolve_base
 from herd.core.errors import ConfigError
 from herd.core.hashing import sha256_file, sha256_json
 from herd.core.paths import resolve_data_path
-from herd.core.phases import PhaseLog, release_memory
+from herd.core.phases import PhaseLog, record, release_memory
 from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
 from herd.data import load_examples
@@ -163,7 +163,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     with PhaseLog() as phases:  # seconds and peak RSS of every phase below
         # 1. everything validated before a model loads (data builds may load a teacher: they run first)
         inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
-        with phase("derive", "base: resolve", enabled=False):
+        with record("base: resolve"):
             ref = resolve_base(base_spec)
         workspace.mkdir(parents=True, exist_ok=True)
         recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
@@ -189,7 +189,7 @@ def _record_phases(final: Path, phases: PhaseLog, progress: bool) -> None:
     """The phase table into the derived artifact's lineage (``phases``), and on stderr."""
     lineage = read_lineage(final)
     lineage["phases"] = {"rows": phases.as_list(), "peak_rss_mb": round(phases.peak_rss_mb)}
-    write_lineage(final, lineage)
+    write_lineage(final, lineage, rehash=False)  # the scorecard just hashed these weights
     if progress:
         print("[derive] where the time and memory went:\n" + phases.table(), file=sys.stderr, flush=True)
 
