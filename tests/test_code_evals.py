@@ -171,7 +171,9 @@ def _rows(path) -> list[dict]:
 def _check_metrics(metrics, names):
     assert [m["name"] for m in metrics] == names
     for m in metrics:
-        assert m.keys() == {"task", "name", "dataset", "parent", "derived", "better"}
+        assert m.keys() >= {"task", "name", "dataset", "parent", "derived", "better", "delta", "ci95", "n", "verdict"}
+        assert m["delta"] == pytest.approx(m["derived"] - m["parent"], abs=0.02)  # paired over the same tasks
+        assert m["ci95"][0] <= m["delta"] <= m["ci95"][1]
         if m["name"].startswith("middle_nll"):  # nats/token
             assert m["better"] == "lower" and m["parent"] > 0 and m["derived"] > 0
         else:

@@ -109,7 +109,8 @@ def add_stage_results(card: dict, stage_runs: list) -> None:
             card["metrics"].append({
                 "task": f"held-out LM loss, stage {stage.name} (its input model vs its output)", "name": "lm_loss",
                 "dataset": f"{n} held-out rows of the stage's documents ({held['parent']['tokens']} tokens)",
-                "parent": held["parent"]["loss"], "derived": held["derived"]["loss"], "better": "lower"})
+                "parent": held["parent"]["loss"], "derived": held["derived"]["loss"], "better": "lower",
+                **(held.get("paired") or {})})
         first, last = tr.get("first_loss"), tr.get("final_loss")
         loss = f"{first:.4f} → {last:.4f}" if first is not None and last is not None else "–"
         hl = (f"{held['parent']['loss']:.4f} → {held['derived']['loss']:.4f}"

@@ -14,6 +14,7 @@ from herd.core.progress import phase
 from herd.core.recipe import Recipe
 from herd.core.registry import EVALS
 from herd.data.records import Example
+from herd.evals.paired import fmt_delta, headline
 from herd.evals.registry import EvalContext
 from herd.templates import Template
 
@@ -49,8 +50,7 @@ def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived
         "recipe": recipe.name, "title": recipe.title, "profile": recipe.profile,
         "paper_base": recipe.paper_base, "template": template.name,
         "metrics": metrics,
-        "headline": ({"name": metrics[0]["task"], "parent": metrics[0]["parent"],
-                      "derived": metrics[0]["derived"], "better": metrics[0].get("better")} if metrics else None),
+        "headline": headline(metrics),
         "published": [p.model_dump() for p in recipe.published],
         "deviations": list(recipe.deviations) + [f"evals.{n['eval']} not run: {n['why']}" for n in not_run],
         "not_run": not_run,
@@ -84,10 +84,16 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
     if card["profile"] != "full":
         lines += [f"> A `{card['profile']}` profile keeps the published protocol and shrinks sizes. These "
                   "numbers describe this run only; they are NOT the paper's numbers.", ""]
-    lines += ["## Parent vs derived", "", "| evaluation | dataset | parent | derived | better |",
-              "|---|---|---:|---:|---|"]
+    h = card.get("headline")
+    if h and h.get("delta") is not None:
+        lines += [f"**Headline: {h['name']}**: parent {h['parent']} → derived {h['derived']}, derived − parent "
+                  f"{fmt_delta(h)} (paired 95% CI, n = {h['n']}): **{h['verdict']}**.", ""]
+    lines += ["## Parent vs derived", "",
+              "| evaluation | dataset | parent | derived | better | derived − parent [paired 95% CI] | n | verdict |",
+              "|---|---|---:|---:|---|---|---:|---|"]
     for m in card["metrics"]:
-        lines.append(f"| {m['task']} | {m['dataset']} | {m['parent']} | {m['derived']} | {m['better']} |")
+        lines.append(f"| {m['task']} | {m['dataset']} | {m['parent']} | {m['derived']} | {m['better']} | "
+                     f"{fmt_delta(m)} | {m.get('n', '')} | {m.get('verdict') or '–'} |")
     if training and all(k in training for k in ("steps", "tokens", "trained_tokens", "seconds", "tokens_per_s",
                                                   "first_loss", "final_loss")):
         lines += ["", "## Training (last stage)", "",

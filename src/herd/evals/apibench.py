@@ -104,6 +104,7 @@ def _pct(x: float) -> float:
 @register_eval("apibench_ast", ApibenchAstConfig)
 def run_apibench_ast(ctx: EvalContext, cfg: ApibenchAstConfig) -> EvalOutput:
     from herd.engine.generation import generate
+    from herd.evals.paired import with_paired
 
     hd = HubData(cfg.hub, cfg.data)
     questions = hd.questions[: cfg.n] if cfg.n else hd.questions
@@ -137,10 +138,14 @@ def run_apibench_ast(ctx: EvalContext, cfg: ApibenchAstConfig) -> EvalOutput:
     metrics = []
     for mode in cfg.retrievals:
         p, d = scores[("parent", mode)], scores[("derived", mode)]
-        for name, attr, better in (("accuracy", "accuracy", "higher"), ("hallucination", "hallucination_rate", "lower"),
-                                   ("error", "error_rate", "lower")):
-            metrics.append({"task": f"APIBench AST {name} % ({LABEL[mode]})", "name": name, "dataset": dataset,
-                            "parent": _pct(getattr(p, attr)), "derived": _pct(getattr(d, attr)), "better": better})
+        for name, attr, better, hit in (("accuracy", "accuracy", "higher", {"correct"}),
+                                        ("hallucination", "hallucination_rate", "lower", {"hallucination"}),
+                                        ("error", "error_rate", "lower", {"wrong_api", "no_api_call"})):
+            per_q = {role: [float(v.status in hit) for v in sc.verdicts] for role, sc in (("parent", p), ("derived", d))}
+            metrics.append(with_paired({"task": f"APIBench AST {name} % ({LABEL[mode]})", "name": name,
+                                        "dataset": dataset, "parent": _pct(getattr(p, attr)),
+                                        "derived": _pct(getattr(d, attr)), "better": better},
+                                       per_q["parent"], per_q["derived"], scale=100, digits=2))
     checks = evaluator_checks(hd)
     bm25_hits = None
     if "bm25" in cfg.retrievals:

@@ -35,12 +35,22 @@ def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
                                  progress=ctx.progress, desc=f"eval heldout_loss {role}")
     p, d = res["parent"], res["derived"]
     ds = f"{ctx.recipe.name} held-out split ({p['records']} records, {p['tokens']} response tokens)"
-    return EvalOutput(metrics=[
-        {"task": "held-out response loss", "name": "loss", "dataset": ds, "parent": round(p["loss"], 4),
-         "derived": round(d["loss"], 4), "better": "lower"},
-        {"task": "held-out response perplexity", "name": "perplexity", "dataset": ds,
-         "parent": round(p["perplexity"], 3), "derived": round(d["perplexity"], 3), "better": "lower"},
-    ], extra={"heldout_data": rep.as_dict()})
+    return EvalOutput(metrics=loss_rows(p, d, ds, "held-out response"), extra={"heldout_data": rep.as_dict()})
+
+
+def loss_rows(p: dict, d: dict, dataset: str, what: str) -> list[dict]:
+    """Loss and perplexity rows of two ``heldout_loss`` results on the same items, each with its paired
+    bootstrap over records (the token-weighted loss recomputed on every resample)."""
+    import math
+
+    from herd.evals.paired import ratio_stat, with_paired
+
+    rows = [({"task": f"{what} loss", "name": "loss", "dataset": dataset, "parent": round(p["loss"], 4),
+              "derived": round(d["loss"], 4), "better": "lower"}, ratio_stat, 4),
+            ({"task": f"{what} perplexity", "name": "perplexity", "dataset": dataset,
+              "parent": round(p["perplexity"], 3), "derived": round(d["perplexity"], 3), "better": "lower"},
+             lambda v: math.exp(min(ratio_stat(v), 50)), 3)]
+    return [with_paired(row, p["per_record"], d["per_record"], stat=stat, digits=digits) for row, stat, digits in rows]
 
 
 def prompt_messages(ex) -> list[dict]:

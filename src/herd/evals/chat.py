@@ -41,6 +41,7 @@ def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOu
     from herd.core.paths import resolve_data_path
     from herd.evals.judge import games, make_judge, play, summarize, summary_markdown
     from herd.evals.mtbench import generate_answers, read_questions, write_answers
+    from herd.evals.paired import with_paired
 
     recipe_dir = Path(ctx.recipe.source_file).parent if ctx.recipe.source_file else Path.cwd()
     qpath = resolve_data_path(cfg.questions, recipe_dir)
@@ -67,9 +68,11 @@ def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOu
     s = summarize(results, n_boot=cfg.bootstrap, seed=cfg.seed)
     ds = f"{qpath.name} ({s['games']} games, judge {s['judge']})"
     adj = s["win_rate_adjusted"]
-    metrics = [{"task": "MT-bench pairwise win rate, ties ½ (derived vs parent)", "name": "win_rate_adjusted",
-                "dataset": ds, "parent": None if adj is None else round(1 - adj, 4), "derived": adj,
-                "better": "higher"}]
+    score = [1.0 if r["winner"] == "model_1" else 0.5 if r["winner"] == "tie" else 0.0
+             for r in results if r["winner"] != "error"]  # derived's points per game; parent's are 1 − that
+    metrics = [with_paired({"task": "MT-bench pairwise win rate, ties ½ (derived vs parent)", "name": "win_rate_adjusted",
+                            "dataset": ds, "parent": None if adj is None else round(1 - adj, 4), "derived": adj,
+                            "better": "higher"}, [1 - x for x in score], score, n_boot=cfg.bootstrap, seed=cfg.seed)]
     return EvalOutput(metrics=metrics, extra={"mtbench_pairwise": s},
                       markdown=summary_markdown(s, "MT-bench pairwise judgment (derived = model 1)"), files=files)
 
@@ -85,6 +88,7 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
     from herd.core.recipe import eval_max_len
     from herd.data.tokenize import tokenize_examples
     from herd.engine.heldout import heldout_loss
+    from herd.evals.paired import ratio_stat, with_paired
 
     max_len = eval_max_len(ctx.recipe)
     groups = defaultdict(list)
@@ -98,9 +102,11 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
         for g, it in Progress(items.items(), desc=f"eval heldout_loss_by_category {role}", unit="group",
                               enabled=ctx.progress):
             res[role][g] = heldout_loss(ctx.model(role), it, ctx.tokenizer.pad_token_id, row_len=max_len)
-    metrics = [{"task": f"held-out response loss, {cfg.key} {g}", "name": "loss",
-                "dataset": f"{ctx.recipe.name} held-out split, {cfg.key} {g} ({res['parent'][g]['records']} "
-                           f"records, {res['parent'][g]['tokens']} tokens)",
-                "parent": round(res["parent"][g]["loss"], 4), "derived": round(res["derived"][g]["loss"], 4),
-                "better": "lower"} for g in items]
+    metrics = [with_paired({"task": f"held-out response loss, {cfg.key} {g}", "name": "loss",
+                            "dataset": f"{ctx.recipe.name} held-out split, {cfg.key} {g} "
+                                       f"({res['parent'][g]['records']} records, {res['parent'][g]['tokens']} tokens)",
+                            "parent": round(res["parent"][g]["loss"], 4),
+                            "derived": round(res["derived"][g]["loss"], 4), "better": "lower"},
+                           res["parent"][g]["per_record"], res["derived"][g]["per_record"], stat=ratio_stat)
+               for g in items]
     return EvalOutput(metrics=metrics)

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from herd.evals import humaneval as he
+from herd.evals.paired import with_paired
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 
 ROLES = ("parent", "derived")
@@ -167,25 +168,26 @@ def _pass_at_k(ctx: EvalContext, cfg: _PassAtKConfig, *, bench: str, prompts: li
         del tok, model  # so that _execute can free it
     _execute(ctx, cfg, jobs, bench)
     files = [_write(ctx, f"{file_stem}-{role}.jsonl", [j for j in jobs if j["role"] == role]) for role in ROLES]
-    scores: dict[str, dict[int, float]] = {role: {} for role in ROLES}
+    per_problem: dict[str, dict[int, list[float]]] = {role: {} for role in ROLES}  # for the paired CIs
     for role in ROLES:
         if greedy:
-            g = [j["passed"] for j in jobs if j["role"] == role and j["kind"] == "greedy"]
-            scores[role][1] = he.mean([float(x) for x in g])
+            per_problem[role][1] = [float(j["passed"]) for j in jobs if j["role"] == role and j["kind"] == "greedy"]
         for k in big:
             n_c = {}
             for j in jobs:
                 if j["role"] == role and j["kind"] == "sample":
                     n, c = n_c.get(j["task_id"], (0, 0))
                     n_c[j["task_id"]] = (n + 1, c + int(j["passed"]))
-            ns, cs = zip(*n_c.values()) if n_c else ((), ())
-            scores[role][k] = he.mean(he.estimate_pass_at_k(ns, cs, k))
+            per_problem[role][k] = [float(x) for x in he.estimate_pass_at_k(*zip(*[n_c[i] for i in ids]), k)] \
+                if n_c else []
+    scores = {role: {k: he.mean(v) for k, v in per_problem[role].items()} for role in ROLES}
     metrics = []
     for k in sorted(cfg.k):
         how = "greedy" if k == 1 else f"T={cfg.temperature:g}, top-p {cfg.top_p:g}, n={cfg.n_samples}"
-        metrics.append({"task": f"{task_label} pass@{k} % ({how})", "name": f"pass@{k}", "dataset": dataset,
-                        "parent": _pct(scores["parent"][k]), "derived": _pct(scores["derived"][k]),
-                        "better": "higher"})
+        metrics.append(with_paired({"task": f"{task_label} pass@{k} % ({how})", "name": f"pass@{k}", "dataset": dataset,
+                                    "parent": _pct(scores["parent"][k]), "derived": _pct(scores["derived"][k]),
+                                    "better": "higher"}, per_problem["parent"][k], per_problem["derived"][k],
+                                   scale=100, digits=2))
     statuses = _statuses(jobs)
     extra = {bench: {"problems": len(prompts), "k": sorted(cfg.k), "n_samples": cfg.n_samples if big else 0,
                      "statuses": statuses, "files": files}}
@@ -258,22 +260,23 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
     metrics = []
     for mode in cfg.modes:
         for name, key in (("exact_match", "exact_match"), ("pass@1", "passed")):
-            val = {role: _pct(he.mean([float(j[key]) for j in jobs if j["role"] == role and j["mode"] == mode]))
-                   for role in ROLES}
+            items = {role: [float(j[key]) for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
             label = "exact match" if name == "exact_match" else "pass@1"
-            metrics.append({"task": f"HumanEval {bench} infilling {label} % ({mode.upper()}, greedy)",
-                            "name": f"{name}_{mode}", "dataset": dataset, "parent": val["parent"],
-                            "derived": val["derived"], "better": "higher"})
+            metrics.append(with_paired({"task": f"HumanEval {bench} infilling {label} % ({mode.upper()}, greedy)",
+                                        "name": f"{name}_{mode}", "dataset": dataset,
+                                        "parent": _pct(he.mean(items["parent"])),
+                                        "derived": _pct(he.mean(items["derived"])), "better": "higher"},
+                                       items["parent"], items["derived"], scale=100, digits=2))
         if cfg.middle_nll:
             nll = {role: [j["middle_nll"] for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
             pairs = [(q, d) for q, d in zip(nll["parent"], nll["derived"]) if q is not None and d is not None]
             wins = he.mean([float(d < q) for q, d in pairs])
-            metrics.append({"task": f"HumanEval {bench} infilling: NLL of the true middle, nats/token ({mode.upper()}, "
-                                    f"teacher-forced; derived lower on {_pct(wins)}% of tasks)",
-                            "name": f"middle_nll_{mode}", "dataset": dataset,
-                            "parent": round(he.mean([q for q, _ in pairs]), 4),
-                            "derived": round(he.mean([d for _, d in pairs]), 4),
-                            "better": "lower"})
+            metrics.append(with_paired(
+                {"task": f"HumanEval {bench} infilling: NLL of the true middle, nats/token ({mode.upper()}, "
+                         f"teacher-forced; derived lower on {_pct(wins)}% of tasks)",
+                 "name": f"middle_nll_{mode}", "dataset": dataset, "parent": round(he.mean([q for q, _ in pairs]), 4),
+                 "derived": round(he.mean([d for _, d in pairs]), 4), "better": "lower"},
+                [q for q, _ in pairs], [d for _, d in pairs]))
     statuses = _statuses(jobs)
     extra = {"humaneval_infilling": {"tasks": len(problems), "modes": list(cfg.modes), "single_line": single,
                                      "statuses": statuses, "files": files}}

@@ -34,6 +34,7 @@ from herd.evals.mcq import (
     pick_demos,
     score_items,
 )
+from herd.evals.paired import with_paired
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 
 # recipes.md §4.4 (Meditron Table 2 / evaluation/instructions.json), verbatim
@@ -193,8 +194,9 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
                    "target": target, "demo_ids": demo_ids, "example_prompt": prompts[0] if prompts else ""}}
     p, d = summary["parent"], summary["derived"]
     task = f"{title} ({cfg.shots}-shot, {cfg.mode})"
-    metrics = [{"task": task, "name": "accuracy", "dataset": dataset, "parent": p["accuracy"],
-                "derived": d["accuracy"], "better": "higher"}]
+    metrics = [with_paired({"task": task, "name": "accuracy", "dataset": dataset, "parent": p["accuracy"],
+                            "derived": d["accuracy"], "better": "higher"}, res["parent"], res["derived"],
+                           n_boot=cfg.bootstrap, seed=cfg.seed)]
 
     def ci(c):
         return f"[{c[0]:.3f}, {c[1]:.3f}]" if c else "–"

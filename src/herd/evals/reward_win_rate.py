@@ -44,6 +44,7 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     from herd.core.recipe import POLICY_KINDS
     from herd.engine.generation import generate
     from herd.engine.reward_model import load_reward_model
+    from herd.evals.paired import paired
 
     by_name = {st.name: (st, Path(d)) for st, d in ctx.stages}
     if cfg.reward_model not in by_name or cfg.baseline not in by_name:
@@ -74,11 +75,14 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
         ans = answers(d, st.name)
         scores = rm.score(prompts, ans).float().numpy()
         win, ci = _win_rate(scores, base_scores, cfg.bootstrap, cfg.seed)
+        wins = (scores > base_scores).astype(float) + 0.5 * (scores == base_scores)
         row = {"stage": st.name, "kind": st.kind, "win_rate": round(win, 4), "ci95": ci,
                "mean_reward": round(float(scores.mean()), 4), "baseline_mean_reward": round(float(base_scores.mean()), 4)}
         metrics.append({"task": f"reward-model-judged win rate vs {cfg.baseline}, stage {st.name} (ties ½)",
                         "name": f"rm_win_rate_{st.name}", "dataset": f"{len(prompts)} held-out prompts, greedy",
-                        "parent": round(1 - win, 4), "derived": round(win, 4), "better": "higher"})
+                        "parent": round(1 - win, 4), "derived": round(win, 4), "better": "higher",
+                        **paired(1 - wins, wins, better="higher", n_boot=cfg.bootstrap, seed=cfg.seed),
+                        "derived_ci95": ci})
         if cfg.kl_samples:
             ctx.log(f"KL({st.name} || {cfg.baseline}) on {cfg.kl_samples} sampled replies per prompt")
             kl, n_sampled = _kl_to_baseline(ctx, cfg, st.name, d, base_dir, prompts)
@@ -116,9 +120,21 @@ def _rm_accuracy(rm_stage, rm_dir: Path) -> list[dict]:
     acc_before = (rm_metrics.get("heldout_before") or {}).get("accuracy")
     if acc_after is None:
         return []
-    return [{"task": "reward model: held-out pairwise accuracy (before → after its training)",
-             "name": "rm_accuracy", "dataset": f"{(rm_metrics.get('heldout') or {}).get('pairs')} held-out "
-             f"pairs of stage {rm_stage.name}", "parent": acc_before, "derived": acc_after, "better": "higher"}]
+    row = {"task": "reward model: held-out pairwise accuracy (before → after its training)",
+           "name": "rm_accuracy", "dataset": f"{(rm_metrics.get('heldout') or {}).get('pairs')} held-out "
+           f"pairs of stage {rm_stage.name}", "parent": acc_before, "derived": acc_after, "better": "higher"}
+    path = rm_dir / "heldout_rewards.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    if rows and "chosen_before" in rows[0]:  # per pair: right (1), tie (½: neither ranked), wrong (0)
+        from herd.evals.paired import mean_ci, with_paired
+
+        def right(c: float, r: float) -> float:
+            return 1.0 if c > r else 0.5 if c == r else 0.0
+
+        after = [right(x["chosen"], x["rejected"]) for x in rows]
+        row = with_paired(row, [right(x["chosen_before"], x["rejected_before"]) for x in rows], after)
+        row["derived_ci95"] = mean_ci(after)  # the bar: the trained RM's accuracy CI above 0.5
+    return [row]
 
 
 def _kl_to_baseline(ctx: EvalContext, cfg: RewardWinRateConfig, name: str, stage_dir: Path, base_dir: Path,

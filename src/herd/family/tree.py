@@ -225,7 +225,11 @@ def _scorecard_headline(lineage: dict | None) -> str | None:
     def num(v) -> str:
         return f"{v:.4g}" if isinstance(v, (int, float)) else "?"
 
-    return f"{head.get('name', 'score')}: {num(head.get('parent'))} → {num(head.get('derived'))}"
+    text = f"{head.get('name', 'score')}: {num(head.get('parent'))} → {num(head.get('derived'))}"
+    ci = head.get("ci95")
+    if isinstance(ci, list) and len(ci) == 2 and head.get("verdict"):
+        text += f" (Δ 95% CI [{num(ci[0])}, {num(ci[1])}]: {head['verdict']})"
+    return text
 
 
 # ---- text form ---------------------------------------------------------------------------------

@@ -293,8 +293,13 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
                "first_loss": result.history[0]["loss"] if result.history else None,
                "data": report, "world_size": world}
     if heldout:
-        summary["heldout"] = {role: {k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
-                              for role, h in heldout.items()}
+        if "parent" in heldout and "derived" in heldout:  # paired over the same held-out rows
+            from herd.evals.paired import paired, ratio_stat
+
+            heldout["paired"] = paired(heldout["parent"]["per_record"], heldout["derived"]["per_record"],
+                                       better="lower", stat=ratio_stat)
+        summary["heldout"] = {role: {k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()
+                                     if k != "per_record"} for role, h in heldout.items()}
     publish_stage(cfg, model, tok, template, parent, result, summary, out, work, name=name, recipe=recipe,
                   data=[{"name": s.name, "path": s.path, "format": s.format, "share": s.share} for s in cfg.data],
                   data_report=report, prepare_plain=lambda m: prepare_model(m, load_tokenizer(parent), cfg))

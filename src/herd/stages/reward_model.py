@@ -74,7 +74,7 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     work = out.with_name(out.name + ".work")
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
-    before, _, _ = held_out()
+    before, rc0, rr0 = held_out()
     result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
                          desc=cfg.name)
     if world > 1:  # the trained model is wrapped or sharded: score with a plain copy of its weights
@@ -100,8 +100,9 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     tok.chat_template = template.chat_template(tok)
     tok.save_pretrained(tmp)
     with open(tmp / "heldout_rewards.jsonl", "w") as f:
-        for p, c, r in zip(held.pairs, rc.tolist(), rr.tolist()):
-            f.write(json.dumps({"source": p.source, "index": p.index, "chosen": c, "rejected": r}) + "\n")
+        for p, c, r, c0, r0 in zip(held.pairs, rc.tolist(), rr.tolist(), rc0.tolist(), rr0.tolist()):
+            f.write(json.dumps({"source": p.source, "index": p.index, "chosen": c, "rejected": r,
+                                "chosen_before": c0, "rejected_before": r0}) + "\n")
     md = (f"Reward model: held-out pairwise accuracy {after.get('accuracy')} on {after.get('pairs')} pairs "
           f"(before training {before.get('accuracy')}).")
     finish_artifact(tmp, out, name=name, parent=parent, template_rec=template_record(template, tok), cfg=cfg,
