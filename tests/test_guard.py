@@ -263,6 +263,30 @@ def test_augmentations_follow_the_paper():
     assert all(len(c) >= 4 for c in codes_of.values())  # codes shuffled: a category is not tied to a code
 
 
+def test_layout_pool_keeps_the_augmentations_and_shares_prompts():
+    """``layouts: K``: the same three copies and verdict rules, with categories shown in at most K layouts
+    (so examples share their prompt's leading tokens for shared-prefix training)."""
+    from herd.data import load_examples
+
+    exs = load_examples(MODERATION, "moderation", split="train", layouts=8)
+    assert exs == load_examples(MODERATION, "moderation", split="train", layouts=8)
+    layouts = {tuple(c["name"] for c in ex.messages[0]["categories"]) for ex in exs}
+    assert 2 <= len(layouts) <= 8
+    full = {lay for lay in layouts if len(lay) == len(LLAMA_GUARD_V1.names)}
+    assert full and len(full) < len(layouts)
+    kinds = {k: [e for e in exs if e.meta["kind"] == k] for k in ("original", "drop_nonviolated", "drop_violated")}
+    assert len(kinds["original"]) == 646 and all(len(e.messages[0]["categories"]) == 6 for e in kinds["original"])
+    assert len(kinds["drop_violated"]) > 50
+    for ex in exs:
+        shown = {c["name"]: c["code"] for c in ex.messages[0]["categories"]}
+        want = sorted(shown[n] for n in ex.meta["violated"])
+        assert ex.messages[-1]["content"] == ("unsafe\n" + ",".join(want) if want else "safe")
+    for ex in kinds["drop_violated"]:
+        assert ex.meta["unsafe"] and ex.messages[-1]["content"] == "safe"
+    with pytest.raises(ConfigError, match="layouts"):
+        load_examples(MODERATION, "moderation", split="train", layouts=-1)
+
+
 def test_moderation_reader_errors_name_line_and_field(tmp_path):
     from herd.data import load_examples
 
@@ -284,17 +308,26 @@ def test_moderation_reader_errors_name_line_and_field(tmp_path):
 
 # -- scoring and metrics ---------------------------------------------------------------------------
 
-def test_batched_scores_equal_plain_forward(tiny_model, tokenizer, monkeypatch):
-    """Right-padded, length-bucketed scoring gives each prompt's own next-token probabilities. Both sides
-    in fp32: on a CPU with native bf16 scoring autocasts, and bf16 rounding is not what this checks."""
+@pytest.mark.parametrize("items", [
+    ["short", "a much longer message " * 20, ("q", "an answer")],  # User and Agent prompts: no shared prefix
+    ["short", "a much longer message " * 20, "x", "mid-length text " * 5],  # the taxonomy prefix runs once
+], ids=["whole", "shared-prefix"])
+def test_batched_scores_equal_plain_forward(tiny_model, tokenizer, monkeypatch, items):
+    """Right-padded, length-bucketed scoring (with the prompts' common prefix computed once when they
+    share one) gives each prompt's own next-token probabilities. Both sides in fp32: on a CPU with native
+    bf16 scoring autocasts, and bf16 rounding is not what this checks."""
+    from herd.guard import scoring
     from herd.guard.classifier import Guard, conversation
     from herd.guard.scoring import code_scoring, verdict_token_ids
 
     monkeypatch.setattr("herd.engine.training.resolve_precision", lambda precision: None)
+    seen = []
+    real = scoring._common_prefix
+    monkeypatch.setattr(scoring, "_common_prefix", lambda seqs, limit: seen.append(real(seqs, limit)) or seen[-1])
 
     g = Guard(model=tiny_model, tokenizer=tokenizer, batch_tokens=2048)
-    items = ["short", "a much longer message " * 20, ("q", "an answer")]
     p_unsafe, per_cat = g.scores(items)
+    assert (seen[0] >= scoring.MIN_SHARED_PREFIX) == all(isinstance(x, str) for x in items)
     _, unsafe = verdict_token_ids(tokenizer)
     cs = code_scoring(tokenizer, [c["code"] for c in LLAMA_GUARD_V1.prompt_categories()])
     for i, item in enumerate(items):

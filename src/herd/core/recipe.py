@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from herd.core.errors import ConfigError
 from herd.core.paths import repo_root
@@ -81,6 +81,16 @@ class SFTStage(TrainStage):
 
     name: str = "sft"
     kind: Literal["sft"] = "sft"
+    # examples whose prompts start alike are batched together and the common prefix runs once per step
+    # (engine/shared_prefix.py): for long shared instructions (Llama Guard's taxonomy) and short targets
+    shared_prefix: bool = False
+
+    @model_validator(mode="after")
+    def _shared_prefix_alone(self):
+        if self.shared_prefix and self.gradient_checkpointing:
+            raise ValueError("shared_prefix does not combine with gradient_checkpointing (the prefix's keys and "
+                             "values are reused across examples)")
+        return self
 
 
 class DocSource(_Strict):

@@ -40,6 +40,9 @@ class GuardEvalConfig(EvalConfig):
     max_len: int = Field(default=4096, ge=64)  # longer prompts are skipped and counted, never cut
     per_category: Literal["codes", "one_vs_all", "none"] = "codes"
     batch_tokens: int = Field(default=8192, ge=512)
+    # "dev" scores the dev split instead of test (thresholds stay 0.5): for choosing settings without
+    # touching the test split, which a final run scores once
+    split: Literal["test", "dev"] = "test"
 
 
 @dataclass
@@ -115,6 +118,8 @@ def load_guard_data(path: str | Path, options: dict, tokenizer, cfg: GuardEvalCo
         parts = split_records(records, dev_size=kw.get("dev_size", 100), test_size=kw.get("test_size", 250),
                               seed=kw.get("split_seed", 42))
         dev, test = parts["dev"][: cfg.max_dev], parts["test"][: cfg.max_test]
+        if cfg.split == "dev":
+            dev, test = [], dev
     tmpl = get_template("llama_guard")
     cats = mapping.taxonomy.prompt_categories()
 
@@ -128,8 +133,10 @@ def load_guard_data(path: str | Path, options: dict, tokenizer, cfg: GuardEvalCo
         raise ConfigError(f"{path}: no test records left to evaluate (max_len {cfg.max_len}, {skipped} skipped)")
     desc = (f"{Path(path).name}: {len(kept_test)} test records ({sum(r.unsafe for r in kept_test)} unsafe), "
             f"{len(kept_dev)} dev" + (f"; {skipped} over {cfg.max_len} tokens skipped" if skipped else ""))
+    if cfg.split == "dev":
+        desc = f"{Path(path).name}: the DEV split, {len(kept_test)} records, for choosing settings (no thresholds chosen)"
     return GuardData(mapping, kept_dev, kept_test, skipped, desc,
-                     f"{Path(path).stem} test ({len(kept_test)} records, {sum(r.unsafe for r in kept_test)} unsafe)")
+                     f"{Path(path).stem} {cfg.split} ({len(kept_test)} records, {sum(r.unsafe for r in kept_test)} unsafe)")
 
 
 def _source(ctx: EvalContext, cfg: GuardEvalConfig) -> tuple[Path, dict]:
@@ -148,18 +155,46 @@ def _r(x):
     return None if x is None else round(x, 4)
 
 
-def metric_rows(reports: dict[str, GuardReport], dataset: str) -> list[dict]:
-    """Scorecard rows, AUPRC (the paper's metric) first."""
+def metric_rows(reports: dict[str, GuardReport], dataset: str, split: str = "test") -> list[dict]:
+    """Scorecard rows, AUPRC (the paper's metric) first, each with its paired bootstrap over test items
+    (the same records scored by both models; thresholds stay the ones chosen on dev)."""
+    from herd.evals.paired import auprc_stat, with_paired
+
     p, d = reports["parent"], reports["derived"]
-    rows = [{"task": f"guard {m} (binary unsafe, test split)", "name": m, "dataset": dataset,
-             "parent": _r(p.overall[m]), "derived": _r(d.overall[m]), "better": "higher"}
+
+    def compare(row: dict, panel: str, p_thr: float, d_thr: float) -> dict:
+        (y, sp), (_, sd) = p.curves[panel], d.curves[panel]
+        if row["name"].startswith("auprc"):
+            return with_paired(row, np.c_[y, sp], np.c_[y, sd], stat=auprc_stat)
+        return with_paired(row, np.c_[y, sp >= p_thr], np.c_[y, sd >= d_thr], stat=_threshold_stat(row["name"]))
+
+    rows = [compare({"task": f"guard {m} (binary unsafe, {split} split)", "name": m, "dataset": dataset,
+                     "parent": _r(p.overall[m]), "derived": _r(d.overall[m]), "better": "higher"},
+                    "unsafe (binary)", p.threshold, d.threshold)
             for m in ("auprc", "f1", "precision", "recall")]
     for name in d.per_category:
         for m in ("auprc", "f1"):
-            rows.append({"task": f"guard {m}: {name}", "name": f"{m}/{name}", "dataset": dataset,
-                         "parent": _r(p.per_category[name][m]), "derived": _r(d.per_category[name][m]),
-                         "better": "higher"})
+            rows.append(compare({"task": f"guard {m}: {name}", "name": f"{m}/{name}", "dataset": dataset,
+                                 "parent": _r(p.per_category[name][m]), "derived": _r(d.per_category[name][m]),
+                                 "better": "higher"}, name, p.category_thresholds[name], d.category_thresholds[name]))
     return rows
+
+
+def _threshold_stat(name: str):
+    """precision/recall/F1 of rows ``(label, predicted)``; NaN where undefined (as scikit-learn's 0 would
+    bias the bootstrap)."""
+    metric = name.split("/")[0]
+
+    def stat(v: np.ndarray) -> float:
+        y, pred = v[:, 0], v[:, 1]
+        tp, fp, fn = float((y * pred).sum()), float(((1 - y) * pred).sum()), float((y * (1 - pred)).sum())
+        if metric == "precision":
+            return tp / (tp + fp) if tp + fp else float("nan")
+        if metric == "recall":
+            return tp / (tp + fn) if tp + fn else float("nan")
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+
+    return stat
 
 
 def markdown(reports: dict[str, GuardReport], data: GuardData, cfg_per_category: str, png: str | None) -> str:
@@ -200,10 +235,11 @@ def run_guard_eval(ctx: EvalContext, cfg: GuardEvalConfig) -> EvalOutput:
     d = reports["derived"]
     GuardSettings(taxonomy=settings.taxonomy, per_category=cfg.per_category, threshold=d.threshold,
                   category_thresholds=d.category_thresholds,
-                  chosen_on=f"best F1 on the dev split of {path.name} ({len(data.dev)} records)").write(ctx.out_dir)
+                  chosen_on=f"best F1 on the dev split of {path.name} ({len(data.dev)} records)" if data.dev
+                  else "default 0.5 (a run scored on the dev split chooses no thresholds)").write(ctx.out_dir)
     png = pr_png(reports, Path(ctx.out_dir) / "guard_pr_curve.png")
     extra = {"guard": {role: {"overall": r.overall, "per_category": r.per_category, "threshold": r.threshold,
                               "category_thresholds": r.category_thresholds} for role, r in reports.items()},
              "guard_data": {"file": str(path), "dev": len(data.dev), "test": len(data.test), "skipped": data.skipped}}
-    return EvalOutput(metrics=metric_rows(reports, data.short), extra=extra,
+    return EvalOutput(metrics=metric_rows(reports, data.short, cfg.split), extra=extra,
                       markdown=markdown(reports, data, cfg.per_category, png.name), files=[png.name, "guard.json"])

@@ -60,6 +60,20 @@ def code_scoring(tokenizer, codes: list[str]) -> CodeScoring:
     return CodeScoring(prefix=seqs[0][:n], code_ids=ids)
 
 
+MIN_SHARED_PREFIX = 32  # tokens: below this, prompts are scored whole
+
+
+def _common_prefix(seqs: list[list[int]], limit: int) -> int:
+    """Leading tokens every sequence shares, at most ``limit`` (so the answer position stays in the suffix)."""
+    first, n = seqs[0], limit
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
 def _precision_ctx(model):
     from herd.engine.training import resolve_precision
 
@@ -76,7 +90,8 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
     ``codes`` the per-code probabilities P(answer starts " unsafe\\n" + code).
 
     Rows are right-padded (positions stay exact) and batched by length; the LM head runs only on the
-    positions whose next-token distribution is read. ``progress`` reports prompts scored under ``desc``."""
+    positions whose next-token distribution is read. The prompts' common prefix (the taxonomy) runs once
+    and its keys/values are reused by every batch: the same numbers, ~5x less compute for a guard eval. ``progress`` reports prompts scored under ``desc``."""
     safe_id, unsafe_id = verdict_token_ids(tokenizer)
     per = codes if isinstance(codes, list) else [codes] * len(prompts)
     seqs, starts = [], []
@@ -90,23 +105,46 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
     amp, dev = _precision_ctx(model)
     lm = getattr(model, "model", model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # the taxonomy text every prompt starts with runs once; each batch reuses its keys and values
+    p = _common_prefix(seqs, min(starts, default=0)) if len(seqs) > 1 else 0
+    prefix_cache = None
+    if p >= MIN_SHARED_PREFIX:
+        from transformers import DynamicCache
+
+        prefix_cache = DynamicCache(config=model.config)
+        with amp:
+            lm(input_ids=torch.tensor([seqs[0][:p]], device=dev), cache=prefix_cache, use_cache=True)
+    else:
+        p = 0
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     bar = Progress(total=len(order), desc=desc, unit="record", enabled=progress)
     i = 0
     while i < len(order):
-        width = len(seqs[order[i]])
+        width = len(seqs[order[i]]) - p
         n = max(1, batch_tokens // max(1, width))
+        if p:  # the repeated prefix keys/values count against the batch too
+            n = max(1, min(n, 2 * batch_tokens // p))
         idx = order[i:i + n]
         i += n
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), p + width), dtype=torch.long)
+        mask[:, :p] = 1
         for r, j in enumerate(idx):
-            ids[r, :len(seqs[j])] = torch.tensor(seqs[j])
-            mask[r, :len(seqs[j])] = 1
+            ids[r, :len(seqs[j]) - p] = torch.tensor(seqs[j][p:])
+            mask[r, p:len(seqs[j])] = 1
+        kw = {}
+        if p:
+            import copy
+
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            kw = {"cache": cache, "use_cache": True,
+                  "position_ids": torch.arange(p, p + width, device=dev)[None].expand(len(idx), -1)}
         with amp:
-            hidden = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+            hidden = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), **({"use_cache": False} | kw)
+                        ).last_hidden_state
         for r, j in enumerate(idx):
-            pos = list(range(starts[j], len(seqs[j])))  # first answer token, then each teacher-forced one
+            pos = list(range(starts[j] - p, len(seqs[j]) - p))  # first answer token, then each teacher-forced one
             logp = torch.log_softmax(model.lm_head(hidden[r, pos]).float(), dim=-1)
             p_safe[j], p_unsafe[j] = float(logp[0, safe_id].exp()), float(logp[0, unsafe_id].exp())
             cs = per[j]

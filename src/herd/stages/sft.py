@@ -42,12 +42,24 @@ def run_sft(cfg: SFTStage, parent: BaseRef, template: Template, examples: list[E
     work = out.with_name(out.name + ".work")
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
-    result = train(model, items, loop_config(cfg, progress), work, pad_id=tok.pad_token_id, resume=resume)
+    grouping = None
+    if cfg.shared_prefix:
+        from herd.engine.shared_prefix import train_shared_prefix
+
+        result, grouping = train_shared_prefix(model, items, loop_config(cfg, progress), work, pad_id=tok.pad_token_id,
+                                               resume=resume, desc=cfg.name)
+        if rank == 0:
+            print(f"[{cfg.name}] shared prefixes: {grouping['groups']} groups of ~{grouping['examples_per_group']} "
+                  f"examples, ~{grouping['mean_prefix_tokens']:.0f} prefix tokens each; "
+                  f"{grouping['tokens_computed']:,} tokens computed for {grouping['tokens_as_packed']:,} "
+                  f"({grouping['saving']}x fewer)", flush=True)
+    else:
+        result = train(model, items, loop_config(cfg, progress), work, pad_id=tok.pad_token_id, resume=resume)
     summary = {"steps": result.steps, "tokens": result.tokens, "trained_tokens": result.trained_tokens,
                "seconds": round(result.seconds, 1), "tokens_per_s": round(result.tokens_per_s, 1),
                "final_loss": result.history[-1]["loss"] if result.history else None,
                "first_loss": result.history[0]["loss"] if result.history else None,
-               "data": report.as_dict(), "world_size": world}
+               "data": report.as_dict(), "world_size": world, **({"shared_prefix": grouping} if grouping else {})}
     publish_stage(cfg, model, tok, template, parent, result, summary, out, work, name=name, recipe=recipe,
                   data=data, data_report=report.as_dict())
     return out, summary

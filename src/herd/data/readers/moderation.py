@@ -184,11 +184,47 @@ def guard_example(rec: ModerationRecord, mapping: LabelMapping, shown: list[str]
         "kind": kind, "unsafe": rec.unsafe, "violated": sorted(violated & set(shown)), "labels": rec.labels})
 
 
+def layout_pool(names: list[str], size: int, seed: int, *, shuffle_codes: bool = True) -> list[list[str]]:
+    """``size`` category layouts (which categories a prompt shows, in which order) drawn once: a quarter
+    (at least one) show every category, the rest a random non-empty proper subset. Examples drawn from a
+    small pool share their prompt's leading tokens, so shared-prefix training computes them once."""
+    rng = random.Random(f"layouts:{seed}")
+    out = []
+    for k in range(size):
+        chosen = list(names) if k < max(1, size // 4) else rng.sample(names, rng.randint(1, max(1, len(names) - 1)))
+        chosen = [n for n in names if n in chosen]
+        if shuffle_codes:
+            rng.shuffle(chosen)
+        out.append(chosen)
+    return out
+
+
+def _pooled_copies(rec: ModerationRecord, mapping: LabelMapping, pool: list[list[str]], rng: random.Random, *,
+                   drop_nonviolated: bool, drop_violated: bool, descriptions: bool) -> list[Example]:
+    """The paper's copies with layouts drawn from ``pool``: the original shows every category; (a) any
+    layout holding all violated categories (the label is unchanged); (b) for unsafe records, a layout
+    holding none of them, relabelled ``safe``. A copy with no fitting layout in the pool is left out."""
+    violated = set(mapping.violated(rec))
+    full = [lay for lay in pool if len(lay) == len(mapping.taxonomy.names)]
+    out = [guard_example(rec, mapping, rng.choice(full), kind="original", descriptions=descriptions)]
+    keep = [lay for lay in pool if violated <= set(lay)]
+    if drop_nonviolated and keep:
+        out.append(guard_example(rec, mapping, rng.choice(keep), kind="drop_nonviolated", descriptions=descriptions))
+    drop = [lay for lay in pool if not violated & set(lay)]
+    if drop_violated and violated and drop:
+        out.append(guard_example(rec, mapping, rng.choice(drop), kind="drop_violated", descriptions=descriptions))
+    return out
+
+
 def augmented_examples(rec: ModerationRecord, mapping: LabelMapping, *, seed: int, shuffle_codes: bool = True,
-                       drop_nonviolated: bool = True, drop_violated: bool = True, descriptions: bool = True
-                       ) -> list[Example]:
-    """The original plus the paper's augmented copies of one training record (deterministic)."""
+                       drop_nonviolated: bool = True, drop_violated: bool = True, descriptions: bool = True,
+                       pool: list[list[str]] | None = None) -> list[Example]:
+    """The original plus the paper's augmented copies of one training record (deterministic); with
+    ``pool``, their category layouts come from that fixed set (:func:`layout_pool`)."""
     rng = random.Random(hashlib.sha256(f"{seed}\x00{rec.key()}".encode()).hexdigest())
+    if pool:
+        return _pooled_copies(rec, mapping, pool, rng, drop_nonviolated=drop_nonviolated,
+                              drop_violated=drop_violated, descriptions=descriptions)
     names = mapping.taxonomy.names
     violated = mapping.violated(rec)
     nonviolated = [n for n in names if n not in violated]
@@ -219,11 +255,14 @@ def augmented_examples(rec: ModerationRecord, mapping: LabelMapping, *, seed: in
 def read_moderation(path, *, split: str = "train", dev_size: int = 100, test_size: int = 250,
                     split_seed: int = 42, taxonomy: str | dict | None = None, label_map: dict | None = None,
                     augment: bool = True, shuffle_codes: bool = True, drop_nonviolated: bool = True,
-                    drop_violated: bool = True, descriptions: bool = True, seed: int = 42) -> list[Example]:
+                    drop_violated: bool = True, descriptions: bool = True, seed: int = 42,
+                    layouts: int = 0) -> list[Example]:
     """Guard training examples from a moderation-format file (the recipe's ``data:`` reader).
 
     ``split: train`` (default) gives the augmented training side; ``dev`` / ``test`` / ``all`` give one
-    un-augmented example per record with the full taxonomy in its own order."""
+    un-augmented example per record with the full taxonomy in its own order. ``layouts: K`` draws the
+    augmented copies' category layouts from K fixed ones instead of anew per copy (for ``shared_prefix``
+    training: examples of one layout share ~700 prompt tokens)."""
     if split not in SPLITS:
         raise ConfigError(f"moderation reader: split must be one of {', '.join(SPLITS)}, got '{split}'")
     mapping = make_mapping(load_taxonomy(taxonomy), label_map)
@@ -235,9 +274,12 @@ def read_moderation(path, *, split: str = "train", dev_size: int = 100, test_siz
     if split != "train" or not augment:
         return [guard_example(r, mapping, mapping.taxonomy.names, kind="original", descriptions=descriptions)
                 for r in part]
+    if layouts < 0:
+        raise ConfigError(f"moderation reader: layouts must be >= 0, got {layouts}")
+    pool = layout_pool(mapping.taxonomy.names, layouts, seed, shuffle_codes=shuffle_codes) if layouts else None
     out: list[Example] = []
     for r in part:
         out += augmented_examples(r, mapping, seed=seed, shuffle_codes=shuffle_codes,
                                   drop_nonviolated=drop_nonviolated, drop_violated=drop_violated,
-                                  descriptions=descriptions)
+                                  descriptions=descriptions, pool=pool)
     return out
