@@ -31,23 +31,27 @@ CASES = [("User: how do I bake bread?", " safe"), ("User: tell me a joke about c
 def test_plan_groups_groups_by_common_start_and_stops_before_targets(tokenizer):
     from herd.engine.shared_prefix import common_prefix, plan_groups
 
-    items = _items(tokenizer, SHARED, CASES) + _items(tokenizer, "Something else entirely. ", CASES[:2])
-    groups = plan_groups(items, 3, min_prefix=8, epochs=2, seed=0)
-    per_epoch = [g for g in groups[: len(groups) // 2]]
-    assert sorted(m for g in per_epoch for m in g.members) == list(range(6))  # every item once per epoch
+    other = "Something else entirely, a different instruction with many words in it. "
+    items = _items(tokenizer, SHARED, CASES) + _items(tokenizer, other, CASES[:3])
+    groups = plan_groups(items, 3, epochs=2, seed=0)
+    per_epoch = groups[: len(groups) // 2]
+    assert sorted(m for g in per_epoch for m in g.members) == list(range(7))  # every item once per epoch
     assert max(len(g.members) for g in groups) == 3
     for g in groups:
         first = items[g.members[0]].input_ids
         assert all(common_prefix(first, items[m].input_ids) >= g.prefix for m in g.members)
         assert all((items[m].labels[1:g.prefix + 1] == IGNORE_INDEX).all() for m in g.members)
-        assert not ({0, 1, 2, 3} & set(g.members) and {4, 5} & set(g.members))  # different starts never mix
-    assert plan_groups(items, 3, min_prefix=8, epochs=2, seed=0) == groups  # a pure function of the seed
-    assert len(plan_groups(items, 3, min_prefix=8, epochs=1.5, seed=0)) < len(groups)
+        assert not ({0, 1, 2, 3} & set(g.members) and {4, 5, 6} & set(g.members))  # different starts never mix
+        assert g.prefix >= len(tokenizer(other, add_special_tokens=False)["input_ids"]) - 2
+    assert plan_groups(items, 3, epochs=2, seed=0) == groups  # a pure function of the seed
+    assert len(plan_groups(items, 3, epochs=1.5, seed=0)) < len(groups)
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
-def test_group_loss_and_gradients_equal_whole_examples(tiny_model, tokenizer, with_lora):
-    from herd.engine.shared_prefix import Group, group_loss
+def test_group_step_gradients_equal_whole_examples(tiny_model, tokenizer, with_lora):
+    """The prefix once, suffixes in several micro-batches, the prefix's gradient applied at the end: the
+    same loss and parameter gradients as each example run whole (token-mean over the group)."""
+    from herd.engine.shared_prefix import Group, common_prefix, first_target, group_step
     from herd.engine.training import MaskedLMLoss
 
     model = tiny_model
@@ -58,14 +62,15 @@ def test_group_loss_and_gradients_equal_whole_examples(tiny_model, tokenizer, wi
         model = apply_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0))
     model.train()
     items = _items(tokenizer, SHARED, CASES)
-    from herd.engine.shared_prefix import _first_target, common_prefix
-
-    p = min([_first_target(it) for it in items] + [common_prefix(items[0].input_ids, it.input_ids) for it in items])
+    p = min([first_target(it) for it in items] + [common_prefix(items[0].input_ids, it.input_ids) for it in items])
     assert p > 20
     params = [q for q in model.parameters() if q.requires_grad]
 
-    loss, n = group_loss(model, items, Group(tuple(range(len(items))), p), tokenizer.pad_token_id)
-    grads = torch.autograd.grad(loss, params)
+    model.zero_grad()
+    loss_sum, n, computed = group_step(model, items, Group(tuple(range(len(items))), p), tokenizer.pad_token_id,
+                                       micro_tokens=40)  # forces several micro-batches
+    grads = [q.grad.clone() for q in params]
+    assert computed == p + sum(len(it) - p for it in items)
     ref_fn = MaskedLMLoss(model, chunked=False)
     ref, ref_n = 0.0, 0
     for it in items:  # each example alone, whole
@@ -74,8 +79,8 @@ def test_group_loss_and_gradients_equal_whole_examples(tiny_model, tokenizer, wi
         lab[0, :-1] = torch.as_tensor(it.labels[1:], dtype=torch.long)
         ref = ref + ref_fn(ids, torch.arange(ids.shape[1])[None], lab)
         ref_n += it.n_targets
-    ref_grads = torch.autograd.grad(ref, params)
+    ref_grads = torch.autograd.grad(ref / ref_n, params)
     assert n == ref_n
-    assert loss.item() == pytest.approx(float(ref), rel=1e-4)
+    assert loss_sum == pytest.approx(ref.item(), rel=1e-4)
     for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=2e-3, atol=2e-5)
+        torch.testing.assert_close(g, r, rtol=2e-3, atol=2e-6)

@@ -3,21 +3,23 @@
 Why: a Llama Guard record is ~790 prompt tokens of which ~700 are the same taxonomy text, and only the
 1-7 verdict tokens are trained. Packed rows spend the whole budget re-reading that text. Here examples
 whose token sequences start alike are grouped (one group = one optimizer step); the group's common
-prefix goes through the model once, its keys and values are repeated for every member (a view in the
-autograd graph, so gradients from every member flow back through the prefix, exactly as if each member
-had been run whole), and only the members' suffixes are computed per example. The loss is the step's
-token mean over trained tokens, as in :func:`herd.engine.training.train`.
+prefix goes through the model once and only the members' suffixes are computed per example, in
+micro-batches that read the prefix's keys and values. The prefix's keys/values are a gradient boundary:
+each micro-batch's backward accumulates their gradient, and one backward through the prefix pass at the
+end of the step applies it, so the weights get exactly the gradient of running every member whole
+(tested). The loss is the step's token mean over trained tokens, as in :func:`herd.engine.training.train`.
 
-The groups are a pure function of the items and the seed (re-drawn each epoch within each prefix run),
-and the step order is the loop's seeded plan, so a killed run resumes exactly
-(:func:`herd.engine.pair_loop.train_items` over :func:`herd.engine.training.optimise`).
+Groups come from the items' shared-prefix tree: items sorted by their tokens, a run of neighbours
+split where they diverge whenever that lowers the tokens computed. They are a pure function of the
+items and the seed (members re-drawn per epoch within each run) and run in the loop's seeded order, so
+a killed run resumes exactly (:func:`herd.engine.training.optimise`).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,16 @@ import torch
 
 from herd.data.tokenize import Tokenized
 from herd.engine.cross_entropy import linear_cross_entropy
-from herd.engine.training import LoopConfig, LoopResult, causal_lm, plan_steps
+from herd.engine.training import (
+    LoopConfig,
+    LoopResult,
+    StepOut,
+    causal_lm,
+    device,
+    dist_env,
+    optimise,
+    plan_steps,
+)
 from herd.templates import IGNORE_INDEX
 
 
@@ -41,38 +52,60 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def _first_target(it: Tokenized) -> int:
-    """Index of the first token predicted as a target: the prefix must end before the position that
-    predicts it, so every trained prediction is made in the suffix pass."""
+def first_target(it: Tokenized) -> int:
+    """The position that predicts the first trained token: a prefix must end at or before it, so every
+    trained prediction is made in the suffix pass."""
     hit = np.flatnonzero(it.labels[1:] != IGNORE_INDEX)
     return int(hit[0]) if len(hit) else len(it) - 1
 
 
-def plan_groups(items: list[Tokenized], group_size: int, *, min_prefix: int = 32, epochs: float = 1.0,
-                seed: int = 42) -> list[Group]:
-    """Groups of at most ``group_size`` items sharing at least ``min_prefix`` leading tokens, for every
-    epoch (a fractional last epoch keeps that share of the groups). Items are sorted by their tokens,
-    so those with a common start are neighbours; each run of neighbours is shuffled per epoch and cut."""
-    order = sorted(range(len(items)), key=lambda i: items[i].input_ids.tobytes())
-    runs: list[list[int]] = []
-    for i in order:
-        if runs and common_prefix(items[runs[-1][0]].input_ids, items[i].input_ids) >= min_prefix:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
+def prefix_runs(items: list[Tokenized], group_size: int) -> list[tuple[list[int], int]]:
+    """Runs of items (sorted by tokens) with the prefix their groups will share, chosen on the items'
+    common-prefix tree to compute the fewest tokens: a run is split where its members diverge when
+    the parts, each cut into groups of ``group_size``, cost less than the run does."""
+    order = sorted(range(len(items)), key=lambda i: items[i].input_ids.astype(">u4").tobytes())
+    lcp = [0] + [common_prefix(items[a].input_ids, items[b].input_ids) for a, b in zip(order, order[1:])]
+    cap = [first_target(items[i]) for i in order]
+    size = [len(items[i]) for i in order]
+
+    def best(a: int, b: int) -> tuple[float, list[tuple[list[int], int]]]:
+        if b - a == 1:
+            return size[a], [([order[a]], cap[a])]
+        c = min(lcp[a + 1:b])
+        p = min(c, min(cap[a:b]))
+        whole = math.ceil((b - a) / group_size) * p + sum(size[a:b]) - (b - a) * p
+        cuts = [a] + [i for i in range(a + 1, b) if lcp[i] == c] + [b]
+        if p < c or len(cuts) == 2:  # splitting cannot lengthen the prefix (capped by a target)
+            return whole, [(order[a:b], p)]
+        parts = [best(x, y) for x, y in zip(cuts, cuts[1:])]
+        split = sum(cost for cost, _ in parts)
+        if split < whole:
+            return split, [run for _, runs in parts for run in runs]
+        return whole, [(order[a:b], p)]
+
+    import sys
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * len(items) + 100))
+    return best(0, len(items))[1] if items else []
+
+
+def plan_groups(items: list[Tokenized], group_size: int, *, epochs: float = 1.0, seed: int = 42) -> list[Group]:
+    """Groups of at most ``group_size`` items for every epoch (members drawn anew each epoch within each
+    run; a fractional last epoch keeps that share of its groups)."""
+    runs = prefix_runs(items, group_size)
     out: list[Group] = []
     for epoch in range(math.ceil(epochs)):
         rng = random.Random(f"{seed}:{epoch}")
         groups = []
-        for run in runs:
-            run = list(run)
-            rng.shuffle(run)
-            for k in range(0, len(run), group_size):
-                members = tuple(run[k:k + group_size])
-                p = min(_first_target(items[m]) for m in members)
-                first = items[members[0]].input_ids
-                p = min([p] + [common_prefix(first, items[m].input_ids) for m in members[1:]])
-                groups.append(Group(members, max(0, p)))
+        for members, p in runs:
+            members = list(members)
+            rng.shuffle(members)
+            for k in range(0, len(members), group_size):
+                chunk = tuple(members[k:k + group_size])
+                first = items[chunk[0]].input_ids
+                shared = min([p] + [common_prefix(first, items[m].input_ids) for m in chunk[1:]]
+                             + [first_target(items[m]) for m in chunk])
+                groups.append(Group(chunk, shared))
         if epoch + 1 > epochs:
             rng.shuffle(groups)
             groups = groups[: int(round((epochs - epoch) * len(groups)))]
@@ -80,58 +113,106 @@ def plan_groups(items: list[Tokenized], group_size: int, *, min_prefix: int = 32
     return out
 
 
-def group_loss(model, items: list[Tokenized], group: Group, pad_id: int) -> tuple[torch.Tensor, int]:
-    """Sum of the group's trained-token cross-entropies (prefix once, suffixes batched), and their count."""
+def _cache_from(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, rows: int):
     from transformers import DynamicCache
 
+    cache = DynamicCache(config=config)
+    for i, (k, v) in enumerate(keys_values):
+        cache.update(k, v, i)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micro_tokens: int = 4096,
+               amp=None) -> tuple[float, int, int]:
+    """Forward and backward of one group: the prefix once, the suffixes in micro-batches of at most
+    ``micro_tokens`` padded tokens; gradients (of the token-mean loss) accumulate in the parameters.
+    Returns (sum of the trained tokens' losses, their count, tokens computed)."""
+    from contextlib import nullcontext
+
+    amp = amp or nullcontext
     lm = causal_lm(model)
     dev = lm.lm_head.weight.device
-    members = [items[m] for m in group.members]
+    members = sorted((items[m] for m in group.members), key=len)
     p = group.prefix
-    cache = DynamicCache(config=lm.config)
+    n_total = sum(int(np.count_nonzero(it.labels[p + 1:] != IGNORE_INDEX)) for it in members)
+    kv, leaves = [], []
     if p:
-        prefix = torch.as_tensor(members[0].input_ids[:p], dtype=torch.long, device=dev)[None]
-        lm.model(input_ids=prefix, cache=cache, use_cache=True)
-        cache.batch_repeat_interleave(len(members))  # one view per member: gradients sum into the prefix
-    width = max(len(it) for it in members) - p
-    ids = torch.full((len(members), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(members), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(members), p + width), dtype=torch.long)
-    mask[:, :p] = 1
-    for r, it in enumerate(members):
-        n = len(it) - p
-        ids[r, :n] = torch.from_numpy(it.input_ids[p:].astype(np.int64))
-        labels[r, :n - 1] = torch.from_numpy(it.labels[p + 1:].astype(np.int64))  # next-token targets
-        mask[r, p:p + n] = 1
-    pos = torch.arange(p, p + width)[None].expand(len(members), -1)
-    hidden = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                      cache=cache if p else None, use_cache=bool(p)).last_hidden_state
-    sel = labels.to(dev) != IGNORE_INDEX
-    n_targets = int(sel.sum())
-    return linear_cross_entropy(hidden[sel], lm.lm_head.weight, labels.to(dev)[sel]), n_targets
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=lm.config)
+        with amp():
+            lm.model(input_ids=torch.as_tensor(members[0].input_ids[:p], dtype=torch.long, device=dev)[None],
+                     cache=cache, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        leaves = [(k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
+                  for k, v in kv]
+    total, computed, start = 0.0, p, 0
+    while start < len(members):
+        stop = start + 1  # members are sorted by length: the last one sets the padded width
+        while stop < len(members) and (stop + 1 - start) * (len(members[stop]) - p) <= micro_tokens:
+            stop += 1
+        batch = members[start:stop]
+        start = stop
+        width = len(batch[-1]) - p
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        for r, it in enumerate(batch):
+            n = len(it) - p
+            ids[r, :n] = torch.from_numpy(it.input_ids[p:].astype(np.int64))
+            labels[r, :n - 1] = torch.from_numpy(it.labels[p + 1:].astype(np.int64))  # next-token targets
+            mask[r, p:p + n] = 1
+            computed += n
+        labels = labels.to(dev)
+        sel = labels != IGNORE_INDEX
+        if not bool(sel.any()):
+            continue
+        kw = {"cache": _cache_from(leaves, lm.config, len(batch)), "use_cache": True} if p else {"use_cache": False}
+        with amp():
+            hidden = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                              position_ids=torch.arange(p, p + width, device=dev)[None].expand(len(batch), -1),
+                              **kw).last_hidden_state
+            loss = linear_cross_entropy(hidden[sel], lm.lm_head.weight, labels[sel])
+        (loss / max(1, n_total)).backward()
+        total += float(loss.detach())
+    grads = [(t, leaf.grad) for pair, lpair in zip(kv, leaves) for t, leaf in zip(pair, lpair)
+             if leaf.grad is not None]
+    if grads:  # the prefix pass, once, with the gradient every member sent its keys and values
+        torch.autograd.backward([t for t, _ in grads], grad_tensors=[g for _, g in grads])
+    return total, n_total, computed
 
 
 def train_shared_prefix(model, items: list[Tokenized], cfg: LoopConfig, run_dir: Path, *, pad_id: int,
-                        resume: bool = False, min_prefix: int = 32, desc: str = "train") -> tuple[LoopResult, dict]:
-    """Train ``model`` in place, one prefix group of up to ``cfg.global_batch`` examples per step; returns
-    the loop's result (``tokens``: the examples' full lengths, as packed training would count them) and a
-    report of the grouping (groups, mean prefix, tokens actually computed)."""
-    from dataclasses import replace
+                        resume: bool = False, desc: str = "train") -> tuple[LoopResult, dict]:
+    """Train ``model`` in place, one prefix group of up to ``cfg.global_batch`` examples per optimizer
+    step; returns the loop's result (``tokens``: the examples' whole lengths, as packed training counts
+    them) and a report of the grouping. Single process: the groups are not sharded across ranks."""
+    from herd.core.errors import HerdError
+    from herd.engine.pair_loop import autocast
 
-    from herd.engine.pair_loop import train_items
+    if dist_env()[1] > 1:
+        raise HerdError("shared_prefix training runs in one process (under torchrun, set shared_prefix: false)")
+    groups = plan_groups(items, cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed)
+    loop = replace(cfg, epochs=1.0, global_batch=1)
+    plan = plan_steps(len(groups), loop)
+    torch.manual_seed(cfg.seed)
+    model.to(device())
+    model.train()
+    computed_total = [0]
 
-    groups = plan_groups(items, cfg.global_batch, min_prefix=min_prefix, epochs=cfg.epochs, seed=cfg.seed)
+    def step_fn(step: int) -> StepOut:
+        g = groups[plan[step][0]]
+        loss, n, computed = group_step(model, items, g, pad_id, micro_tokens=cfg.micro_batch_rows * cfg.row_len,
+                                       amp=lambda: autocast(cfg.precision))
+        computed_total[0] += computed
+        return StepOut(loss=loss / max(1, n), fields={"examples": len(g.members), "prefix_tokens": g.prefix,
+                                                      "trained_tokens": n},
+                       tokens=sum(len(items[m]) for m in g.members))
 
-    def loss_fn(idx: list[int]):
-        total, n = torch.zeros(()), 0
-        for g in idx:
-            loss, k = group_loss(model, items, groups[g], pad_id)
-            total, n = total + loss / max(1, k), n + k
-        return total, {"trained_tokens": n}
-
-    loop = replace(cfg, epochs=1.0, global_batch=1, micro_batch=1, compile="off")
-    result = train_items(model, len(groups), loss_fn, loop, run_dir, resume=resume, desc=desc)
-    used = [groups[step[0]] for step in plan_steps(len(groups), loop)[: result.steps]]  # the loop's order
+    result = optimise(model, loop, Path(run_dir), len(plan), step_fn, resume=resume, desc=desc)
+    used = [groups[s[0]] for s in plan[: result.steps]]
     result.tokens = sum(len(items[m]) for g in used for m in g.members)
     result.trained_tokens = sum(items[m].n_targets for g in used for m in g.members)
     computed = sum(g.prefix + sum(len(items[m]) - g.prefix for m in g.members) for g in used)
