@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from herd.artifacts import is_artifact, model_card, read_lineage, write_lineage
@@ -25,6 +28,7 @@ from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
 from herd.data import load_examples
 from herd.data.split import dedupe, split
+from herd.doctor import cpu_summary
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
 from herd.templates import get_template
 
@@ -161,6 +165,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     base_spec = base or recipe.base
     rank, _ = dist_env()
     workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
+    t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     with PhaseLog() as phases:  # seconds and peak RSS of every phase below
         # 1. everything validated before a model loads (data builds may load a teacher: they run first)
         inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
@@ -177,7 +182,9 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             return DeriveResult(stage_runs[-1][1], None, None)
         _link_model(workspace, final)
         # 3. scorecard: derived vs the recipe's parent, same inputs
-        card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress)
+        run = {"command": reproduce_command(recipe_name, base, profile, data, out, max_steps, overrides),
+               "started": started, "machine": cpu_summary()}
+        card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
     _record_phases(final, phases, progress)
     (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
                                                        "model": final.name, "phases": phases.as_list(),
@@ -301,9 +308,27 @@ def _link_model(workspace: Path, final: Path) -> None:
     os.symlink(final.name, link)
 
 
+def reproduce_command(recipe: str, base: str | None, profile: str, data: list[str] | None, out, max_steps,
+                      overrides: dict | None) -> str:
+    """The ``herd derive`` command line that reproduces a run (API overrides have no flag: they are
+    written out so the command is never silently incomplete)."""
+    parts = ["herd", "derive", recipe, "--profile", profile]
+    if base:
+        parts += ["--base", str(base)]
+    for d in data or []:
+        parts += ["--data", str(d)]
+    if out:
+        parts += ["--out", str(out)]
+    if max_steps:
+        parts += ["--max-steps", str(max_steps)]
+    cmd = shlex.join(parts)
+    return cmd + (f"  # with API overrides {json.dumps(overrides, sort_keys=True)}" if overrides else "")
+
+
 def _scorecard(recipe: Recipe, template, ref: BaseRef, final: Path, inputs: Inputs, stage_runs: list,
-               progress: bool) -> tuple[dict, str]:
-    """Evaluate parent vs derived, add the stage rows, and write scorecard, lineage and model card."""
+               progress: bool, *, run: dict | None = None, t0: float | None = None) -> tuple[dict, str]:
+    """Evaluate parent vs derived, add the stage rows, and write scorecard, lineage and model card.
+    ``run`` (the command, start time, machine) goes into the scorecard with the wall time up to it."""
     from herd.engine.distributed import single_rank
 
     # the other ranks are done: evaluation helpers must not wait for them
@@ -317,6 +342,8 @@ def _scorecard(recipe: Recipe, template, ref: BaseRef, final: Path, inputs: Inpu
 
         card["extra"]["data_transforms"] = transformed.as_dict()
         card["sections"].append(report_markdown(transformed))
+    if run is not None:
+        card["run"] = {**run, "wall_seconds": round(time.perf_counter() - t0, 1) if t0 else None}
     md = write_scorecard(final, card, stage_runs[-1][2])
     lineage = read_lineage(final)
     if transformed:

@@ -84,6 +84,11 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
     if card["profile"] != "full":
         lines += [f"> A `{card['profile']}` profile keeps the published protocol and shrinks sizes. These "
                   "numbers describe this run only; they are NOT the paper's numbers.", ""]
+    run = card.get("run")
+    if run:
+        wall = run.get("wall_seconds")
+        lines += [f"Reproduce: `{run['command']}`" + (f" ({wall / 60:.1f} min to this scorecard on {run.get('machine')})"
+                                                      if wall else ""), ""]
     h = card.get("headline")
     if h and h.get("delta") is not None:
         lines += [f"**Headline: {h['name']}**: parent {h['parent']} → derived {h['derived']}, derived − parent "
