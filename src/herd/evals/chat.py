@@ -19,7 +19,9 @@ from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_ev
 
 class MTBenchPairwiseConfig(EvalConfig):
     questions: str = "shared:vicuna_bench/question.jsonl"  # FastChat question.jsonl (``shared:`` allowed)
-    judge: str = "smollm2"  # base spec / artifact, "parent", "derived", or an OpenAI-compatible URL
+    # base spec / artifact, "parent", "derived", an OpenAI-compatible URL, or "none": answers only (saved
+    # with the artifact, to judge later with `herd eval judge`)
+    judge: str = "smollm2"
     judge_model: str | None = None  # model name at a judge URL
     max_new_tokens: int = Field(default=1024, gt=0)  # per answer turn (MT-bench: 1024)
     judge_max_new_tokens: int = Field(default=2048, gt=0)  # FastChat: 2048
@@ -56,6 +58,15 @@ def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOu
                                progress=ctx.progress)
         files.append(str(write_answers(ctx.out_dir / f"mtbench-answers-{role}.jsonl", ans)))
         answers[role] = {a["question_id"]: a for a in ans}
+    if cfg.judge == "none":
+        n_turns = sum(len(a["choices"][0]["turns"]) for a in answers["derived"].values())
+        md = (f"## {qpath.name}: answers, not judged\n\nParent and derived answered the {len(questions)} questions "
+              f"({n_turns} turns each, the MT-bench answer protocol): `mtbench-answers-parent.jsonl`, "
+              "`mtbench-answers-derived.jsonl` in this artifact. Judge them pairwise with any OpenAI-compatible "
+              "judge:\n\n    herd eval judge mtbench-answers-derived.jsonl mtbench-answers-parent.jsonl "
+              "--judge http://HOST:PORT/v1\n")
+        return EvalOutput(extra={"mtbench_answers": {"questions": len(questions), "turns": n_turns, "files": files}},
+                          markdown=md, files=files)
     judge_spec = {"parent": str(ctx.parent_path), "derived": str(ctx.derived_path)}.get(cfg.judge, cfg.judge)
     ctx._cache.clear()  # free the evaluated model before the judge loads
     judge = make_judge(judge_spec, model=cfg.judge_model, max_new_tokens=cfg.judge_max_new_tokens)
