@@ -116,6 +116,29 @@ def test_vicuna_end_to_end_with_transform_report_and_mtbench_pairwise(tmp_path):
     assert any("tiny: the Korean-language filter is off" in d for d in card["deviations"])
 
 
+def test_alpaca_answers_the_bench_unjudged_and_records_its_command(tmp_path):
+    """``judge: none``: parent and derived answer every question into the artifact, no verdicts are
+    invented; the scorecard carries the paired held-out headline and the command that reproduces it."""
+    from herd.api import derive
+
+    qfile = tmp_path / "question.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    res = derive("alpaca", base="tiny", out=tmp_path / "ws", max_steps=1, progress=False,
+                 overrides={**SMALL_EVAL, "evals": {**SMALL_EVAL["evals"], "mtbench_pairwise": {
+                     "questions": str(qfile), "judge": "none", "max_new_tokens": 4}}})
+    card = res.scorecard
+    assert "mtbench_pairwise" not in card["extra"] and card["extra"]["mtbench_answers"]["questions"] == 2
+    assert not any("MT-bench" in m["task"] for m in card["metrics"])
+    for role in ("parent", "derived"):
+        answers = [json.loads(x) for x in (res.path / f"mtbench-answers-{role}.jsonl").read_text().splitlines()]
+        assert [a["model_id"] for a in answers] == [role, role] and len(answers[0]["choices"][0]["turns"]) == 2
+    assert "herd eval judge mtbench-answers-derived.jsonl" in (res.path / "scorecard.md").read_text()
+    h = card["headline"]
+    assert h["name"] == "held-out response loss" and h["n"] == 8 and h["ci95"][0] <= h["delta"] <= h["ci95"][1]
+    assert card["run"]["command"].startswith("herd derive alpaca --profile tiny --base tiny --out ")
+    assert "# with API overrides" in card["run"]["command"] and card["run"]["wall_seconds"] > 0
+
+
 @pytest.mark.slow
 def test_llama2chat_end_to_end_trains_gatt_records(tmp_path, capsys):
     from herd.api import derive
