@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from herd.guard.classifier import GuardSettings
+from tests.artifact_helpers import make_tiny_artifact
 from tests.chat_helpers import memorized_artifact
 from tests.ui_helpers import tiny_alpaca_recipe
 
@@ -48,6 +50,8 @@ def ws(tmp_path_factory) -> Path:
     raw = yaml.safe_load(recipe.read_text())
     raw["stages"][0]["lr"] = -1
     (root / "broken.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    make_tiny_artifact(root / "guard", "guard", template="llama_guard")
+    GuardSettings(threshold=0.0, chosen_on="test: flag everything").write(root / "guard")
     (root / "bad.json").write_text('[{"instruction": "Say hi.", "output": "hi"},\n {"instruction": 3}]\n')
     return root
 
@@ -167,6 +171,42 @@ def test_chat_streams_two_artifacts_side_by_side(page, url, shots):
     page.screenshot(path=str(shots / "chat.png"), full_page=False)
 
 
+def test_chat_with_a_guard_marks_flagged_input(page, url):
+    page.goto(f"{url}/#/chat?a=chat-child&guard=guard")  # this guard's threshold 0 flags everything
+    page.wait_for_selector("#prompt")
+    page.fill("#prompt", "Hello")
+    page.click("#send")
+    page.locator('#pane-a .msg.assistant[data-done="1"]').wait_for(timeout=60_000)
+    assert "flagged input" in page.locator("#pane-a .msg.user.flagged").inner_text()
+    assert page.locator("#pane-a .msg.assistant").inner_text() == ""  # nothing generated for flagged input
+
+
+def test_run_page_cancels_and_resumes_a_derive(page, url):
+    page.goto(f"{url}/#/run")
+    page.fill('input[name="recipe"]', "alpaca-test.yaml")
+    page.fill('input[name="base"]', "tiny")
+    page.fill('input[name="profile"]', "test")
+    page.fill('input[name="max_steps"]', "400")
+    page.fill('input[name="out"]', "cancel-me")
+    page.click("#start")
+    job = page.locator(".job", has_text="/cancel-me --base")
+    job.locator('.log:has-text("[train] 2/")').wait_for(timeout=120_000)
+    job.locator("button.cancel").click()
+    page.wait_for_selector('.job[data-state="cancelled"]', timeout=30_000)
+    assert "[train] 400/400" not in job.inner_text()
+    import httpx
+
+    nodes = {n["path"]: n for n in httpx.get(f"{url}/api/tree").json()["nodes"] if n.get("path")}
+    assert any(p.startswith("cancel-me/") and n["status"] == "partial" for p, n in nodes.items())
+    job.locator("button.resume").click()
+    resumed = page.locator(".job", has_text="(resumed)")
+    resumed.locator(".badge.running").wait_for(timeout=30_000)
+    assert "(resumed)" in resumed.inner_text() and "--resume" in resumed.inner_text()
+    resumed.locator("button.cancel").click()
+    page.wait_for_function("document.querySelector('.job').dataset.state === 'cancelled'", timeout=30_000)
+    assert resumed.get_attribute("data-state") == "cancelled"
+
+
 def test_compare_page_shows_two_scorecards(page, url, shots):
     page.goto(f"{url}/#/compare?a=alpaca-tiny-test&b=chat-child")
     page.wait_for_selector("#compare #scorecard")
@@ -186,13 +226,14 @@ def test_outside_paths_and_bad_inputs_get_clear_errors_before_any_job(page, url,
         page.click("#start")
         return page.locator("#run-message .error").inner_text()
 
+    jobs_before = page.locator(".job").count()
     assert "outside the workspace" in start("alpaca", "/etc/hostname")
     assert "outside the workspace" in start("../../etc/recipe.yaml")
     err = start("broken.yaml")
     assert "broken.yaml" in err and "stages.0.sft.lr" in err
     err = start("alpaca", "bad.json")
     assert "bad.json record 1 field 'instruction'" in err
-    assert page.locator(".job").count() == 1  # only the derive of the earlier test: nothing was queued
+    assert page.locator(".job").count() == jobs_before  # nothing was queued
     page.goto(f"{url}/#/artifact?path=../../etc")
     assert "outside the workspace" in page.locator("#page .error").inner_text()
 
