@@ -4,11 +4,11 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.herd-setup-v2
+STAMP   := $(VENV)/.herd-setup-v1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-llamacpp demo test test-fast lint bench clean doctor
+.PHONY: setup setup-llamacpp setup-browser demo test test-fast lint bench clean doctor ui
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,12 +31,27 @@ setup: $(STAMP)
 setup-llamacpp: $(STAMP)
 	$(BIN)/python -m herd.core.llamacpp
 
+# Debian's chromium for the `herd ui` browser tests (tests/test_ui.py drives it with Playwright; Playwright's own
+# browser download is never used). A no-op when chromium is there; without apt-get it says so and the tests skip.
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "setup-browser: no apt-get here; install chromium yourself (tests/test_ui.py skips without it)"; \
+	  else \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; \
+	  fi; }
+
+# the web app over ./runs (http://127.0.0.1:7860)
+ui: $(STAMP)
+	$(BIN)/herd ui runs
+
 demo: $(STAMP)
 	$(BIN)/herd derive alpaca --profile tiny --out runs/alpaca-smollm2-tiny
 	@echo
 	@echo "Talk to it:  $(BIN)/herd chat runs/alpaca-smollm2-tiny"
 
-test: $(STAMP) setup-llamacpp
+test: $(STAMP) setup-llamacpp setup-browser
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)

@@ -24,6 +24,8 @@ from tests.chat_helpers import memorized_artifact
 from tests.ui_helpers import tiny_alpaca_recipe
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("HERD_REQUIRE_BROWSER"):  # CI (.ci/run): a skip would hide the tests
+    raise RuntimeError("HERD_REQUIRE_BROWSER is set but chromium is missing: `make setup-browser` installs it")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                                 "(`apt-get install -y chromium`; `make test` installs it)")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -104,6 +106,14 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
+def start_derive(page, url: str, **fields: str) -> None:
+    """The Run page's form: the workspace's test recipe on the tiny base, plus ``fields``, started."""
+    page.goto(f"{url}/#/run")
+    for name, value in {"recipe": "alpaca-test.yaml", "base": "tiny", "profile": "test", **fields}.items():
+        page.fill(f'input[name="{name}"]', value)
+    page.click("#start")
+
+
 def test_family_page_shows_the_catalogue_and_the_workspace_nodes(page, url, shots):
     page.goto(f"{url}/#/family")
     page.wait_for_selector("#tree-svg")
@@ -117,6 +127,10 @@ def test_family_page_shows_the_catalogue_and_the_workspace_nodes(page, url, shot
     page.locator('g.node[data-id="member:alpaca"]').click()
     assert "§1.5" in page.locator("#node-detail").inner_text()
     page.screenshot(path=str(shots / "family.png"), full_page=False)
+    page.click("#show-catalogue")  # the workspace alone
+    page.wait_for_function("!document.querySelector('g.node.member')")
+    assert page.locator('g.node[data-path="broken"]').count() == 1
+    page.screenshot(path=str(shots / "family-workspace.png"), full_page=False)
 
 
 def test_clicking_a_node_opens_its_scorecard_and_curves(page, url, shots):
@@ -133,17 +147,19 @@ def test_clicking_a_node_opens_its_scorecard_and_curves(page, url, shots):
     page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # hover: the value read-out
     assert page.locator("#curves-loss .tip").text_content().startswith("step 2 · loss: ")
     assert page.locator("#samples tr").count() == 3  # header + the 2 side-by-side samples
-    page.screenshot(path=str(shots / "artifact.png"), full_page=True)
+    page.screenshot(path=str(shots / "artifact.png"), full_page=False)
+
+
+def test_artifact_page_exports_an_hf_folder_as_a_job(page, url, ws):
+    page.goto(f"{url}/#/artifact?path=chat-child")
+    page.click('#export button:has-text("Export HF folder")')
+    page.wait_for_selector('#export .job[data-state="done"]', timeout=120_000)
+    assert "herd export" in page.locator("#export .job").inner_text()
+    assert list((ws / "chat-child" / "export").rglob("*.safetensors"))
 
 
 def test_derive_from_the_run_page_streams_progress_and_lands_in_the_tree(page, url, shots):
-    page.goto(f"{url}/#/run")
-    page.fill('input[name="recipe"]', "alpaca-test.yaml")
-    page.fill('input[name="base"]', "tiny")
-    page.fill('input[name="profile"]', "test")
-    page.fill('input[name="max_steps"]', "2")
-    page.fill('input[name="out"]', "from-ui")
-    page.click("#start")
+    start_derive(page, url, max_steps="2", out="from-ui")
     job = page.locator(".job").first
     job.locator(".badge.running").wait_for(timeout=60_000)
     page.wait_for_selector('.job[data-state="done"]', timeout=240_000)
@@ -182,13 +198,7 @@ def test_chat_with_a_guard_marks_flagged_input(page, url):
 
 
 def test_run_page_cancels_and_resumes_a_derive(page, url):
-    page.goto(f"{url}/#/run")
-    page.fill('input[name="recipe"]', "alpaca-test.yaml")
-    page.fill('input[name="base"]', "tiny")
-    page.fill('input[name="profile"]', "test")
-    page.fill('input[name="max_steps"]', "400")
-    page.fill('input[name="out"]', "cancel-me")
-    page.click("#start")
+    start_derive(page, url, max_steps="400", out="cancel-me")
     job = page.locator(".job", has_text="/cancel-me --base")
     job.locator('.log:has-text("[train] 2/")').wait_for(timeout=120_000)
     job.locator("button.cancel").click()

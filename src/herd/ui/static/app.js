@@ -135,8 +135,11 @@ function drawTree(tree, onPick) {
   return svg;
 }
 
-async function pageFamily() {
-  const tree = await loadTree();
+async function pageFamily(q) {
+  const withCatalogue = q.get("catalogue") !== "0";
+  const tree = TREE = await api(`/api/tree?catalogue=${withCatalogue}`);
+  const toggle = h("input", {type: "checkbox", id: "show-catalogue", checked: withCatalogue ? true : null,
+    onchange: ev => { location.hash = ev.target.checked ? "#/family" : "#/family?catalogue=0"; }});
   const detail = h("div", {class: "card", id: "node-detail"}, h("span", {class: "muted"},
     "Click a node: an artifact opens its page; a catalogue member shows its published numbers."));
   const pick = n => {
@@ -153,16 +156,17 @@ async function pageFamily() {
     h("h1", {}, "Family"),
     h("p", {class: "muted"}, `The catalogue (published members) and the workspace ${tree.workspace}: `,
       `${arts.length} artifact folder(s), ${arts.filter(n => n.status !== "ok").length} corrupt or partial.`),
+    h("label", {}, toggle, " show the catalogue (published members) with the workspace"),
     h("div", {class: "tree-wrap"}, drawTree(tree, pick)),
     detail,
     h("h2", {}, "Workspace artifacts"),
     arts.length ? h("table", {id: "artifact-table"}, h("tr", {}, h("th", {}, "artifact"), h("th", {}, "state"),
       h("th", {}, "folder"), h("th", {}, "headline / problem")), rows)
       : h("p", {class: "muted"}, "Nothing derived here yet: start one on the Run page."),
-    h("h2", {}, "Catalogue"),
-    h("table", {id: "catalogue-table"}, h("tr", {}, h("th", {}, "member"), h("th", {}, "published headline"),
+    members.length ? h("h2", {}, "Catalogue") : null,
+    members.length ? h("table", {id: "catalogue-table"}, h("tr", {}, h("th", {}, "member"), h("th", {}, "published headline"),
       h("th", {}, "recipe")), members.map(n => h("tr", {}, h("td", {}, n.label), h("td", {}, n.headline || "–"),
-      h("td", {class: "muted"}, n.detail || "")))));
+      h("td", {class: "muted"}, n.detail || "")))) : null);
 }
 
 // ---- Artifact ----------------------------------------------------------------------------------------
