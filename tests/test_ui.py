@@ -239,6 +239,7 @@ def test_outside_paths_and_bad_inputs_get_clear_errors_before_any_job(page, url,
     jobs_before = page.locator(".job").count()
     assert "outside the workspace" in start("alpaca", "/etc/hostname")
     assert "outside the workspace" in start("../../etc/recipe.yaml")
+    assert "unknown recipe 'alpacca'; known: " in start("alpacca")
     err = start("broken.yaml")
     assert "broken.yaml" in err and "stages.0.sft.lr" in err
     err = start("alpaca", "bad.json")

@@ -37,8 +37,8 @@ def parse_targets(spec: str | list[str] | None) -> list[str]:
         if n not in TARGETS:
             raise ConfigError(f"report_to: unknown target '{n}' (known: {', '.join(TARGETS)})")
         if importlib.util.find_spec(TARGETS[n]) is None:
-            raise ConfigError(f"report_to: {n} needs the '{TARGETS[n]}' package: pip install {TARGETS[n]} "
-                              "(or `pip install -e '.[track]'`)")
+            extra = "" if n == "wandb" else " (`make setup` installs it: the 'track' extra)"
+            raise ConfigError(f"report_to: {n} needs the '{TARGETS[n]}' package: pip install {TARGETS[n]}{extra}")
     return list(dict.fromkeys(names))
 
 

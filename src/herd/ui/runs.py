@@ -19,9 +19,16 @@ NAME = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 
 
 def _recipe(ws: Workspace, recipe: str) -> str:
-    """A named recipe (``alpaca``) or a recipe file inside the workspace."""
-    if NAME.match(recipe) and not recipe.endswith((".yaml", ".yml")):
-        return recipe
+    """A named recipe (``alpaca``: herd's ``recipes/alpaca.yaml``) or a recipe file inside the workspace;
+    a name never falls through to a file relative to the server's own folder."""
+    from herd.core.paths import repo_root
+
+    shipped = repo_root() / "recipes" / f"{recipe}.yaml"
+    if NAME.match(recipe) and shipped.is_file():
+        return str(shipped)
+    if NAME.match(recipe) and not recipe.endswith((".yaml", ".yml")) and not (ws.root / recipe).exists():
+        known = sorted(p.stem for p in (repo_root() / "recipes").glob("*.yaml"))
+        raise ConfigError(f"unknown recipe '{recipe}'; known: {', '.join(known)} (or a recipe file in the workspace)")
     return str(ws.resolve(recipe))
 
 
