@@ -160,9 +160,9 @@ def test_artifact_page_exports_an_hf_folder_as_a_job(page, url, ws):
 
 def test_derive_from_the_run_page_streams_progress_and_lands_in_the_tree(page, url, shots):
     start_derive(page, url, max_steps="2", out="from-ui")
-    job = page.locator(".job").first
+    job = page.locator(".job", has_text="/from-ui --base")
     job.locator(".badge.running").wait_for(timeout=60_000)
-    page.wait_for_selector('.job[data-state="done"]', timeout=240_000)
+    job.locator(".badge.done").wait_for(timeout=240_000)
     assert int(job.get_attribute("data-progress")) >= 3  # stage starts and training steps, as they happened
     text = job.inner_text()
     assert "2/2 steps" in text and "stage 1/1 sft" in text
