@@ -30,7 +30,7 @@ LAYERS: dict[str, str] = {
     "herd.stages": "stages",
     "herd.evals": "evals",
     "herd.plugins": "pipeline", "herd.derive": "pipeline", "herd.scorecard": "pipeline",
-    "herd.export": "apps", "herd.serve": "apps", "herd.family": "apps",
+    "herd.export": "apps", "herd.serve": "apps", "herd.family": "apps", "herd.ui": "apps",
     "herd.api": "top", "herd.cli": "top", "herd.doctor": "top", "herd.commands": "top",
 }
 COMMAND_SUFFIX = ".commands"  # every *.commands module is part of the CLI (top)

@@ -28,7 +28,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,6 +275,7 @@ class Entry:
     stdin: str | None = None
     make_target: str | None = None  # run what `make -n TARGET` runs
     serve: bool = False
+    ui: bool = False  # `herd ui`: started, its page and tree answered, stopped
     needs_llamacpp: bool = False
     skip: str | None = None
 
@@ -325,6 +327,9 @@ TABLE: dict[str, Entry] = {
         why="--base tiny --max-steps 1, as in `herd derive alpaca`, whose run it continues (finished: the stage "
             "is skipped; resuming a killed run is tested in test_resume_and_distributed.py)"),
     "herd bases": Entry(["{herd}", "bases"], subs=PLAIN_HERD, check=check_bases),
+    ".venv/bin/herd ui runs --port 7860": Entry(
+        ["{herd}", "ui", "runs", "--port", "{port}"], subs={**VENV_HERD, "7860": ["{port}"]}, needs=("make demo",),
+        ui=True, why="a free loopback port instead of 7860"),
     "herd export runs/alpaca-smollm2-tiny --to gguf --dtype f16": Entry(
         ["{herd}", "export", DEMO_RUN, "--to", "gguf", "--dtype", "f16"], subs=PLAIN_HERD, needs=("make demo",),
         check=check_export_gguf),
@@ -417,6 +422,8 @@ class Workspace:
             ran = self.run_make(entry.make_target)
         elif entry.serve:
             ran = self.run_server(entry)
+        elif entry.ui:
+            ran = self.run_ui(entry)
         else:
             ran = self.run(self.fill(entry.argv), entry.stdin)
         self.results[key] = ran
@@ -453,6 +460,35 @@ class Workspace:
         assert runs, f"`make -n {target}` runs no herd command:\n{dry.stdout}"
         return Ran(runs, 0, "".join(outs), "".join(errs))
 
+    @contextmanager
+    def started(self, argv: list[str], log: Path, ready: Callable[[], bool]) -> Iterator[subprocess.Popen]:
+        """``argv`` in its own session (output to ``log``), yielded once ``ready()`` (an HTTP probe) is true,
+        or as it is when it exits first; stopped afterwards."""
+        import httpx
+
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(argv, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + SERVE_START_S
+            while proc.poll() is None:
+                try:
+                    if ready():
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"{argv[1]} not ready in {SERVE_START_S} s:\n{log.read_text()}"
+                time.sleep(0.5)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
+                    proc.wait(timeout=30)
+
     def run_server(self, entry: Entry) -> Ran:
         """Start the server on a free loopback port, wait for /v1/models, one chat completion, stop it."""
         import httpx
@@ -461,23 +497,15 @@ class Workspace:
         port = str(_free_port())
         argv = self.fill(entry.argv, port=port, key=API_KEY)
         log = self.root / f"serve-{port}.log"
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(argv, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=fh,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}/v1"
-        try:
-            deadline = time.monotonic() + SERVE_START_S
-            while True:
-                if proc.poll() is not None:
-                    return Ran([argv], proc.returncode or 1, "", log.read_text())
-                try:
-                    if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {API_KEY}"},
-                                 timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"no answer on {url} in {SERVE_START_S} s:\n{log.read_text()}"
-                time.sleep(0.5)
+
+        def ready() -> bool:
+            return httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {API_KEY}"},
+                             timeout=5).status_code == 200
+
+        with self.started(argv, log, ready) as proc:
+            if proc.poll() is not None:
+                return Ran([argv], proc.returncode or 1, "", log.read_text())
             client = openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=120)
             models = client.models.list().data
             name = _lineage((self.root / DEMO_RUN / "model").resolve())["name"]
@@ -491,18 +519,27 @@ class Workspace:
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=url, api_key="wrong-key", max_retries=0, timeout=30).models.list()
             out = json.dumps({"models": [m.id for m in models], "reply": choice.message.content})
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
-                    proc.wait(timeout=30)
         served = log.read_text()
         backend = entry.argv[entry.argv.index("--backend") + 1] if "--backend" in entry.argv else "transformers"
         assert f"({backend}," in served, f"the server did not say it serves with {backend}:\n{served}"
         return Ran([argv], 0, out, served)
+
+    def run_ui(self, entry: Entry) -> Ran:
+        """Start ``herd ui`` on a free loopback port, wait for its page, check the tree lists the demo run."""
+        import httpx
+
+        port = str(_free_port())
+        argv = self.fill(entry.argv, port=port)
+        log = self.root / f"ui-{port}.log"
+        url = f"http://127.0.0.1:{port}"
+        with self.started(argv, log, lambda: httpx.get(url + "/", timeout=5).status_code == 200) as proc:
+            if proc.poll() is not None:
+                return Ran([argv], proc.returncode or 1, "", log.read_text())
+            assert "<title>herd ui</title>" in httpx.get(url + "/", timeout=30).text
+            tree = httpx.get(url + "/api/tree", timeout=60).json()
+            paths = [n["path"] for n in tree["nodes"] if n["kind"] == "artifact"]
+            assert any(p.startswith("alpaca-smollm2-tiny/") for p in paths), paths
+        return Ran([argv], 0, json.dumps(paths), log.read_text())
 
     def cleanup(self) -> None:
         """Remove the cache folders herd made converting this workspace's throwaway GGUF base."""

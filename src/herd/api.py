@@ -14,10 +14,12 @@ from herd.derive import derive as _derive
 
 def derive(recipe: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
-           overrides: dict | None = None, progress: bool = True) -> DeriveResult:
-    """Run a recipe end to end; returns the artifact path and its scorecard."""
+           overrides: dict | None = None, progress: bool = True,
+           report_to: str | list[str] | None = None) -> DeriveResult:
+    """Run a recipe end to end; returns the artifact path and its scorecard. ``report_to``:
+    ``"tensorboard,mlflow,wandb"`` (any of them) also receive the training metrics."""
     return _derive(recipe, base=base, profile=profile, data=data, out=out, resume=resume, max_steps=max_steps,
-                   overrides=overrides, progress=progress)
+                   overrides=overrides, progress=progress, report_to=report_to)
 
 
 class ChatSession:

@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "herd.evals.commands",
     "herd.guard.commands",
     "herd.commands.generate",
+    "herd.ui.commands",
 ]
 
 
@@ -27,7 +28,7 @@ def _cmd_derive(args) -> int:
     from herd.api import derive
 
     result = derive(args.recipe, base=args.base, profile=args.profile, data=args.data, out=args.out,
-                    resume=args.resume, max_steps=args.max_steps)
+                    resume=args.resume, max_steps=args.max_steps, report_to=args.report_to)
     print(f"\nartifact: {result.path}")
     if result.scorecard_md:
         print()
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="output folder (default runs/<recipe>-<base>-<profile>)")
     d.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     d.add_argument("--max-steps", type=int, help="stop each training stage after this many optimizer steps")
+    d.add_argument("--report-to", metavar="TARGETS",
+                   help="also send training metrics to tensorboard,mlflow,wandb (comma-separated; 'none' for "
+                   "none; default: the recipe's report_to). metrics.jsonl is always written")
     d.set_defaults(func=_cmd_derive)
 
     c = sub.add_parser("chat", help="talk to an artifact in its own template")

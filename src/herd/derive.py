@@ -157,16 +157,23 @@ class Inputs:
 
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
            out: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
-           overrides: dict | None = None, progress: bool = True) -> DeriveResult:
+           overrides: dict | None = None, progress: bool = True,
+           report_to: str | list[str] | None = None) -> DeriveResult:
+    """``report_to`` (``"tensorboard,mlflow"``) replaces the recipe's ``report_to:`` list."""
+    from herd.engine.reporting import parse_targets, reporting
     from herd.engine.training import dist_env
 
     recipe = _load(recipe_name, profile, overrides, max_steps, data)
     template = get_template(recipe.template)
     base_spec = base or recipe.base
     rank, _ = dist_env()
+    targets = parse_targets(report_to if report_to is not None else recipe.report_to) if rank == 0 else []
     workspace = Path(out or Path("runs") / f"{recipe.name}-{Path(base_spec).stem}-{profile}")
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with PhaseLog() as phases:  # seconds and peak RSS of every phase below
+    params = {"recipe": recipe.name, "profile": profile, "base": base_spec, "max_steps": max_steps,
+              "stages": {st.name: st.model_dump(mode="json") for st in recipe.stages}}
+    with PhaseLog() as phases, reporting(targets, workspace, f"{recipe.name}-{Path(base_spec).stem}-{profile}",
+                                         params) as tracker:
         # 1. everything validated before a model loads (data builds may load a teacher: they run first)
         inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
         with record("base: resolve"):
@@ -185,6 +192,8 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         run = {"command": reproduce_command(recipe_name, base, profile, data, out, max_steps, overrides),
                "started": started, "machine": cpu_summary()}
         card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
+        if tracker is not None:
+            tracker.log_scorecard(card, read_lineage(final))
     _record_phases(final, phases, progress)
     (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
                                                        "model": final.name, "phases": phases.as_list(),
@@ -259,6 +268,7 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
     from herd.core.recipe import POLICY_KINDS
     from herd.core.registry import STAGES
     from herd.engine.distributed import barrier
+    from herd.engine.reporting import set_stage
     from herd.engine.training import dist_env
     from herd.stages import StageContext
 
@@ -276,6 +286,7 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
                     print(f"[{stage.name}] done already: {stage_dir}")
                 training = read_lineage(stage_dir).get("metrics")
             else:
+                set_stage(stage.name)
                 ctx = StageContext(parent=parent, template=template, out=stage_dir, name=name, recipe=recipe_rec,
                                    resume=resume, progress=progress, workspace=workspace,
                                    recipe_dir=inputs.recipe_dir, train=inputs.train, data=inputs.data_records)

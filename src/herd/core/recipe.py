@@ -172,6 +172,7 @@ class Recipe(_Strict):
     stages: list  # one config per stage; validated by recipe_model() against every registered kind
     evals: dict[str, dict | None] = {"heldout_loss": {}}  # registered eval name → its settings
     published: list[PublishedResult] = []
+    report_to: list[str] = []  # training metrics also to: tensorboard, mlflow, wandb (herd.engine.reporting)
     notes: list[str] = []  # deviations of every profile (e.g. data that is not the paper's)
     profile: str = "full"
     deviations: list[str] = []  # filled in by load_recipe: profile notes + computed differences

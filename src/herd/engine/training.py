@@ -40,6 +40,7 @@ from herd.data.packing import Batch, make_batch
 from herd.data.tokenize import Tokenized
 from herd.engine.compiling import compiled_layers, should_compile
 from herd.engine.cross_entropy import linear_cross_entropy
+from herd.engine.reporting import log_step
 from herd.templates import IGNORE_INDEX
 
 
@@ -395,6 +396,7 @@ def optimise(module: nn.Module, cfg: LoopConfig, run_dir: Path, total: int, step
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            log_step(rec)  # --report-to trackers get the row metrics.jsonl just got
             if on_log:
                 on_log(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}",

@@ -28,7 +28,7 @@ UNFINISHED = {
     ".partial": "unfinished staging folder (interrupted while saving, or still saving)",
     ".old": "left over from an interrupted publish",
 }
-SKIP_DIRS = {"__pycache__", "node_modules"}
+SKIP_DIRS = {"__pycache__", "node_modules", "mlruns", "tensorboard", "wandb"}  # trackers keep lineage copies
 
 
 @dataclass

@@ -1,0 +1,278 @@
+"""`herd ui` in a real headless browser (Debian's chromium driven by Playwright) against the real app on
+loopback, over a workspace of real tiny artifacts: the family tree, an artifact's scorecard and curves, a
+derive started from the Run page, side-by-side streamed chat, compare, and the safety refusals.
+
+Screenshots of each page go to ``$HERD_UI_SHOTS`` (default: the test's tmp folder); the README's come
+from ``HERD_UI_SHOTS=docs/ui pytest tests/test_ui.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from herd.guard.classifier import GuardSettings
+from tests.artifact_helpers import make_tiny_artifact
+from tests.chat_helpers import memorized_artifact
+from tests.ui_helpers import tiny_alpaca_recipe
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("HERD_REQUIRE_BROWSER"):  # CI (.ci/run): a skip would hide the tests
+    raise RuntimeError("HERD_REQUIRE_BROWSER is set but chromium is missing: `make setup-browser` installs it")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                "(`apt-get install -y chromium`; `make test` installs it)")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHILD_SAYS, PARENT_SAYS = "Derived model here.", "Parent model here."
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace: a finished tiny derive, two chat artifacts, a corrupt and a partial folder, a broken
+    recipe and a data file with a bad record."""
+    from herd.api import derive
+
+    root = tmp_path_factory.mktemp("ws")
+    recipe = tiny_alpaca_recipe(root)
+    derive(str(recipe), base="tiny", profile="test", out=root / "alpaca-tiny-test", max_steps=2, progress=False)
+    memorized_artifact(root / "chat-child", "alpaca", [[{"role": "user", "content": "Hello"},
+                                                       {"role": "assistant", "content": CHILD_SAYS}]], name="child")
+    memorized_artifact(root / "chat-parent", "chatml", [[{"role": "user", "content": "Hello"},
+                                                        {"role": "assistant", "content": PARENT_SAYS}]], name="parent")
+    (root / "broken").mkdir()
+    (root / "broken" / "lineage.json").write_text('{"name": ')
+    (root / "half-run.partial").mkdir()
+    raw = yaml.safe_load(recipe.read_text())
+    raw["stages"][0]["lr"] = -1
+    (root / "broken.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    make_tiny_artifact(root / "guard", "guard", template="llama_guard")
+    GuardSettings(threshold=0.0, chosen_on="test: flag everything").write(root / "guard")
+    (root / "bad.json").write_text('[{"instruction": "Say hi.", "output": "hi"},\n {"instruction": 3}]\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def url(ws):
+    import uvicorn
+
+    from herd.ui import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(ws), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, f"javascript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("HERD_UI_SHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def start_derive(page, url: str, **fields: str) -> None:
+    """The Run page's form: the workspace's test recipe on the tiny base, plus ``fields``, started."""
+    page.goto(f"{url}/#/run")
+    for name, value in {"recipe": "alpaca-test.yaml", "base": "tiny", "profile": "test", **fields}.items():
+        page.fill(f'input[name="{name}"]', value)
+    page.click("#start")
+
+
+def test_family_page_shows_the_catalogue_and_the_workspace_nodes(page, url, shots):
+    page.goto(f"{url}/#/family")
+    page.wait_for_selector("#tree-svg")
+    assert page.locator('g.node[data-id="member:alpaca"]').count() == 1
+    assert page.locator('g.node[data-id="member:codellama"]').count() == 1
+    assert page.locator('g.node.artifact[data-path^="alpaca-tiny-test/01-sft"]').count() == 1
+    assert page.locator('g.node[data-path="broken"]').get_attribute("data-status") == "corrupt"
+    assert page.locator('g.node[data-path="half-run.partial"]').get_attribute("data-status") == "partial"
+    assert "CORRUPT" in page.locator('g.node[data-path="broken"]').text_content()
+    assert "Alpaca" in page.locator("#catalogue-table").inner_text()
+    page.locator('g.node[data-id="member:alpaca"]').click()
+    assert "§1.5" in page.locator("#node-detail").inner_text()
+    page.screenshot(path=str(shots / "family.png"), full_page=False)
+    page.click("#show-catalogue")  # the workspace alone
+    page.wait_for_function("!document.querySelector('g.node.member')")
+    assert page.locator('g.node[data-path="broken"]').count() == 1
+    page.screenshot(path=str(shots / "family-workspace.png"), full_page=False)
+
+
+def test_clicking_a_node_opens_its_scorecard_and_curves(page, url, shots):
+    page.goto(f"{url}/#/family")
+    page.locator('g.node.artifact[data-path^="alpaca-tiny-test/01-sft"]').click()
+    page.wait_for_selector("#scorecard")
+    assert page.url.split("#")[1].startswith("/artifact?path=alpaca-tiny-test")
+    card = page.locator("#scorecard").inner_text()
+    assert "held-out response loss" in card and "not comparable" in card
+    lineage = page.locator("#lineage").inner_text()
+    assert "tiny" in lineage and "stanford_alpaca_tiny" in lineage and "0.1.0" in lineage
+    assert page.locator("#curves-loss polyline").count() == 1
+    box = page.locator("#curves-loss rect.hit").bounding_box()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # hover: the value read-out
+    assert page.locator("#curves-loss .tip").text_content().startswith("step 2 · loss: ")
+    assert page.locator("#samples tr").count() == 3  # header + the 2 side-by-side samples
+    page.screenshot(path=str(shots / "artifact.png"), full_page=False)
+
+
+def test_artifact_page_exports_an_hf_folder_as_a_job(page, url, ws):
+    page.goto(f"{url}/#/artifact?path=chat-child")
+    page.click('#export button:has-text("Export HF folder")')
+    page.wait_for_selector('#export .job[data-state="done"]', timeout=120_000)
+    assert "herd export" in page.locator("#export .job").inner_text()
+    assert list((ws / "chat-child" / "export").rglob("*.safetensors"))
+
+
+def test_derive_from_the_run_page_streams_progress_and_lands_in_the_tree(page, url, shots):
+    start_derive(page, url, max_steps="2", out="from-ui")
+    job = page.locator(".job", has_text="/from-ui --base")
+    job.locator(".badge.running").wait_for(timeout=60_000)
+    job.locator(".badge.done").wait_for(timeout=240_000)
+    assert int(job.get_attribute("data-progress")) >= 3  # stage starts and training steps, as they happened
+    text = job.inner_text()
+    assert "2/2 steps" in text and "stage 1/1 sft" in text
+    assert job.locator('a:has-text("open the artifact")').count() == 1
+    page.screenshot(path=str(shots / "run.png"), full_page=True)
+    page.goto(f"{url}/#/family")
+    page.wait_for_selector("#tree-svg")
+    node = page.locator('g.node.artifact[data-path^="from-ui/01-sft"]')
+    assert node.count() == 1 and node.get_attribute("data-status") == "ok"
+
+
+def test_chat_streams_two_artifacts_side_by_side(page, url, shots):
+    page.goto(f"{url}/#/chat?a=chat-child&b=chat-parent")
+    page.wait_for_selector("#prompt")
+    page.fill("#prompt", "Hello")
+    page.click("#send")
+    for pane, says in (("#pane-a", CHILD_SAYS), ("#pane-b", PARENT_SAYS)):
+        answer = page.locator(f'{pane} .msg.assistant[data-done="1"]')
+        answer.wait_for(timeout=60_000)
+        assert says in answer.inner_text()
+        assert int(answer.get_attribute("data-chunks")) > 1  # streamed, not sent in one piece
+    page.screenshot(path=str(shots / "chat.png"), full_page=False)
+
+
+def test_chat_with_a_guard_marks_flagged_input(page, url):
+    page.goto(f"{url}/#/chat?a=chat-child&guard=guard")  # this guard's threshold 0 flags everything
+    page.wait_for_selector("#prompt")
+    page.fill("#prompt", "Hello")
+    page.click("#send")
+    page.locator('#pane-a .msg.assistant[data-done="1"]').wait_for(timeout=60_000)
+    assert "flagged input" in page.locator("#pane-a .msg.user.flagged").inner_text()
+    assert page.locator("#pane-a .msg.assistant").inner_text() == ""  # nothing generated for flagged input
+
+
+def test_run_page_cancels_and_resumes_a_derive(page, url):
+    start_derive(page, url, max_steps="400", out="cancel-me")
+    job = page.locator(".job", has_text="/cancel-me --base")
+    job.locator('.log:has-text("[train] 2/")').wait_for(timeout=120_000)
+    job.locator("button.cancel").click()
+    page.wait_for_selector('.job[data-state="cancelled"]', timeout=30_000)
+    assert "[train] 400/400" not in job.inner_text()
+    import httpx
+
+    nodes = {n["path"]: n for n in httpx.get(f"{url}/api/tree").json()["nodes"] if n.get("path")}
+    assert any(p.startswith("cancel-me/") and n["status"] == "partial" for p, n in nodes.items())
+    job.locator("button.resume").click()
+    resumed = page.locator(".job", has_text="(resumed)")
+    resumed.locator(".badge.running").wait_for(timeout=30_000)
+    assert "(resumed)" in resumed.inner_text() and "--resume" in resumed.inner_text()
+    resumed.locator("button.cancel").click()
+    page.wait_for_function("document.querySelector('.job').dataset.state === 'cancelled'", timeout=30_000)
+    assert resumed.get_attribute("data-state") == "cancelled"
+
+
+def test_compare_page_shows_two_scorecards(page, url, shots):
+    page.goto(f"{url}/#/compare?a=alpaca-tiny-test&b=chat-child")
+    page.wait_for_selector("#compare #scorecard")
+    cols = page.locator("#compare > div")
+    assert "held-out response loss" in cols.nth(0).inner_text()
+    assert "no scorecard.json" in cols.nth(1).inner_text()
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+
+def test_outside_paths_and_bad_inputs_get_clear_errors_before_any_job(page, url, ws):
+    page.goto(f"{url}/#/run")
+    page.wait_for_selector("#run-form")
+
+    def start(recipe: str, data: str = "") -> str:
+        page.fill('input[name="recipe"]', recipe)
+        page.fill('textarea[name="data"]', data)
+        page.click("#start")
+        return page.locator("#run-message .error").inner_text()
+
+    jobs_before = page.locator(".job").count()
+    assert "outside the workspace" in start("alpaca", "/etc/hostname")
+    assert "outside the workspace" in start("../../etc/recipe.yaml")
+    assert "unknown recipe 'alpacca'; known: " in start("alpacca")
+    err = start("broken.yaml")
+    assert "broken.yaml" in err and "stages.0.sft.lr" in err
+    err = start("alpaca", "bad.json")
+    assert "bad.json record 1 field 'instruction'" in err
+    assert page.locator(".job").count() == jobs_before  # nothing was queued
+    page.goto(f"{url}/#/artifact?path=../../etc")
+    assert "outside the workspace" in page.locator("#page .error").inner_text()
+
+
+def test_api_refuses_outside_paths_and_needs_the_key_off_loopback(url, ws, tmp_path):
+    import httpx
+
+    from herd.cli import main
+    from herd.ui import create_app
+
+    r = httpx.get(f"{url}/api/artifact", params={"path": str(ws.parent)})
+    assert r.status_code == 403 and "outside the workspace" in r.json()["error"]
+    r = httpx.post(f"{url}/api/chat", json={"path": "/etc", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 403
+    assert main(["ui", str(ws), "--host", "0.0.0.0"]) == 2  # refused without --api-key
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ws, api_key="s3cret")) as client:
+        assert client.get("/api/tree").status_code == 401
+        assert client.get("/api/tree", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/?key=s3cret").status_code == 200  # sets the cookie, then the page loads
+        assert client.get("/api/tree").status_code == 200
+
+
+def test_pages_fetch_nothing_outside_the_app(page, url):
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto(f"{url}/#/family")
+    page.wait_for_selector("#tree-svg")
+    assert asked and all(u.startswith(url) for u in asked)
