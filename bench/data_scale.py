@@ -212,7 +212,7 @@ def main() -> None:
 def machine() -> str:
     """The CPU and what it can do (speed claims depend on it)."""
     try:
-        from herd.doctor import cpu_summary
+        from herd.core.machine import cpu_summary
     except ImportError:
         import platform
 

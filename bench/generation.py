@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--greedy", type=int, default=8, help="prompts also decoded greedily for the agreement check")
     ap.add_argument("--no-llamacpp", action="store_true")
     args = ap.parse_args()
-    from herd.doctor import cpu_summary
+    from herd.core.machine import cpu_summary
 
     print(cpu_summary())
     ref = resolve_base(args.base)

@@ -205,7 +205,7 @@ def main() -> None:
 
 def machine() -> str:
     """The CPU and what it can do (speed claims depend on it)."""
-    from herd.doctor import cpu_summary
+    from herd.core.machine import cpu_summary
 
     return cpu_summary()
 

@@ -25,12 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from herd.base import load_model, load_tokenizer, resolve_base  # noqa: E402
+from herd.core.machine import cpu_summary  # noqa: E402
 from herd.core.paths import shared_data_dir  # noqa: E402
 from herd.core.phases import PhaseLog, record, release_memory  # noqa: E402
 from herd.data import load_examples  # noqa: E402
 from herd.data.packing import make_batch  # noqa: E402
 from herd.data.tokenize import tokenize_examples  # noqa: E402
-from herd.doctor import cpu_summary  # noqa: E402
 from herd.engine.pair_loop import autocast  # noqa: E402
 from herd.engine.shared_prefix import group_step, plan_groups  # noqa: E402
 from herd.engine.training import MaskedLMLoss  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2, help="micro-batch rows of 1,024 tokens")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"machine: {cpu_summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(cpu_summary())
     ref = resolve_base("smollm2")
     tok = load_tokenizer(ref)
     model = load_model(ref)
@@ -52,7 +52,8 @@ def main() -> None:
     exs = load_examples(shared_data_dir() / "openai_moderation_train" / "moderation_train_1000.jsonl", "moderation",
                         split="train", layouts=12)
     items, _ = tokenize_examples(exs, get_template("llama_guard"), tok, 1024)
-    groups = [g for g in plan_groups(items, args.group, seed=42) if len(g.members) == args.group][: args.groups]
+    full = [g for g in plan_groups(items, args.group, seed=42) if len(g.members) == args.group]
+    groups = full[:: max(1, len(full) // args.groups)][: args.groups]  # spread over layouts (prefix lengths)
     loss_fn = MaskedLMLoss(model)
     amp = lambda: autocast("auto")  # noqa: E731
     res = {}

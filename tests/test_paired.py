@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from herd.evals.paired import (
+from herd.core.paired import (
     auprc_stat,
     average_precision,
     headline,

@@ -129,6 +129,7 @@ def test_family_page_shows_the_catalogue_and_the_workspace_nodes(page, url, shot
     page.screenshot(path=str(shots / "family.png"), full_page=False)
     page.click("#show-catalogue")  # the workspace alone
     page.wait_for_function("!document.querySelector('g.node.member')")
+    page.wait_for_selector('g.node[data-path="broken"]')  # the tree is redrawn after the old one goes
     assert page.locator('g.node[data-path="broken"]').count() == 1
     page.screenshot(path=str(shots / "family-workspace.png"), full_page=False)
 

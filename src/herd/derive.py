@@ -22,13 +22,13 @@ from herd.artifacts import is_artifact, model_card, read_lineage, write_lineage
 from herd.base import BaseRef, resolve_base
 from herd.core.errors import ConfigError
 from herd.core.hashing import sha256_file, sha256_json
+from herd.core.machine import cpu_summary
 from herd.core.paths import resolve_data_path
 from herd.core.phases import PhaseLog, record, release_memory
 from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
 from herd.data import load_examples
 from herd.data.split import dedupe, split
-from herd.doctor import cpu_summary
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
 from herd.templates import get_template
 

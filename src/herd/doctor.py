@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from herd.core.machine import cpu_features, cpu_name
+
 # The demo's peak RSS (/usr/bin/time -v, 2 cores): 5.9 GB on the AVX-512 + AMX machine since the memory work of
 # issue 18 (was 8.9); the AVX2 figure (7.9 GB) predates it and was not remeasured.
 DEMO_PEAK_GB = 6.0
@@ -38,26 +40,10 @@ def _meminfo() -> dict[str, int]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_checks(flags: set[str]) -> list[Check]:
-    def has(*names: str) -> str:
-        return "yes" if all(n in flags for n in names) else "no"
-
-    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    features = (f"AVX2 {has('avx2', 'fma')}, AVX-512 {has('avx512f')}, native bf16 {'yes' if bf16 else 'no'}, "
-                f"AMX {has('amx_tile')}")
-    return [Check("info", "cpu", f"{_cpu_name()} ({platform.machine()})"),
+    return [Check("info", "cpu", f"{cpu_name()} ({platform.machine()})"),
             Check("ok" if "avx2" in flags or platform.machine() != "x86_64" else "warn", "cpu features",
-                  features if flags else "unknown (no /proc/cpuinfo)")]
+                  cpu_features(flags) if flags else "unknown (no /proc/cpuinfo)")]
 
 
 def precision_checks() -> list[Check]:
@@ -183,13 +169,3 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def cpu_summary() -> str:
-    """One line for a benchmark's header: the machine a speed figure was measured on."""
-    import torch
-
-    from herd.core.llamacpp import cpu_flags
-
-    flags = cpu_flags()
-    features = next(c.finding for c in cpu_checks(flags) if c.what == "cpu features")
-    return (f"machine: {_cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads; {features}")

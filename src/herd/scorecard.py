@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 from herd.artifacts import atomic_write_text
+from herd.core.paired import fmt_delta, headline
 from herd.core.progress import phase
 from herd.core.recipe import Recipe
 from herd.core.registry import EVALS
 from herd.data.records import Example
-from herd.evals.paired import fmt_delta, headline
 from herd.evals.registry import EvalContext
 from herd.templates import Template
 

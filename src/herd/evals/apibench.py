@@ -103,8 +103,8 @@ def _pct(x: float) -> float:
 
 @register_eval("apibench_ast", ApibenchAstConfig)
 def run_apibench_ast(ctx: EvalContext, cfg: ApibenchAstConfig) -> EvalOutput:
+    from herd.core.paired import with_paired
     from herd.engine.generation import generate
-    from herd.evals.paired import with_paired
 
     hd = HubData(cfg.hub, cfg.data)
     questions = hd.questions[: cfg.n] if cfg.n else hd.questions

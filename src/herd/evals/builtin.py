@@ -43,7 +43,7 @@ def loss_rows(p: dict, d: dict, dataset: str, what: str) -> list[dict]:
     bootstrap over records (the token-weighted loss recomputed on every resample)."""
     import math
 
-    from herd.evals.paired import ratio_stat, with_paired
+    from herd.core.paired import ratio_stat, with_paired
 
     rows = [({"task": f"{what} loss", "name": "loss", "dataset": dataset, "parent": round(p["loss"], 4),
               "derived": round(d["loss"], 4), "better": "lower"}, ratio_stat, 4),

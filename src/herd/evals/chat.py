@@ -40,10 +40,10 @@ class MTBenchPairwiseConfig(EvalConfig):
 @register_eval("mtbench_pairwise", MTBenchPairwiseConfig)
 def run_mtbench_pairwise(ctx: EvalContext, cfg: MTBenchPairwiseConfig) -> EvalOutput:
     from herd.core.errors import ConfigError
+    from herd.core.paired import with_paired
     from herd.core.paths import resolve_data_path
     from herd.evals.judge import games, make_judge, play, summarize, summary_markdown
     from herd.evals.mtbench import generate_answers, read_questions, write_answers
-    from herd.evals.paired import with_paired
 
     recipe_dir = Path(ctx.recipe.source_file).parent if ctx.recipe.source_file else Path.cwd()
     qpath = resolve_data_path(cfg.questions, recipe_dir)
@@ -95,11 +95,11 @@ class HeldoutByCategoryConfig(EvalConfig):
 @register_eval("heldout_loss_by_category", HeldoutByCategoryConfig)
 def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> EvalOutput:
     """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived."""
+    from herd.core.paired import ratio_stat, with_paired
     from herd.core.progress import Progress
     from herd.core.recipe import eval_max_len
     from herd.data.tokenize import tokenize_examples
     from herd.engine.heldout import heldout_loss
-    from herd.evals.paired import ratio_stat, with_paired
 
     max_len = eval_max_len(ctx.recipe)
     groups = defaultdict(list)

@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from herd.core.paired import with_paired
 from herd.evals import humaneval as he
-from herd.evals.paired import with_paired
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 
 ROLES = ("parent", "derived")

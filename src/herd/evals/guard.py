@@ -158,7 +158,7 @@ def _r(x):
 def metric_rows(reports: dict[str, GuardReport], dataset: str, split: str = "test") -> list[dict]:
     """Scorecard rows, AUPRC (the paper's metric) first, each with its paired bootstrap over test items
     (the same records scored by both models; thresholds stay the ones chosen on dev)."""
-    from herd.evals.paired import auprc_stat, with_paired
+    from herd.core.paired import auprc_stat, with_paired
 
     p, d = reports["parent"], reports["derived"]
 

@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from herd.core.errors import ConfigError, DataError
+from herd.core.paired import with_paired
 from herd.evals.mcq import (
     MCQItem,
     bootstrap_ci,
@@ -34,7 +35,6 @@ from herd.evals.mcq import (
     pick_demos,
     score_items,
 )
-from herd.evals.paired import with_paired
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
 
 # recipes.md §4.4 (Meditron Table 2 / evaluation/instructions.json), verbatim

@@ -41,10 +41,10 @@ def _win_rate(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[flo
 def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutput:
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.errors import ConfigError
+    from herd.core.paired import paired
     from herd.core.recipe import POLICY_KINDS
     from herd.engine.generation import generate
     from herd.engine.reward_model import load_reward_model
-    from herd.evals.paired import paired
 
     by_name = {st.name: (st, Path(d)) for st, d in ctx.stages}
     if cfg.reward_model not in by_name or cfg.baseline not in by_name:
@@ -126,7 +126,7 @@ def _rm_accuracy(rm_stage, rm_dir: Path) -> list[dict]:
     path = rm_dir / "heldout_rewards.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     if rows and "chosen_before" in rows[0]:  # per pair: right (1), tie (½: neither ranked), wrong (0)
-        from herd.evals.paired import mean_ci, with_paired
+        from herd.core.paired import mean_ci, with_paired
 
         def right(c: float, r: float) -> float:
             return 1.0 if c > r else 0.5 if c == r else 0.0

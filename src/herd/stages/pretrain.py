@@ -294,7 +294,7 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
                "data": report, "world_size": world}
     if heldout:
         if "parent" in heldout and "derived" in heldout:  # paired over the same held-out rows
-            from herd.evals.paired import paired, ratio_stat
+            from herd.core.paired import paired, ratio_stat
 
             heldout["paired"] = paired(heldout["parent"]["per_record"], heldout["derived"]["per_record"],
                                        better="lower", stat=ratio_stat)

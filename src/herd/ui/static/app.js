@@ -195,9 +195,12 @@ function lineageCard(lin) {
 
 function deltaCell(m) {
   if (typeof m.parent !== "number" || typeof m.derived !== "number") return h("td", {}, "–");
-  const d = m.derived - m.parent;
-  const good = m.better === "lower" ? d < 0 : m.better === "higher" ? d > 0 : null;
-  return h("td", {class: `num ${good === null ? "" : good ? "better" : "worse"}`}, (d > 0 ? "+" : "") + fmtNum(d));
+  const d = typeof m.delta === "number" ? m.delta : m.derived - m.parent;
+  // colour only what the paired CI settles (verdict); rows without one fall back to the sign
+  const good = m.verdict ? (m.verdict === "better" ? true : m.verdict === "worse" ? false : null)
+    : m.better === "lower" ? d < 0 : m.better === "higher" ? d > 0 : null;
+  const text = (d > 0 ? "+" : "") + fmtNum(d) + (m.verdict ? ` (${m.verdict})` : "");
+  return h("td", {class: `num ${good === null ? "" : good ? "better" : "worse"}`}, text);
 }
 
 function ciText(x) {
