@@ -200,13 +200,11 @@ def train_shared_prefix(model, items: list[Tokenized], cfg: LoopConfig, run_dir:
     torch.manual_seed(cfg.seed)
     model.to(device())
     model.train()
-    computed_total = [0]
 
     def step_fn(step: int) -> StepOut:
         g = groups[plan[step][0]]
-        loss, n, computed = group_step(model, items, g, pad_id, micro_tokens=cfg.micro_batch_rows * cfg.row_len,
+        loss, n, _ = group_step(model, items, g, pad_id, micro_tokens=cfg.micro_batch_rows * cfg.row_len,
                                        amp=lambda: autocast(cfg.precision))
-        computed_total[0] += computed
         return StepOut(loss=loss / max(1, n), fields={"examples": len(g.members), "prefix_tokens": g.prefix,
                                                       "trained_tokens": n},
                        tokens=sum(len(items[m]) for m in g.members))

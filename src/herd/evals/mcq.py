@@ -195,12 +195,7 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
 def bootstrap_ci(values: Sequence[float], *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
                  ) -> tuple[float, float] | None:
     """Percentile bootstrap CI of the mean over items (None without items)."""
-    import numpy as np
+    from herd.core.paired import mean_ci
 
-    if len(values) == 0:
-        return None
-    arr = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, len(arr), (n_boot, len(arr)))].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2])
-    return round(float(lo), 4), round(float(hi), 4)
+    ci = mean_ci(values, n_boot=n_boot, seed=seed, confidence=confidence)
+    return tuple(ci) if ci else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from pydantic import Field
 
 from herd.evals.registry import EvalConfig, EvalContext, EvalOutput, register_eval
@@ -30,18 +29,11 @@ class RewardWinRateConfig(EvalConfig):
     seed: int = 0
 
 
-def _win_rate(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, list[float]]:
-    wins = (a > b).astype(float) + 0.5 * (a == b)
-    rng = np.random.default_rng(seed)
-    boots = [float(wins[rng.integers(0, len(wins), len(wins))].mean()) for _ in range(n_boot)]
-    return float(wins.mean()), [round(float(np.percentile(boots, 2.5)), 4), round(float(np.percentile(boots, 97.5)), 4)]
-
-
 @register_eval("reward_win_rate", RewardWinRateConfig)
 def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutput:
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.errors import ConfigError
-    from herd.core.paired import paired
+    from herd.core.paired import mean_ci, paired
     from herd.core.recipe import POLICY_KINDS
     from herd.engine.generation import generate
     from herd.engine.reward_model import load_reward_model
@@ -74,8 +66,8 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
         ctx.log(f"reward win rate: greedy answers of {st.name}")
         ans = answers(d, st.name)
         scores = rm.score(prompts, ans).float().numpy()
-        win, ci = _win_rate(scores, base_scores, cfg.bootstrap, cfg.seed)
-        wins = (scores > base_scores).astype(float) + 0.5 * (scores == base_scores)
+        wins = (scores > base_scores).astype(float) + 0.5 * (scores == base_scores)  # ties ½
+        win, ci = float(wins.mean()), mean_ci(wins, n_boot=cfg.bootstrap, seed=cfg.seed)
         row = {"stage": st.name, "kind": st.kind, "win_rate": round(win, 4), "ci95": ci,
                "mean_reward": round(float(scores.mean()), 4), "baseline_mean_reward": round(float(base_scores.mean()), 4)}
         metrics.append({"task": f"reward-model-judged win rate vs {cfg.baseline}, stage {st.name} (ties ½)",

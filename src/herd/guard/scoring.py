@@ -65,13 +65,10 @@ MIN_SHARED_PREFIX = 32  # tokens: below this, prompts are scored whole
 
 def _common_prefix(seqs: list[list[int]], limit: int) -> int:
     """Leading tokens every sequence shares, at most ``limit`` (so the answer position stays in the suffix)."""
-    first, n = seqs[0], limit
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return n
+    from herd.engine.shared_prefix import common_prefix
+
+    first = np.asarray(seqs[0][:limit])
+    return min([len(first)] + [common_prefix(first, np.asarray(s[:limit])) for s in seqs[1:]])
 
 
 def _precision_ctx(model):
