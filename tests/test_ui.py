@@ -8,6 +8,7 @@ from ``HERD_UI_SHOTS=docs/ui pytest tests/test_ui.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ import yaml
 from herd.guard.classifier import GuardSettings
 from tests.artifact_helpers import make_tiny_artifact
 from tests.chat_helpers import memorized_artifact
-from tests.ui_helpers import tiny_alpaca_recipe
+from tests.ui_helpers import guard_scorecard, tiny_alpaca_recipe
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("HERD_REQUIRE_BROWSER"):  # CI (.ci/run): a skip would hide the tests
@@ -36,7 +37,8 @@ CHILD_SAYS, PARENT_SAYS = "Derived model here.", "Parent model here."
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A workspace: a finished tiny derive, two chat artifacts, a corrupt and a partial folder, a broken
-    recipe and a data file with a bad record."""
+    recipe, a data file with a bad record, and a guard that flags everything (threshold 0) and carries a
+    guard scorecard."""
     from herd.api import derive
 
     root = tmp_path_factory.mktemp("ws")
@@ -54,6 +56,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "broken.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     make_tiny_artifact(root / "guard", "guard", template="llama_guard")
     GuardSettings(threshold=0.0, chosen_on="test: flag everything").write(root / "guard")
+    (root / "guard" / "scorecard.json").write_text(json.dumps(guard_scorecard()))
     (root / "bad.json").write_text('[{"instruction": "Say hi.", "output": "hi"},\n {"instruction": 3}]\n')
     return root
 
@@ -149,6 +152,28 @@ def test_clicking_a_node_opens_its_scorecard_and_curves(page, url, shots):
     assert page.locator("#curves-loss .tip").text_content().startswith("step 2 · loss: ")
     assert page.locator("#samples tr").count() == 3  # header + the 2 side-by-side samples
     page.screenshot(path=str(shots / "artifact.png"), full_page=False)
+
+
+def test_artifact_page_draws_eval_curves_and_per_category_tables(page, url, shots):
+    """The guard eval's precision-recall panels (a series per model, hover read-out) and its per-category
+    rows, one table per metric, from the scorecard the eval's own functions wrote."""
+    page.goto(f"{url}/#/artifact?path=guard")
+    page.wait_for_selector("#scorecard")
+    charts = page.locator("#eval-curves .chart")
+    assert charts.count() == 3  # binary unsafe, then the two categories
+    assert charts.nth(0).locator("polyline").count() == 2
+    assert {charts.nth(0).locator("polyline").nth(i).get_attribute("data-series") for i in range(2)} == \
+        {"parent", "derived"}
+    assert "precision-recall: unsafe (binary)" in charts.nth(0).text_content()
+    charts.nth(0).locator("rect.hit").hover()  # scrolled into view, the pointer at its middle
+    tip = charts.nth(0).locator(".tip").text_content()
+    assert tip.startswith("recall ") and "parent: " in tip and "derived: " in tip
+    table = page.locator('table[data-group="guard auprc per category (test split)"]')
+    assert table.locator("tr").count() == 3  # header + 2 categories
+    assert {"Violence and Hate", "Criminal Planning"} <= set(table.locator("tr td:first-child").all_inner_texts())
+    assert page.locator('table[data-group="guard f1 per category (test split)"] tr').count() == 3
+    assert "95% CI [" in page.locator("#scorecard .headline").inner_text()
+    page.screenshot(path=str(shots / "artifact-guard.png"), full_page=False)
 
 
 def test_artifact_page_exports_an_hf_folder_as_a_job(page, url, ws):

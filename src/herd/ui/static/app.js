@@ -211,6 +211,31 @@ function ciText(x) {
   return lo !== undefined ? `${Math.round((ci.confidence || 0.95) * 100)}% CI [${fmtNum(lo)}, ${fmtNum(hi)}]` : null;
 }
 
+// [table title, category or null]: rows an eval marks with a category share one table per group;
+// scorecards written before evals marked them ("guard auprc: Violence", name "auprc/Violence") are read so.
+function metricGroup(m) {
+  if (m.category) return [m.group || `${m.task} · per category`, m.category];
+  const i = String(m.task || "").indexOf(": ");
+  if (String(m.name || "").includes("/") && i > 0) return [`${m.task.slice(0, i)} per category`, m.task.slice(i + 2)];
+  return [m.task, null];
+}
+
+// Curves an eval recorded in scorecard.json's extra: a chart {title, xlabel, ylabel, series: [{name, points}]},
+// a list of them (the guard eval's precision-recall panels), or a bare {x: [...], y: [...]}.
+function evalCurves(extra) {
+  const charts = [];
+  const isChart = v => v && typeof v === "object" && Array.isArray(v.series);
+  for (const [k, v] of Object.entries(extra)) {
+    for (const c of (Array.isArray(v) ? v : [v]).filter(isChart)) {
+      charts.push(lineChart(c.series.map(s => ({name: s.name, points: s.points || []})),
+        {title: c.title || k, xlabel: c.xlabel || "x", ylabel: c.ylabel, height: 260}));
+    }
+    if (v && Array.isArray(v.x) && Array.isArray(v.y)) charts.push(lineChart([{name: k, points: v.x.map((x, i) => [x, v.y[i]])}],
+      {title: k, xlabel: v.xlabel || "x"}));
+  }
+  return charts;
+}
+
 function scorecardCard(card) {
   if (!card) return h("div", {class: "card", id: "scorecard"}, h("h2", {}, "Scorecard"),
     h("span", {class: "muted"}, "no scorecard.json (a stage folder, or the run did not finish)"));
@@ -221,21 +246,21 @@ function scorecardCard(card) {
     hd.better ? h("span", {class: "muted"}, ` (${hd.better} is better)`) : null,
     ciText(hd) || ciText(first) ? h("div", {class: "muted"}, ciText(hd) || ciText(first)) : null);
   const groups = {};
-  for (const m of card.metrics || []) (groups[m.category ? `${m.task} · per category` : m.task] ||= []).push(m);
-  const tables = Object.entries(groups).map(([task, ms]) => h("div", {}, h("h3", {}, task), h("table", {},
-    h("tr", {}, h("th", {}, ms[0].category ? "category" : "metric"), h("th", {}, "dataset"), h("th", {}, "parent"),
-      h("th", {}, "derived"), h("th", {}, "Δ"), h("th", {}, "CI")),
-    ms.map(m => h("tr", {}, h("td", {}, m.category || m.name), h("td", {class: "muted"}, m.dataset || ""),
-      h("td", {class: "num"}, fmtNum(m.parent)), h("td", {class: "num"}, fmtNum(m.derived)), deltaCell(m),
-      h("td", {class: "muted"}, ciText(m) || ""))))));
-  const curves = [];
-  for (const [k, v] of Object.entries(card.extra || {})) {  // any {x: [...], y: [...]} curve an eval recorded
-    if (v && Array.isArray(v.x) && Array.isArray(v.y)) curves.push(lineChart([{name: k, points: v.x.map((x, i) => [x, v.y[i]])}],
-      {title: k, xlabel: v.xlabel || "x"}));
+  for (const m of card.metrics || []) {
+    const [group, category] = metricGroup(m);
+    (groups[group] ||= []).push({...m, category});
   }
+  const tables = Object.entries(groups).map(([group, ms]) => h("div", {class: "metric-group"}, h("h3", {}, group),
+    h("table", {"data-group": group},
+      h("tr", {}, h("th", {}, ms[0].category ? "category" : "metric"), h("th", {}, "dataset"), h("th", {}, "parent"),
+        h("th", {}, "derived"), h("th", {}, "Δ"), h("th", {}, "CI")),
+      ms.map(m => h("tr", {}, h("td", {}, m.category || m.name), h("td", {class: "muted"}, m.dataset || ""),
+        h("td", {class: "num"}, fmtNum(m.parent)), h("td", {class: "num"}, fmtNum(m.derived)), deltaCell(m),
+        h("td", {class: "muted"}, ciText(m) || ""))))));
+  const curves = evalCurves(card.extra || {});
   return h("div", {class: "card", id: "scorecard"}, h("h2", {}, `Scorecard: ${card.title || card.recipe || ""}`),
     h("p", {class: "muted"}, `profile ${card.profile} · template ${card.template} · paper base ${card.paper_base}`),
-    head, tables, curves.length ? h("div", {class: "row"}, curves) : null,
+    head, tables, curves.length ? h("div", {class: "row", id: "eval-curves"}, curves) : null,
     (card.published || []).length ? h("div", {}, h("h3", {}, "Published numbers"), h("ul", {class: "plain"},
       card.published.map(p => h("li", {}, p.claim, " ", h("span", {class: "muted"}, `(${p.source})`), " ",
         p.comparable ? badge("ok", "comparable") : badge("cancelled", "not comparable"),
