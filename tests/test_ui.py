@@ -37,8 +37,8 @@ CHILD_SAYS, PARENT_SAYS = "Derived model here.", "Parent model here."
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A workspace: a finished tiny derive, two chat artifacts, a corrupt and a partial folder, a broken
-    recipe, a data file with a bad record, and a guard that flags everything (threshold 0) and carries a
-    guard scorecard."""
+    recipe, a data file with a bad record, and two guards: one flags everything (threshold 0) and carries
+    a guard scorecard; the other learned to call the child's reply unsafe and the prompt safe."""
     from herd.api import derive
 
     root = tmp_path_factory.mktemp("ws")
@@ -57,6 +57,11 @@ def ws(tmp_path_factory) -> Path:
     make_tiny_artifact(root / "guard", "guard", template="llama_guard")
     GuardSettings(threshold=0.0, chosen_on="test: flag everything").write(root / "guard")
     (root / "guard" / "scorecard.json").write_text(json.dumps(guard_scorecard()))
+    hello = [{"role": "user", "content": "Hello"}]
+    memorized_artifact(root / "guard-replies", "llama_guard", [
+        hello + [{"role": "verdict", "content": "safe"}],
+        hello + [{"role": "assistant", "content": CHILD_SAYS}, {"role": "verdict", "content": "unsafe\nO3"}]],
+        name="reply-guard")
     (root / "bad.json").write_text('[{"instruction": "Say hi.", "output": "hi"},\n {"instruction": 3}]\n')
     return root
 
@@ -221,6 +226,36 @@ def test_chat_with_a_guard_marks_flagged_input(page, url):
     page.locator('#pane-a .msg.assistant[data-done="1"]').wait_for(timeout=60_000)
     assert "flagged input" in page.locator("#pane-a .msg.user.flagged").inner_text()
     assert page.locator("#pane-a .msg.assistant").inner_text() == ""  # nothing generated for flagged input
+
+
+def _chat_events(url: str, path: str, prompt: str) -> list[dict]:
+    import httpx
+
+    with httpx.stream("POST", f"{url}/api/chat", json={"path": path, "messages": [{"role": "user", "content": prompt}],
+                                                       "max_tokens": 96}, timeout=120) as r:
+        return [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
+
+
+def test_chat_with_a_guard_marks_a_flagged_reply(page, url, ws):
+    """A guard that passes the prompt and flags the reply: the reply is shown, marked flagged output."""
+    from herd.guard import Guard
+
+    reply = "".join(e.get("delta", "") for e in _chat_events(url, "chat-child", "Hello"))
+    assert CHILD_SAYS in reply
+    g = Guard(ws / "guard-replies")
+    asked, answered = g.classify("Hello").p_unsafe, g.classify("Hello", response=reply).p_unsafe
+    assert answered - asked > 0.2, (asked, answered)  # it learned the two verdicts
+    GuardSettings(threshold=(asked + answered) / 2, chosen_on="test: between the prompt's and the reply's "
+                  "P(unsafe)").write(ws / "guard-replies")
+    page.goto(f"{url}/#/chat?a=chat-child&guard=guard-replies")
+    page.wait_for_selector("#prompt")
+    page.fill("#prompt", "Hello")
+    page.click("#send")
+    out = page.locator('#pane-a .msg.assistant[data-done="1"]')
+    out.wait_for(timeout=60_000)
+    assert CHILD_SAYS in out.inner_text() and "flagged output" in out.inner_text()
+    assert page.locator("#pane-a .msg.assistant.flagged").count() == 1
+    assert page.locator("#pane-a .msg.user.flagged").count() == 0  # the prompt passed
 
 
 def test_run_page_cancels_and_resumes_a_derive(page, url):
