@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,8 +70,9 @@ def ws(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def url(ws):
+@contextmanager
+def serving(workspace: Path):
+    """``herd ui``'s app over ``workspace`` on a free loopback port; yields its URL."""
     import uvicorn
 
     from herd.ui import create_app
@@ -75,15 +80,23 @@ def url(ws):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ws), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(workspace), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def url(ws):
+    with serving(ws) as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +282,9 @@ def test_run_page_cancels_and_resumes_a_derive(page, url):
 
     nodes = {n["path"]: n for n in httpx.get(f"{url}/api/tree").json()["nodes"] if n.get("path")}
     assert any(p.startswith("cancel-me/") and n["status"] == "partial" for p, n in nodes.items())
+    listed = page.locator('#interrupted .run[data-out="cancel-me"]')  # the workspace's list has it too
+    listed.wait_for(timeout=15_000)
+    assert listed.get_attribute("data-resumable") == "1"
     job.locator("button.resume").click()
     resumed = page.locator(".job", has_text="(resumed)")
     resumed.locator(".badge.running").wait_for(timeout=30_000)
@@ -276,6 +292,65 @@ def test_run_page_cancels_and_resumes_a_derive(page, url):
     resumed.locator("button.cancel").click()
     page.wait_for_function("document.querySelector('.job').dataset.state === 'cancelled'", timeout=30_000)
     assert resumed.get_attribute("data-state") == "cancelled"
+
+
+def test_run_page_resumes_a_derive_killed_on_the_command_line(page, tmp_path, shots):
+    """`herd derive` started in a shell and killed (-9) after its step-2 checkpoint: the Run page finds it
+    by its derive.json, resumes it from step 3 to done; what it cannot resume it lists with the reason."""
+    import httpx
+
+    from herd.core.hashing import sha256_file
+    from herd.core.paths import repo_root
+
+    ws2 = tmp_path / "ws"
+    recipe = tiny_alpaca_recipe(ws2)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["profiles"]["test"]["stages"]["sft"]["checkpoint_every"] = 1  # 24 records, batch 8: 3 steps
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    killed = subprocess.run([sys.executable, "-m", "herd.cli", "derive", "alpaca-test.yaml", "--base", "tiny",
+                             "--profile", "test", "--out", "cli-run"], cwd=ws2, capture_output=True, text=True,
+                            env={**os.environ, "HERD_TEST_KILL_AFTER_STEP": "2", "HF_HUB_OFFLINE": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((ws2 / "cli-run" / "derive.json").read_text())["state"] == "running"  # as it was killed
+    (ws2 / "no-record" / "01-sft-0123456789.work").mkdir(parents=True)  # a herd older than run records
+    shipped = repo_root() / "recipes" / "alpaca.yaml"
+    for name, args, extra in (("base-elsewhere", {"base": "/opt/elsewhere/model"}, {"state": "failed"}),
+                              ("live", {}, {"state": "running", "pid": os.getpid(), "host": socket.gethostname()})):
+        (ws2 / name).mkdir()
+        (ws2 / name / "derive.json").write_text(json.dumps({
+            "command": f"herd derive alpaca --profile tiny --out {name}", "recipe_sha256": sha256_file(shipped),
+            "args": {"recipe": "alpaca", "recipe_file": str(shipped), "base": None, "profile": "tiny", "data": [],
+                     "out": str(ws2 / name), "max_steps": None, "report_to": None, "overrides": None, **args},
+            **extra}))
+    with serving(ws2) as url:
+        page.goto(f"{url}/#/run")
+        row = page.locator('#interrupted .run[data-out="cli-run"]')
+        row.wait_for(timeout=15_000)
+        assert row.get_attribute("data-resumable") == "1" and row.get_attribute("data-state") == "interrupted"
+        assert "checkpoint at step 2" in row.inner_text() and "--out cli-run" in row.inner_text()
+        why = {r["out"]: r["why"] for r in httpx.get(f"{url}/api/runs").json()["runs"]}
+        assert set(why) == {"cli-run", "no-record", "base-elsewhere", "live"} and why["cli-run"] is None
+        assert "no derive.json run record" in why["no-record"]
+        assert "outside the workspace" in why["base-elsewhere"] and "--resume" in why["base-elsewhere"]
+        assert f"still running (pid {os.getpid()}" in why["live"]
+        assert "outside the workspace" in page.locator('.run[data-out="base-elsewhere"] .why').inner_text()
+        assert not [f for f in httpx.get(f"{url}/api/files").json()["files"] if ".work/" in f]  # not data files
+        for out, status in (("no-record", 409), ("live", 409), ("../", 403)):
+            r = httpx.post(f"{url}/api/runs/resume", json={"out": out})
+            assert r.status_code == status and r.json()["error"], (out, r.text)
+        page.screenshot(path=str(shots / "run-interrupted.png"), full_page=True)
+        row.locator("button.resume-run").click()
+        job = page.locator(".job", has_text="(resumed)")
+        job.locator(".badge.done").wait_for(timeout=240_000)
+        assert "--resume" in job.inner_text() and "/cli-run --base tiny" in job.inner_text()
+        log = job.locator(".log").inner_text()
+        assert "[train] 3/3" in log and "[train] 1/3" not in log  # from the checkpoint, not from step 0
+        assert json.loads((ws2 / "cli-run" / "derive.json").read_text())["state"] == "done"
+        steps = [json.loads(x)["step"] for x in (ws2 / "cli-run" / "model" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3]
+        page.wait_for_function("!document.querySelector('#interrupted .run[data-out=\"cli-run\"]')", timeout=15_000)
+        r = httpx.post(f"{url}/api/runs/resume", json={"out": "cli-run"})
+        assert r.status_code == 409 and "finished" in r.json()["error"]
 
 
 def test_compare_page_shows_two_scorecards(page, url, shots):

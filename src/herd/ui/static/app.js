@@ -363,9 +363,51 @@ function jobPanel(job) {
       state.replaceChildren(badge(ev.state));
       panel.dataset.state = ev.state;
       setActions(ev.state);
+      window.dispatchEvent(new Event("herd-jobs-changed"));  // the interrupted-runs list may change
     }
   }).catch(e => log.appendChild(document.createTextNode(`[ui] event stream ended: ${e.message}\n`)));
   return panel;
+}
+
+// Derives in the workspace that did not finish, whoever started them (the page or `herd derive`), each
+// with a Resume button when its derive.json lets the page rebuild `herd derive ... --resume`, else why not.
+function runsCard(jobList) {
+  const body = h("div", {});
+  const card = h("div", {class: "card", id: "interrupted"}, h("h2", {}, "Interrupted runs in the workspace"), body);
+  const row = r => {
+    const actions = h("div", {class: "row"});
+    if (r.resumable) actions.appendChild(h("button", {class: "resume-run", onclick: async ev => {
+      ev.target.disabled = true;
+      try {
+        const job = await api("/api/runs/resume", {out: r.out});
+        jobList.insertBefore(jobPanel(job), jobList.firstChild);
+        actions.replaceChildren(h("span", {class: "muted"}, `resuming as job #${job.id}`));
+      } catch (e) { ev.target.disabled = false; actions.appendChild(errorBox(e.message)); }
+    }}, "Resume"));
+    else actions.appendChild(h("div", {class: "muted why"}, r.why));
+    const work = r.unfinished.map(u => `${u.folder}${u.checkpoint_step ? ` (checkpoint at step ${u.checkpoint_step})` : ""}`);
+    return h("div", {class: "run", "data-out": r.out, "data-state": r.state, "data-resumable": r.resumable ? "1" : "0"},
+      h("div", {class: "row"}, h("b", {class: "mono"}, r.out), badge(r.state === "interrupted" ? "partial" : r.state, r.state),
+        r.started ? h("span", {class: "muted"}, `started ${r.started}`) : null),
+      r.command ? h("div", {class: "mono muted"}, r.command) : null,
+      h("div", {class: "muted"}, `finished stages: ${r.stages_done.join(", ") || "none"}`,
+        work.length ? ` · unfinished: ${work.join(", ")}` : ""),
+      r.error ? h("div", {class: "mono muted"}, r.error) : null, actions);
+  };
+  const refresh = async () => {
+    if (!card.isConnected && card.dataset.loaded) { window.removeEventListener("herd-jobs-changed", soon); return; }
+    try {
+      const {runs} = await api("/api/runs");
+      body.replaceChildren(...(runs.length ? runs.map(row)
+        : [h("span", {class: "muted"}, "none: every derive in the workspace finished")]));
+    } catch (e) { body.replaceChildren(errorBox(e.message)); }
+    card.dataset.loaded = "1";
+  };
+  let pending = null;  // job panels replay their past states on load: one refresh for a burst of them
+  const soon = () => { clearTimeout(pending); pending = setTimeout(refresh, 300); };
+  window.addEventListener("herd-jobs-changed", soon);
+  refresh();
+  return card;
 }
 
 async function pageRun() {
@@ -404,6 +446,7 @@ async function pageRun() {
       h("div", {class: "row"}, h("button", {type: "submit", id: "start"}, "Start derive"),
         h("span", {class: "muted"}, "one job runs at a time; later ones queue. Paths are relative to the workspace.")),
       msg),
+    runsCard(list),
     h("h2", {}, "Jobs"), list);
 }
 
