@@ -315,7 +315,9 @@ def test_run_page_resumes_a_derive_killed_on_the_command_line(page, tmp_path, sh
     (ws2 / "no-record" / "01-sft-0123456789.work").mkdir(parents=True)  # a herd older than run records
     shipped = repo_root() / "recipes" / "alpaca.yaml"
     for name, args, extra in (("base-elsewhere", {"base": "/opt/elsewhere/model"}, {"state": "failed"}),
-                              ("live", {}, {"state": "running", "pid": os.getpid(), "host": socket.gethostname()})):
+                              ("live", {}, {"state": "running", "pid": os.getpid(), "host": socket.gethostname()}),
+                              ("recipe-changed", {}, {"state": "failed", "recipe_sha256": "0" * 64}),
+                              ("from-python", {"overrides": {"eval_size": 4}}, {"state": "failed"})):
         (ws2 / name).mkdir()
         (ws2 / name / "derive.json").write_text(json.dumps({
             "command": f"herd derive alpaca --profile tiny --out {name}", "recipe_sha256": sha256_file(shipped),
@@ -329,13 +331,15 @@ def test_run_page_resumes_a_derive_killed_on_the_command_line(page, tmp_path, sh
         assert row.get_attribute("data-resumable") == "1" and row.get_attribute("data-state") == "interrupted"
         assert "checkpoint at step 2" in row.inner_text() and "--out cli-run" in row.inner_text()
         why = {r["out"]: r["why"] for r in httpx.get(f"{url}/api/runs").json()["runs"]}
-        assert set(why) == {"cli-run", "no-record", "base-elsewhere", "live"} and why["cli-run"] is None
+        assert set(why) == {"cli-run", "no-record", "base-elsewhere", "live", "recipe-changed", "from-python"}
+        assert why["cli-run"] is None
+        assert "changed since the run started" in why["recipe-changed"] and "overrides" in why["from-python"]
         assert "no derive.json run record" in why["no-record"]
         assert "outside the workspace" in why["base-elsewhere"] and "--resume" in why["base-elsewhere"]
         assert f"still running (pid {os.getpid()}" in why["live"]
         assert "outside the workspace" in page.locator('.run[data-out="base-elsewhere"] .why').inner_text()
         assert not [f for f in httpx.get(f"{url}/api/files").json()["files"] if ".work/" in f]  # not data files
-        for out, status in (("no-record", 409), ("live", 409), ("../", 403)):
+        for out, status in (("no-record", 409), ("live", 409), ("recipe-changed", 409), ("../", 403)):
             r = httpx.post(f"{url}/api/runs/resume", json={"out": out})
             assert r.status_code == status and r.json()["error"], (out, r.text)
         page.screenshot(path=str(shots / "run-interrupted.png"), full_page=True)
