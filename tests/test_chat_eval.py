@@ -239,3 +239,28 @@ def test_endpoint_judge_matches_the_same_model_in_process(tmp_path):
     finally:
         server.stop()
         served.backend.close()
+
+
+def test_heldout_loss_by_category_marks_one_table_per_eval(tmp_path):
+    """Per-category rows carry their category and one group, so a scorecard reader (herd ui) draws them
+    as one table; each is the held-out loss of that category's records, parent vs derived."""
+    import herd.plugins  # noqa: F401  (registers the evals)
+    from herd.base import load_tokenizer, resolve_base
+    from herd.core.recipe import load_recipe
+    from herd.core.registry import EVALS
+    from herd.data.records import Example
+    from herd.evals.registry import EvalContext
+    from herd.templates import get_template
+
+    tiny = resolve_base("tiny").path
+    exs = [Example([{"role": "user", "content": f"Name a {c} thing, {i}."},
+                    {"role": "assistant", "content": f"A {c} thing number {i}."}], "t", i, {"category": c})
+           for i, c in enumerate(["open_qa", "brainstorming", "open_qa", "classification"])]
+    ctx = EvalContext(recipe=load_recipe("dolly", "tiny"), template=get_template("dolly"),
+                      tokenizer=load_tokenizer(tiny), eval_examples=exs, parent_path=tiny, derived_path=tiny,
+                      out_dir=tmp_path, progress=False)
+    cfg_cls, fn = EVALS["heldout_loss_by_category"]
+    rows = fn(ctx, cfg_cls()).metrics
+    assert [m["category"] for m in rows] == ["brainstorming", "classification", "open_qa"]
+    assert {m["group"] for m in rows} == {"held-out response loss per category"}
+    assert all(m["parent"] == m["derived"] for m in rows)  # the same model on both sides

@@ -374,6 +374,25 @@ def test_threshold_and_metrics():
     assert binary_metrics(np.zeros(3), np.ones(3), 0.5)["auprc"] is None
 
 
+def test_pr_points_are_the_curve_thinned_with_its_ends():
+    from sklearn.metrics import precision_recall_curve
+
+    from herd.evals.guard_metrics import pr_points
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    prec, rec, _ = precision_recall_curve(y, s)
+    assert pr_points(y, s) == [[round(r, 4), round(p, 4)] for r, p in zip(rec[::-1], prec[::-1])]
+    assert pr_points(y, s)[0] == [0.0, 1.0] and pr_points(y, s)[-1] == [1.0, 0.5]  # all flagged: the positive rate
+    rng = np.random.default_rng(0)
+    y, s = rng.integers(0, 2, 3000), rng.random(3000)
+    pts = pr_points(y, s, max_points=100)
+    full = pr_points(y, s, max_points=10**6)
+    assert len(pts) <= 100 and pts[0] == full[0] and pts[-1] == full[-1]
+    assert all(a[0] <= b[0] for a, b in zip(pts, pts[1:]))  # recall rises along the curve
+    assert pr_points(np.zeros(4), np.ones(4)) == []  # no positive: no curve
+
+
 # -- interfaces --------------------------------------------------------------------------------------
 
 def test_classify_and_eval_commands(tmp_path, capsys):
@@ -410,6 +429,12 @@ def test_recipe_runs_end_to_end_and_guard_uses_dev_thresholds(tmp_path):
     names = {m["name"] for m in card["metrics"]}
     assert {"f1", "precision", "recall", "auprc/Violence and Hate", "f1/Sexual Content"} <= names
     assert (res.path / "guard_pr_curve.png").stat().st_size > 1000
+    charts = card["extra"]["guard_pr_curves"]  # the PNG's panels as data, for herd ui to draw
+    assert charts[0]["title"] == "precision-recall: unsafe (binary) (test split)"
+    assert [x["name"] for x in charts[0]["series"]] == ["parent", "derived"] and charts[0]["series"][1]["points"]
+    by_cat = [m for m in card["metrics"] if m.get("category")]
+    assert {m["group"] for m in by_cat} == {"guard auprc per category (test split)", "guard f1 per category (test split)"}
+    assert {m["category"] for m in by_cat} >= {"Violence and Hate", "Sexual Content"}
     s = GuardSettings.read(res.path)
     assert s.threshold == card["extra"]["guard"]["derived"]["threshold"] and "dev split" in s.chosen_on
     g = Guard(res.path)

@@ -83,4 +83,7 @@ def test_derive_records_phases_in_lineage(tmp_path):
         assert expected in names, names
     assert all(r["seconds"] >= 0 and r["peak_rss_mb"] > 0 for r in lin["phases"]["rows"])
     assert lin["phases"]["peak_rss_mb"] >= max(r["peak_rss_mb"] for r in lin["phases"]["rows"])
-    assert json.loads((tmp_path / "ws" / "derive.json").read_text())["phases"] == lin["phases"]["rows"]
+    record = json.loads((tmp_path / "ws" / "derive.json").read_text())
+    assert record["phases"] == lin["phases"]["rows"]
+    assert record["state"] == "done" and record["pid"] is None and record["model"] == res.path.name
+    assert record["args"]["recipe_file"] == str(recipe.resolve()) and record["args"]["out"] == str((tmp_path / "ws").resolve())

@@ -8,11 +8,16 @@ from ``HERD_UI_SHOTS=docs/ui pytest tests/test_ui.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,7 @@ import yaml
 from herd.guard.classifier import GuardSettings
 from tests.artifact_helpers import make_tiny_artifact
 from tests.chat_helpers import memorized_artifact
-from tests.ui_helpers import tiny_alpaca_recipe
+from tests.ui_helpers import guard_scorecard, tiny_alpaca_recipe
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("HERD_REQUIRE_BROWSER"):  # CI (.ci/run): a skip would hide the tests
@@ -36,7 +41,8 @@ CHILD_SAYS, PARENT_SAYS = "Derived model here.", "Parent model here."
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A workspace: a finished tiny derive, two chat artifacts, a corrupt and a partial folder, a broken
-    recipe and a data file with a bad record."""
+    recipe, a data file with a bad record, and two guards: one flags everything (threshold 0) and carries
+    a guard scorecard; the other learned to call the child's reply unsafe and the prompt safe."""
     from herd.api import derive
 
     root = tmp_path_factory.mktemp("ws")
@@ -54,12 +60,19 @@ def ws(tmp_path_factory) -> Path:
     (root / "broken.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     make_tiny_artifact(root / "guard", "guard", template="llama_guard")
     GuardSettings(threshold=0.0, chosen_on="test: flag everything").write(root / "guard")
+    (root / "guard" / "scorecard.json").write_text(json.dumps(guard_scorecard()))
+    hello = [{"role": "user", "content": "Hello"}]
+    memorized_artifact(root / "guard-replies", "llama_guard", [
+        hello + [{"role": "verdict", "content": "safe"}],
+        hello + [{"role": "assistant", "content": CHILD_SAYS}, {"role": "verdict", "content": "unsafe\nO3"}]],
+        name="reply-guard")
     (root / "bad.json").write_text('[{"instruction": "Say hi.", "output": "hi"},\n {"instruction": 3}]\n')
     return root
 
 
-@pytest.fixture(scope="module")
-def url(ws):
+@contextmanager
+def serving(workspace: Path):
+    """``herd ui``'s app over ``workspace`` on a free loopback port; yields its URL."""
     import uvicorn
 
     from herd.ui import create_app
@@ -67,15 +80,23 @@ def url(ws):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ws), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(workspace), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def url(ws):
+    with serving(ws) as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +172,28 @@ def test_clicking_a_node_opens_its_scorecard_and_curves(page, url, shots):
     page.screenshot(path=str(shots / "artifact.png"), full_page=False)
 
 
+def test_artifact_page_draws_eval_curves_and_per_category_tables(page, url, shots):
+    """The guard eval's precision-recall panels (a series per model, hover read-out) and its per-category
+    rows, one table per metric, from the scorecard the eval's own functions wrote."""
+    page.goto(f"{url}/#/artifact?path=guard")
+    page.wait_for_selector("#scorecard")
+    charts = page.locator("#eval-curves .chart")
+    assert charts.count() == 3  # binary unsafe, then the two categories
+    assert charts.nth(0).locator("polyline").count() == 2
+    assert {charts.nth(0).locator("polyline").nth(i).get_attribute("data-series") for i in range(2)} == \
+        {"parent", "derived"}
+    assert "precision-recall: unsafe (binary)" in charts.nth(0).text_content()
+    charts.nth(0).locator("rect.hit").hover()  # scrolled into view, the pointer at its middle
+    tip = charts.nth(0).locator(".tip").text_content()
+    assert tip.startswith("recall ") and "parent: " in tip and "derived: " in tip
+    table = page.locator('table[data-group="guard auprc per category (test split)"]')
+    assert table.locator("tr").count() == 3  # header + 2 categories
+    assert {"Violence and Hate", "Criminal Planning"} <= set(table.locator("tr td:first-child").all_inner_texts())
+    assert page.locator('table[data-group="guard f1 per category (test split)"] tr').count() == 3
+    assert "95% CI [" in page.locator("#scorecard .headline").inner_text()
+    page.screenshot(path=str(shots / "artifact-guard.png"), full_page=False)
+
+
 def test_artifact_page_exports_an_hf_folder_as_a_job(page, url, ws):
     page.goto(f"{url}/#/artifact?path=chat-child")
     page.click('#export button:has-text("Export HF folder")')
@@ -198,6 +241,36 @@ def test_chat_with_a_guard_marks_flagged_input(page, url):
     assert page.locator("#pane-a .msg.assistant").inner_text() == ""  # nothing generated for flagged input
 
 
+def _chat_events(url: str, path: str, prompt: str) -> list[dict]:
+    import httpx
+
+    with httpx.stream("POST", f"{url}/api/chat", json={"path": path, "messages": [{"role": "user", "content": prompt}],
+                                                       "max_tokens": 96}, timeout=120) as r:
+        return [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
+
+
+def test_chat_with_a_guard_marks_a_flagged_reply(page, url, ws):
+    """A guard that passes the prompt and flags the reply: the reply is shown, marked flagged output."""
+    from herd.guard import Guard
+
+    reply = "".join(e.get("delta", "") for e in _chat_events(url, "chat-child", "Hello"))
+    assert CHILD_SAYS in reply
+    g = Guard(ws / "guard-replies")
+    asked, answered = g.classify("Hello").p_unsafe, g.classify("Hello", response=reply).p_unsafe
+    assert answered - asked > 0.2, (asked, answered)  # it learned the two verdicts
+    GuardSettings(threshold=(asked + answered) / 2, chosen_on="test: between the prompt's and the reply's "
+                  "P(unsafe)").write(ws / "guard-replies")
+    page.goto(f"{url}/#/chat?a=chat-child&guard=guard-replies")
+    page.wait_for_selector("#prompt")
+    page.fill("#prompt", "Hello")
+    page.click("#send")
+    out = page.locator('#pane-a .msg.assistant[data-done="1"]')
+    out.wait_for(timeout=60_000)
+    assert CHILD_SAYS in out.inner_text() and "flagged output" in out.inner_text()
+    assert page.locator("#pane-a .msg.assistant.flagged").count() == 1
+    assert page.locator("#pane-a .msg.user.flagged").count() == 0  # the prompt passed
+
+
 def test_run_page_cancels_and_resumes_a_derive(page, url):
     start_derive(page, url, max_steps="400", out="cancel-me")
     job = page.locator(".job", has_text="/cancel-me --base")
@@ -209,6 +282,9 @@ def test_run_page_cancels_and_resumes_a_derive(page, url):
 
     nodes = {n["path"]: n for n in httpx.get(f"{url}/api/tree").json()["nodes"] if n.get("path")}
     assert any(p.startswith("cancel-me/") and n["status"] == "partial" for p, n in nodes.items())
+    listed = page.locator('#interrupted .run[data-out="cancel-me"]')  # the workspace's list has it too
+    listed.wait_for(timeout=15_000)
+    assert listed.get_attribute("data-resumable") == "1"
     job.locator("button.resume").click()
     resumed = page.locator(".job", has_text="(resumed)")
     resumed.locator(".badge.running").wait_for(timeout=30_000)
@@ -216,6 +292,69 @@ def test_run_page_cancels_and_resumes_a_derive(page, url):
     resumed.locator("button.cancel").click()
     page.wait_for_function("document.querySelector('.job').dataset.state === 'cancelled'", timeout=30_000)
     assert resumed.get_attribute("data-state") == "cancelled"
+
+
+def test_run_page_resumes_a_derive_killed_on_the_command_line(page, tmp_path, shots):
+    """`herd derive` started in a shell and killed (-9) after its step-2 checkpoint: the Run page finds it
+    by its derive.json, resumes it from step 3 to done; what it cannot resume it lists with the reason."""
+    import httpx
+
+    from herd.core.hashing import sha256_file
+    from herd.core.paths import repo_root
+
+    ws2 = tmp_path / "ws"
+    recipe = tiny_alpaca_recipe(ws2)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["profiles"]["test"]["stages"]["sft"]["checkpoint_every"] = 1  # 24 records, batch 8: 3 steps
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    killed = subprocess.run([sys.executable, "-m", "herd.cli", "derive", "alpaca-test.yaml", "--base", "tiny",
+                             "--profile", "test", "--out", "cli-run"], cwd=ws2, capture_output=True, text=True,
+                            env={**os.environ, "HERD_TEST_KILL_AFTER_STEP": "2", "HF_HUB_OFFLINE": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((ws2 / "cli-run" / "derive.json").read_text())["state"] == "running"  # as it was killed
+    (ws2 / "no-record" / "01-sft-0123456789.work").mkdir(parents=True)  # a herd older than run records
+    shipped = repo_root() / "recipes" / "alpaca.yaml"
+    for name, args, extra in (("base-elsewhere", {"base": "/opt/elsewhere/model"}, {"state": "failed"}),
+                              ("live", {}, {"state": "running", "pid": os.getpid(), "host": socket.gethostname()}),
+                              ("recipe-changed", {}, {"state": "failed", "recipe_sha256": "0" * 64}),
+                              ("from-python", {"overrides": {"eval_size": 4}}, {"state": "failed"})):
+        (ws2 / name).mkdir()
+        (ws2 / name / "derive.json").write_text(json.dumps({
+            "command": f"herd derive alpaca --profile tiny --out {name}", "recipe_sha256": sha256_file(shipped),
+            "args": {"recipe": "alpaca", "recipe_file": str(shipped), "base": None, "profile": "tiny", "data": [],
+                     "out": str(ws2 / name), "max_steps": None, "report_to": None, "overrides": None, **args},
+            **extra}))
+    with serving(ws2) as url:
+        page.goto(f"{url}/#/run")
+        row = page.locator('#interrupted .run[data-out="cli-run"]')
+        row.wait_for(timeout=15_000)
+        assert row.get_attribute("data-resumable") == "1" and row.get_attribute("data-state") == "interrupted"
+        assert "checkpoint at step 2" in row.inner_text() and "--out cli-run" in row.inner_text()
+        why = {r["out"]: r["why"] for r in httpx.get(f"{url}/api/runs").json()["runs"]}
+        assert set(why) == {"cli-run", "no-record", "base-elsewhere", "live", "recipe-changed", "from-python"}
+        assert why["cli-run"] is None
+        assert "changed since the run started" in why["recipe-changed"] and "overrides" in why["from-python"]
+        assert "no derive.json run record" in why["no-record"]
+        assert "outside the workspace" in why["base-elsewhere"] and "--resume" in why["base-elsewhere"]
+        assert f"still running (pid {os.getpid()}" in why["live"]
+        assert "outside the workspace" in page.locator('.run[data-out="base-elsewhere"] .why').inner_text()
+        assert not [f for f in httpx.get(f"{url}/api/files").json()["files"] if ".work/" in f]  # not data files
+        for out, status in (("no-record", 409), ("live", 409), ("recipe-changed", 409), ("../", 403)):
+            r = httpx.post(f"{url}/api/runs/resume", json={"out": out})
+            assert r.status_code == status and r.json()["error"], (out, r.text)
+        page.screenshot(path=str(shots / "run-interrupted.png"), full_page=True)
+        row.locator("button.resume-run").click()
+        job = page.locator(".job", has_text="(resumed)")
+        job.locator(".badge.done").wait_for(timeout=240_000)
+        assert "--resume" in job.inner_text() and "/cli-run --base tiny" in job.inner_text()
+        log = job.locator(".log").inner_text()
+        assert "[train] 3/3" in log and "[train] 1/3" not in log  # from the checkpoint, not from step 0
+        assert json.loads((ws2 / "cli-run" / "derive.json").read_text())["state"] == "done"
+        steps = [json.loads(x)["step"] for x in (ws2 / "cli-run" / "model" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3]
+        page.wait_for_function("!document.querySelector('#interrupted .run[data-out=\"cli-run\"]')", timeout=15_000)
+        r = httpx.post(f"{url}/api/runs/resume", json={"out": "cli-run"})
+        assert r.status_code == 409 and "finished" in r.json()["error"]
 
 
 def test_compare_page_shows_two_scorecards(page, url, shots):

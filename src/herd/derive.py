@@ -3,8 +3,9 @@
 Everything that can be wrong (recipe fields, data files, the base) is checked before a model loads.
 Each stage's folder is named by a hash of its inputs (parent weights, data, template, stage config),
 so re-running a recipe skips finished stages, and ``resume=True`` continues an interrupted one from
-its last atomic checkpoint. The workspace ``out`` holds the stage artifacts and ``model``, a link to
-the last one, which carries the scorecard.
+its last atomic checkpoint. The workspace ``out`` holds the stage artifacts, ``model`` (a link to
+the last one, which carries the scorecard) and ``derive.json`` (:mod:`herd.core.run_record`: written
+when the stages start, so a killed run can be found and resumed by what it records).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from herd.core.paths import resolve_data_path
 from herd.core.phases import PhaseLog, record, release_memory
 from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
+from herd.core.run_record import run_args, running_record, write_run_record
 from herd.data import load_examples
 from herd.data.split import dedupe, split
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
@@ -172,6 +174,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     params = {"recipe": recipe.name, "profile": profile, "base": base_spec, "max_steps": max_steps,
               "stages": {st.name: st.model_dump(mode="json") for st in recipe.stages}}
+    command = reproduce_command(recipe_name, base, profile, data, out, max_steps, overrides)
     with PhaseLog() as phases, reporting(targets, workspace, f"{recipe.name}-{Path(base_spec).stem}-{profile}",
                                          params) as tracker:
         # 1. everything validated before a model loads (data builds may load a teacher: they run first)
@@ -181,24 +184,35 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         workspace.mkdir(parents=True, exist_ok=True)
         recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
                       "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
-        # 2. stages in order, each from the previous policy artifact
-        stage_runs, final = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
-                                        name=f"{recipe.name}-{ref.name}-{profile}", resume=resume,
-                                        progress=progress)
-        if rank != 0:
-            return DeriveResult(stage_runs[-1][1], None, None)
-        _link_model(workspace, final)
-        # 3. scorecard: derived vs the recipe's parent, same inputs
-        run = {"command": reproduce_command(recipe_name, base, profile, data, out, max_steps, overrides),
-               "started": started, "machine": cpu_summary()}
-        card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
-        if tracker is not None:
-            tracker.log_scorecard(card, read_lineage(final))
+        run_rec = running_record(run_args(recipe_name, base=base, profile=profile, data=data, out=workspace,
+                                          max_steps=max_steps, report_to=report_to, overrides=overrides,
+                                          recipe_file=recipe.source_file),
+                                 command, recipe_rec["sha256"], started)
+        if rank == 0:  # from here a killed run is found, and resumed, by what derive.json says
+            write_run_record(workspace, run_rec)
+        try:
+            # 2. stages in order, each from the previous policy artifact
+            stage_runs, final = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
+                                            name=f"{recipe.name}-{ref.name}-{profile}", resume=resume,
+                                            progress=progress)
+            if rank != 0:
+                return DeriveResult(stage_runs[-1][1], None, None)
+            _link_model(workspace, final)
+            # 3. scorecard: derived vs the recipe's parent, same inputs
+            run = {"command": command, "started": started, "machine": cpu_summary()}
+            card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
+            if tracker is not None:
+                tracker.log_scorecard(card, read_lineage(final))
+        except BaseException as e:
+            if rank == 0:
+                write_run_record(workspace, {**run_rec, "state": "failed", "pid": None,
+                                             "error": f"{type(e).__name__}: {e}"[:2000]})
+            raise
     _record_phases(final, phases, progress)
-    (workspace / "derive.json").write_text(json.dumps({"recipe": recipe_rec, "base": ref.describe(),
-                                                       "model": final.name, "phases": phases.as_list(),
-                                                       "peak_rss_mb": round(phases.peak_rss_mb)},
-                                                      indent=2) + "\n")
+    write_run_record(workspace, {**run_rec, "state": "done", "pid": None,
+                                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "recipe": recipe_rec, "base": ref.describe(), "model": final.name,
+                                 "phases": phases.as_list(), "peak_rss_mb": round(phases.peak_rss_mb)})
     return DeriveResult(final, card, md)
 
 

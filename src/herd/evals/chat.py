@@ -117,7 +117,8 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
                             "dataset": f"{ctx.recipe.name} held-out split, {cfg.key} {g} "
                                        f"({res['parent'][g]['records']} records, {res['parent'][g]['tokens']} tokens)",
                             "parent": round(res["parent"][g]["loss"], 4),
-                            "derived": round(res["derived"][g]["loss"], 4), "better": "lower"},
+                            "derived": round(res["derived"][g]["loss"], 4), "better": "lower", "category": g,
+                            "group": f"held-out response loss per {cfg.key}"},
                            res["parent"][g]["per_record"], res["derived"][g]["per_record"], stat=ratio_stat)
                for g in items]
     return EvalOutput(metrics=metrics)

@@ -176,8 +176,25 @@ def metric_rows(reports: dict[str, GuardReport], dataset: str, split: str = "tes
         for m in ("auprc", "f1"):
             rows.append(compare({"task": f"guard {m}: {name}", "name": f"{m}/{name}", "dataset": dataset,
                                  "parent": _r(p.per_category[name][m]), "derived": _r(d.per_category[name][m]),
-                                 "better": "higher"}, name, p.category_thresholds[name], d.category_thresholds[name]))
+                                 "better": "higher", "category": name,
+                                 "group": f"guard {m} per category ({split} split)"},
+                                name, p.category_thresholds[name], d.category_thresholds[name]))
     return rows
+
+
+def pr_curves(reports: dict[str, GuardReport], split: str = "test") -> list[dict]:
+    """The PNG's precision-recall panels as data (one chart per panel, a series per model), for pages
+    that draw them (``herd ui``): ``{"title", "xlabel", "ylabel", "series": [{"name", "points"}]}``."""
+    from herd.evals.guard_metrics import pr_points  # scikit-learn: only when scoring
+
+    charts = []
+    for panel in next(iter(reports.values())).curves:
+        series = [{"name": role, "points": pr_points(*rep.curves[panel])} for role, rep in reports.items()
+                  if panel in rep.curves]
+        if any(s["points"] for s in series):
+            charts.append({"title": f"precision-recall: {panel} ({split} split)", "xlabel": "recall",
+                           "ylabel": "precision", "series": series})
+    return charts
 
 
 def _threshold_stat(name: str):
@@ -240,6 +257,7 @@ def run_guard_eval(ctx: EvalContext, cfg: GuardEvalConfig) -> EvalOutput:
     png = pr_png(reports, Path(ctx.out_dir) / "guard_pr_curve.png")
     extra = {"guard": {role: {"overall": r.overall, "per_category": r.per_category, "threshold": r.threshold,
                               "category_thresholds": r.category_thresholds} for role, r in reports.items()},
-             "guard_data": {"file": str(path), "dev": len(data.dev), "test": len(data.test), "skipped": data.skipped}}
+             "guard_data": {"file": str(path), "dev": len(data.dev), "test": len(data.test), "skipped": data.skipped},
+             "guard_pr_curves": pr_curves(reports, cfg.split)}
     return EvalOutput(metrics=metric_rows(reports, data.short, cfg.split), extra=extra,
                       markdown=markdown(reports, data, cfg.per_category, png.name), files=[png.name, "guard.json"])

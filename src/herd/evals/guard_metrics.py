@@ -34,6 +34,20 @@ def binary_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     return out
 
 
+def pr_points(y: np.ndarray, s: np.ndarray, max_points: int = 200) -> list[list[float]]:
+    """The precision-recall curve as ``[[recall, precision], ...]`` (recall rising), thinned to about
+    ``max_points`` (the ends kept) so a scorecard stays small; [] without a positive label."""
+    y = np.asarray(y, dtype=int)
+    if len(y) == 0 or y.sum() == 0:
+        return []
+    prec, rec, _ = precision_recall_curve(y, np.asarray(s, dtype=float))
+    pts = [[round(float(r), 4), round(float(p), 4)] for r, p in zip(rec[::-1], prec[::-1])]
+    if len(pts) > max_points:
+        keep = np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(int))
+        pts = [pts[i] for i in keep]
+    return pts
+
+
 def pr_curve_png(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: str | Path, title: str
                  ) -> Path:
     """One panel per label set (binary, then each category), one curve per model in each, with the

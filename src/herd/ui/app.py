@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from herd.core.errors import HerdError
 from herd.ui.chat import ChatModels
 from herd.ui.jobs import JobQueue
+from herd.ui.resume import CannotResume, interrupted_runs, resume_argv
 from herd.ui.runs import export_argv, validate_derive
 from herd.ui.workspace import OutsideWorkspace, Workspace
 
@@ -76,6 +77,10 @@ def create_app(workspace: str | Path, *, api_key: str | None = None, job_env: di
     @app.exception_handler(OutsideWorkspace)
     async def _outside(_, e: OutsideWorkspace):
         return JSONResponse({"error": str(e)}, status_code=403)
+
+    @app.exception_handler(CannotResume)
+    async def _cannot_resume(_, e: CannotResume):
+        return JSONResponse({"error": str(e)}, status_code=409)
 
     @app.exception_handler(HerdError)
     async def _herd_error(_, e: HerdError):
@@ -140,6 +145,22 @@ def create_app(workspace: str | Path, *, api_key: str | None = None, job_env: di
             raise UIError(409, f"job {job_id} is {old.state}; only a failed or cancelled derive resumes")
         argv = old.argv + ([] if "--resume" in old.argv else ["--resume"])
         return jobs.submit("derive", argv, old.label + " (resumed)", old.out).summary()
+
+    def busy() -> dict[Path, int]:
+        """Run folders a queued or running derive of this page writes, to its job id."""
+        return {ws.resolve(j.out, must_exist=False): j.id for j in jobs.jobs.values()
+                if j.kind == "derive" and j.out and j.state in ("queued", "running", "cancelling")}
+
+    @app.get("/api/runs")
+    async def runs():
+        """Derives in the workspace that did not finish (from this page or the command line)."""
+        return {"runs": await run_in_threadpool(interrupted_runs, ws, busy())}
+
+    @app.post("/api/runs/resume")
+    async def resume_run(request: Request):
+        body = await _json(request)
+        argv, label, out = await run_in_threadpool(resume_argv, ws, str(body.get("out") or ""), busy())
+        return jobs.submit("derive", argv, label, out).summary()
 
     @app.get("/api/jobs/{job_id}/events")
     async def events(job_id: int, request: Request, after: int = 0):

@@ -3,7 +3,8 @@
 The page's chat is the same path as ``herd serve``: :func:`herd.serve.load_served` renders the artifact's
 own template and the transformers backend streams deltas, so the UI and the API cannot drift apart. A few
 models stay loaded (least recently used go first); a guard artifact, when chosen, classifies the input
-before generation and the whole answer after it.
+before generation (prompt classification) and the whole answer after it (response classification: the
+answer as the agent's reply to that input, as Llama Guard classifies responses).
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class ChatModels:
                 yield {"delta": d.text}
             if d.finish_reason:
                 finish = d.finish_reason
-        if g is not None and text:
-            verdict = (await run_in_threadpool(g.moderate, ["".join(text)]))[0]
+        if g is not None and text:  # response classification (Llama Guard's "Agent"): the reply to the prompt
+            asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+            item = (asked, "".join(text)) if asked is not None else "".join(text)
+            verdict = (await run_in_threadpool(g.classify_many, [item]))[0]
             if verdict.flagged:
                 yield {"flagged": True, "where": "output", "categories": _violated(verdict)}
         yield {"done": finish}

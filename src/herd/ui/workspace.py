@@ -54,12 +54,14 @@ class Workspace:
         return data
 
     def files(self, suffixes: tuple[str, ...] = (".json", ".jsonl", ".yaml", ".yml")) -> list[str]:
-        """Data and recipe files the Run page may offer (skipping artifacts' own files and trackers)."""
+        """Data and recipe files the Run page may offer (skipping artifacts' own files, the checkpoints and
+        metrics of unfinished stages, and trackers)."""
         out = []
         for p in sorted(self.root.rglob("*")):
             parts = p.relative_to(self.root).parts
             if (p.suffix in suffixes and p.is_file() and len(parts) <= 4
                     and not any(x.startswith(".") or x in ("mlruns", "tensorboard", "wandb") for x in parts)
+                    and not any(x.endswith((".work", ".partial", ".old")) for x in parts[:-1])
                     and not (p.parent / "lineage.json").is_file() and p.name != "derive.json"):
                 out.append(str(p.relative_to(self.root)))
         return out

@@ -211,6 +211,31 @@ function ciText(x) {
   return lo !== undefined ? `${Math.round((ci.confidence || 0.95) * 100)}% CI [${fmtNum(lo)}, ${fmtNum(hi)}]` : null;
 }
 
+// [table title, category or null]: rows an eval marks with a category share one table per group;
+// scorecards written before evals marked them ("guard auprc: Violence", name "auprc/Violence") are read so.
+function metricGroup(m) {
+  if (m.category) return [m.group || `${m.task} · per category`, m.category];
+  const i = String(m.task || "").indexOf(": ");
+  if (String(m.name || "").includes("/") && i > 0) return [`${m.task.slice(0, i)} per category`, m.task.slice(i + 2)];
+  return [m.task, null];
+}
+
+// Curves an eval recorded in scorecard.json's extra: a chart {title, xlabel, ylabel, series: [{name, points}]},
+// a list of them (the guard eval's precision-recall panels), or a bare {x: [...], y: [...]}.
+function evalCurves(extra) {
+  const charts = [];
+  const isChart = v => v && typeof v === "object" && Array.isArray(v.series);
+  for (const [k, v] of Object.entries(extra)) {
+    for (const c of (Array.isArray(v) ? v : [v]).filter(isChart)) {
+      charts.push(lineChart(c.series.map(s => ({name: s.name, points: s.points || []})),
+        {title: c.title || k, xlabel: c.xlabel || "x", ylabel: c.ylabel, height: 260}));
+    }
+    if (v && Array.isArray(v.x) && Array.isArray(v.y)) charts.push(lineChart([{name: k, points: v.x.map((x, i) => [x, v.y[i]])}],
+      {title: k, xlabel: v.xlabel || "x"}));
+  }
+  return charts;
+}
+
 function scorecardCard(card) {
   if (!card) return h("div", {class: "card", id: "scorecard"}, h("h2", {}, "Scorecard"),
     h("span", {class: "muted"}, "no scorecard.json (a stage folder, or the run did not finish)"));
@@ -221,21 +246,21 @@ function scorecardCard(card) {
     hd.better ? h("span", {class: "muted"}, ` (${hd.better} is better)`) : null,
     ciText(hd) || ciText(first) ? h("div", {class: "muted"}, ciText(hd) || ciText(first)) : null);
   const groups = {};
-  for (const m of card.metrics || []) (groups[m.category ? `${m.task} · per category` : m.task] ||= []).push(m);
-  const tables = Object.entries(groups).map(([task, ms]) => h("div", {}, h("h3", {}, task), h("table", {},
-    h("tr", {}, h("th", {}, ms[0].category ? "category" : "metric"), h("th", {}, "dataset"), h("th", {}, "parent"),
-      h("th", {}, "derived"), h("th", {}, "Δ"), h("th", {}, "CI")),
-    ms.map(m => h("tr", {}, h("td", {}, m.category || m.name), h("td", {class: "muted"}, m.dataset || ""),
-      h("td", {class: "num"}, fmtNum(m.parent)), h("td", {class: "num"}, fmtNum(m.derived)), deltaCell(m),
-      h("td", {class: "muted"}, ciText(m) || ""))))));
-  const curves = [];
-  for (const [k, v] of Object.entries(card.extra || {})) {  // any {x: [...], y: [...]} curve an eval recorded
-    if (v && Array.isArray(v.x) && Array.isArray(v.y)) curves.push(lineChart([{name: k, points: v.x.map((x, i) => [x, v.y[i]])}],
-      {title: k, xlabel: v.xlabel || "x"}));
+  for (const m of card.metrics || []) {
+    const [group, category] = metricGroup(m);
+    (groups[group] ||= []).push({...m, category});
   }
+  const tables = Object.entries(groups).map(([group, ms]) => h("div", {class: "metric-group"}, h("h3", {}, group),
+    h("table", {"data-group": group},
+      h("tr", {}, h("th", {}, ms[0].category ? "category" : "metric"), h("th", {}, "dataset"), h("th", {}, "parent"),
+        h("th", {}, "derived"), h("th", {}, "Δ"), h("th", {}, "CI")),
+      ms.map(m => h("tr", {}, h("td", {}, m.category || m.name), h("td", {class: "muted"}, m.dataset || ""),
+        h("td", {class: "num"}, fmtNum(m.parent)), h("td", {class: "num"}, fmtNum(m.derived)), deltaCell(m),
+        h("td", {class: "muted"}, ciText(m) || ""))))));
+  const curves = evalCurves(card.extra || {});
   return h("div", {class: "card", id: "scorecard"}, h("h2", {}, `Scorecard: ${card.title || card.recipe || ""}`),
     h("p", {class: "muted"}, `profile ${card.profile} · template ${card.template} · paper base ${card.paper_base}`),
-    head, tables, curves.length ? h("div", {class: "row"}, curves) : null,
+    head, tables, curves.length ? h("div", {class: "row", id: "eval-curves"}, curves) : null,
     (card.published || []).length ? h("div", {}, h("h3", {}, "Published numbers"), h("ul", {class: "plain"},
       card.published.map(p => h("li", {}, p.claim, " ", h("span", {class: "muted"}, `(${p.source})`), " ",
         p.comparable ? badge("ok", "comparable") : badge("cancelled", "not comparable"),
@@ -338,9 +363,51 @@ function jobPanel(job) {
       state.replaceChildren(badge(ev.state));
       panel.dataset.state = ev.state;
       setActions(ev.state);
+      window.dispatchEvent(new Event("herd-jobs-changed"));  // the interrupted-runs list may change
     }
   }).catch(e => log.appendChild(document.createTextNode(`[ui] event stream ended: ${e.message}\n`)));
   return panel;
+}
+
+// Derives in the workspace that did not finish, whoever started them (the page or `herd derive`), each
+// with a Resume button when its derive.json lets the page rebuild `herd derive ... --resume`, else why not.
+function runsCard(jobList) {
+  const body = h("div", {});
+  const card = h("div", {class: "card", id: "interrupted"}, h("h2", {}, "Interrupted runs in the workspace"), body);
+  const row = r => {
+    const actions = h("div", {class: "row"});
+    if (r.resumable) actions.appendChild(h("button", {class: "resume-run", onclick: async ev => {
+      ev.target.disabled = true;
+      try {
+        const job = await api("/api/runs/resume", {out: r.out});
+        jobList.insertBefore(jobPanel(job), jobList.firstChild);
+        actions.replaceChildren(h("span", {class: "muted"}, `resuming as job #${job.id}`));
+      } catch (e) { ev.target.disabled = false; actions.appendChild(errorBox(e.message)); }
+    }}, "Resume"));
+    else actions.appendChild(h("div", {class: "muted why"}, r.why));
+    const work = r.unfinished.map(u => `${u.folder}${u.checkpoint_step ? ` (checkpoint at step ${u.checkpoint_step})` : ""}`);
+    return h("div", {class: "run", "data-out": r.out, "data-state": r.state, "data-resumable": r.resumable ? "1" : "0"},
+      h("div", {class: "row"}, h("b", {class: "mono"}, r.out), badge(r.state === "interrupted" ? "partial" : r.state, r.state),
+        r.started ? h("span", {class: "muted"}, `started ${r.started}`) : null),
+      r.command ? h("div", {class: "mono muted"}, r.command) : null,
+      h("div", {class: "muted"}, `finished stages: ${r.stages_done.join(", ") || "none"}`,
+        work.length ? ` · unfinished: ${work.join(", ")}` : ""),
+      r.error ? h("div", {class: "mono muted"}, r.error) : null, actions);
+  };
+  const refresh = async () => {
+    if (!card.isConnected && card.dataset.loaded) { window.removeEventListener("herd-jobs-changed", soon); return; }
+    try {
+      const {runs} = await api("/api/runs");
+      body.replaceChildren(...(runs.length ? runs.map(row)
+        : [h("span", {class: "muted"}, "none: every derive in the workspace finished")]));
+    } catch (e) { body.replaceChildren(errorBox(e.message)); }
+    card.dataset.loaded = "1";
+  };
+  let pending = null;  // job panels replay their past states on load: one refresh for a burst of them
+  const soon = () => { clearTimeout(pending); pending = setTimeout(refresh, 300); };
+  window.addEventListener("herd-jobs-changed", soon);
+  refresh();
+  return card;
 }
 
 async function pageRun() {
@@ -379,6 +446,7 @@ async function pageRun() {
       h("div", {class: "row"}, h("button", {type: "submit", id: "start"}, "Start derive"),
         h("span", {class: "muted"}, "one job runs at a time; later ones queue. Paths are relative to the workspace.")),
       msg),
+    runsCard(list),
     h("h2", {}, "Jobs"), list);
 }
 

@@ -54,6 +54,11 @@ function lineChart(series, opts = {}) {
   }
   svgEl("text", {x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle", "font-size": 11, fill: "#667085"}, svg)
     .textContent = opts.xlabel || "step";
+  if (opts.ylabel) {
+    const cy = (m.t + H - m.b) / 2;
+    svgEl("text", {x: 11, y: cy, transform: `rotate(-90 11 ${cy})`, "text-anchor": "middle", "font-size": 11,
+                   fill: "#667085"}, svg).textContent = opts.ylabel;
+  }
   series.forEach((s, i) => {
     const color = s.color || PALETTE[i % PALETTE.length];
     const good = s.points.filter(p => Number.isFinite(p[1]));
