@@ -1,47 +1,219 @@
-"""Batched generation in an artifact's own template, stopping at the template's stops."""
+"""One generation engine for everything that samples: evals, rejection sampling, PPO rollouts,
+Self-Instruct, chat answers.
+
+Why not ``model.generate``: on a 2-core CPU its per-step overhead (logits processors, stopping
+criteria, a KV cache that grows by concatenation) cost more than the model's own decode step, and it
+re-reads a prompt once per sample. Here, over the same transformers model:
+
+- **one prefill per distinct prompt**: the K samples of a prompt (rejection sampling, pass@k) copy its
+  keys/values instead of recomputing them;
+- **a prefix shared by a batch's prompts** (few-shot demos, a system prompt, the guard's taxonomy) is
+  computed once; the rest of each prompt follows it after padding in the middle (masked, with
+  positions that skip the padding);
+- **a KV cache that grows in place** (capacity doubling, no per-step concatenation), logits for the
+  last position only, **finished sequences leave the batch**;
+- **stops per sequence**: stop token ids end a sequence (the token is not kept); a stop string ends it
+  once the decoded tail contains it (callers cut the text there);
+- **sampling reproducible per sequence**: sequence ``i``'s sample ``j`` draws from its own stream
+  (seeded by ``seed + i`` and ``j``), so its text does not depend on the batch it ran in, on the
+  order, on other sequences stopping, or on the rank of a torchrun (up to float rounding, which the
+  Gumbel-max draw makes very unlikely to matter); a call on ``prompts[c:]`` with ``seed + c`` draws
+  what the whole call draws for those prompts.
+
+Greedy decoding at fp32 equals ``model.generate`` up to float rounding (tested token for token on the
+tiny model; ``bench/generation.py`` counts agreement on the real one).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+from transformers.cache_utils import DynamicCache
 
 from herd.core.progress import Progress
+from herd.engine.kv import CACHE_KW, PREFIX_MIN, common_prefix_len, new_cache, prefix_cache
 from herd.templates.base import truncate
 
 
+@dataclass
+class Sample:
+    ids: list[int]  # generated tokens, without a stop token id (with the tokens of a stop string)
+    finish: str  # "stop" (stop id or string) or "length"
+
+
+def _streams(seed: int, rows: Sequence[tuple[int, int]]) -> list[torch.Generator]:
+    """One random stream per sequence (prompt ``i``, sample ``j``), seeded by ``seed + i`` and ``j``."""
+    return [torch.Generator().manual_seed(((seed + i) * 1_000_003 + j) % (2**63 - 1)) for i, j in rows]
+
+
+def _pick(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float, top_p: float,
+          top_k: int = 0) -> torch.Tensor:
+    """Greedy (``noise`` None), else one draw per row from the ``top_k`` most likely tokens (0: all) and
+    the nucleus, by the Gumbel-max trick over
+    ``noise`` (uniforms, one per token): argmax(logits / T + Gumbel) is a draw from softmax(logits / T).
+
+    Why Gumbel and not the inverse CDF: a draw then changes only where two perturbed scores tie, so
+    float rounding that differs between batch shapes (about 1e-6) almost never changes a sample;
+    an inverse CDF over 49,152 tokens moved a bucket boundary past the draw every few dozen tokens."""
+    if noise is None:
+        return logits.argmax(-1)
+    scores = logits.double() / temperature
+    if 0 < top_k < scores.shape[-1]:
+        scores = scores.masked_fill(scores < scores.topk(top_k, -1).values[:, -1:], float("-inf"))
+    if top_p < 1.0:
+        probs, order = torch.softmax(scores, -1).sort(-1, descending=True)
+        outside = (probs.cumsum(-1) - probs) >= top_p  # beyond the smallest set reaching top_p (>= 1 token)
+        scores = scores.masked_fill(torch.zeros_like(outside).scatter_(-1, order, outside), float("-inf"))
+    return (scores - torch.log(-torch.log(noise.clamp_(min=1e-300)))).argmax(-1)
+
+
+def _prefill(model, prompts: list[list[int]], pad: int, dev) -> tuple[DynamicCache, torch.Tensor, torch.Tensor,
+                                                                        torch.Tensor]:
+    """Keys/values of ``prompts`` (one row each), the last position's logits, the attention mask and
+    each row's next position. A shared prefix runs once; the rest is left-padded after it."""
+    shared = common_prefix_len(prompts) if len(prompts) > 1 else 0
+    shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token of its own
+    if shared < PREFIX_MIN:
+        shared, cache = 0, new_cache()
+    else:
+        cache = prefix_cache(model, prompts[0][:shared])
+        cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=dev))
+    rest = [p[shared:] for p in prompts]
+    width = max(len(r) for r in rest)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=dev)
+    own = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=dev)
+    mask = torch.cat([torch.ones((len(rest), shared), dtype=own.dtype, device=dev), own], 1)
+    pos = (shared + own.cumsum(1) - 1).clamp_(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **{CACHE_KW: cache}, use_cache=True,
+                logits_to_keep=1)
+    return cache, out.logits[:, -1].float(), mask, pos[:, -1:] + 1
+
+
+def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n: int = 1,
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, stop_ids: Sequence[int] = (),
+                 stop_strings: Sequence[str] = (), tokenizer=None, pad_id: int = 0, batch_size: int = 8,
+                 seed: int = 0, suppress_ids: Sequence[int] = (), presence_penalty: float = 0.0,
+                 progress: bool = False, desc: str = "generate") -> list[list[Sample]]:
+    """``n`` continuations of each tokenized prompt: ``out[i][j]`` is prompt ``i``'s sample ``j``.
+
+    ``batch_size`` sequences decode together (prompts sorted by length, so little padding); identical
+    prompts are prefilled once. ``stop_strings`` need ``tokenizer``. ``suppress_ids`` never sampled;
+    ``presence_penalty`` subtracted once from the logit of every token already generated (OpenAI's)."""
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop strings need the tokenizer")
+    dev = next(model.parameters()).device
+    stops = set(stop_ids)
+    tail = max((len(s) for s in stop_strings), default=0) + 4  # tokens that can hold a stop string
+    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda r: (-len(prompts[r[0]]), r))
+    out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+    model.eval()
+    bar = Progress(total=len(rows), desc=desc, unit="completion", enabled=progress)
+    try:
+        for b in range(0, len(rows), batch_size):
+            batch = rows[b:b + batch_size]
+            for (i, j), s in zip(batch, _decode(model, prompts, batch, max_new_tokens=max_new_tokens,
+                                                temperature=temperature, top_p=top_p, top_k=top_k, stops=stops,
+                                                stop_strings=list(stop_strings), tail=tail, tokenizer=tokenizer,
+                                                pad=pad_id, seed=seed, suppress=list(suppress_ids),
+                                                presence=presence_penalty, dev=dev)):
+                out[i][j] = s
+            bar.update(len(batch))
+    finally:
+        bar.close(failed=any(s is None for r in out for s in r))
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def _decode(model, prompts, batch, *, max_new_tokens, temperature, top_p, top_k, stops, stop_strings, tail, tokenizer,
+            pad, seed, suppress, presence, dev) -> list[Sample]:
+    uniq: dict[tuple[int, ...], int] = {}
+    for i, _ in batch:
+        uniq.setdefault(tuple(prompts[i]), len(uniq))
+    cache, logits, mask, pos = _prefill(model, [list(p) for p in uniq], pad, dev)
+    of = torch.tensor([uniq[tuple(prompts[i])] for i, _ in batch], device=dev)
+    if len(uniq) != len(batch):
+        cache.batch_select_indices(of)
+    logits, mask, pos = logits[of], mask[of], pos[of]
+    gens = _streams(seed, batch) if temperature > 0 else None
+    gen: list[list[int]] = [[] for _ in batch]
+    done: list[Sample | None] = [None] * len(batch)
+    live = list(range(len(batch)))  # batch rows still decoding, in cache order
+    for _ in range(max_new_tokens):
+        if suppress:
+            logits[:, suppress] = float("-inf")
+        if presence:
+            for r, k in enumerate(live):
+                if gen[k]:
+                    logits[r, sorted(set(gen[k]))] -= presence
+        noise = None if gens is None else torch.stack([torch.rand(logits.shape[-1], generator=gens[k],
+                                                                  dtype=torch.float64) for k in live])
+        nxt = _pick(logits, noise, temperature, top_p, top_k).tolist()
+        keep = []
+        for r, (k, t) in enumerate(zip(live, nxt)):
+            if t in stops:
+                done[k] = Sample(gen[k], "stop")
+                continue
+            gen[k].append(t)
+            if stop_strings and any(s in tokenizer.decode(gen[k][-tail:]) for s in stop_strings):
+                done[k] = Sample(gen[k], "stop")
+            elif len(gen[k]) == max_new_tokens:
+                done[k] = Sample(gen[k], "length")
+            else:
+                keep.append(r)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            sel = torch.tensor(keep, device=dev)
+            cache.batch_select_indices(sel)
+            mask, pos = mask[sel], pos[sel]
+            live = [live[r] for r in keep]
+        ids = torch.tensor([[gen[k][-1]] for k in live], device=dev)
+        mask = torch.cat([mask, torch.ones_like(ids)], 1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **{CACHE_KW: cache},
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        pos = pos + 1
+    return [d if d is not None else Sample(gen[k], "length") for k, d in enumerate(done)]
+
+
+def sampling_model(model, precision: str):
+    """The model to draw samples from: ``model`` itself, or a copy in bf16 where ``precision`` resolves to
+    bf16 (``auto``: native bf16 only). Samples are random draws, so the copy's rounding is harmless there;
+    greedy evaluations keep the fp32 weights (bf16 changed 3 of 8 greedy replies in bench/generation.py)."""
+    import copy
+
+    from herd.engine.training import resolve_precision
+
+    dtype = resolve_precision(precision)
+    if dtype is None or next(model.parameters()).dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)
+
+
+def stop_token_ids(tokenizer, stop: Sequence[str]) -> tuple[list[int], list[str]]:
+    """(token ids that end a sequence: EOS and stops that are one special token, the remaining text stops)."""
+    stop = [s for s in stop if s]
+    ids = sorted({i for s in stop if (i := tokenizer.convert_tokens_to_ids(s)) is not None
+                  and i != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(i) == s}
+                 | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+    return ids, [s for s in stop if tokenizer.convert_tokens_to_ids(s) not in ids]
+
+
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 8, seed: int = 0,
-             progress: bool = False, desc: str = "generate") -> list[str]:
-    """Completions of ``prompts`` (already rendered by a template); left-padded batches.
+             top_p: float = 1.0, top_k: int = 0, stop: list[str] | None = None, batch_size: int = 8,
+             seed: int = 0, progress: bool = False, desc: str = "generate") -> list[str]:
+    """Completions of ``prompts`` (already rendered by a template), cut at the first stop string.
 
     ``progress``: report completions done under ``desc`` (off by default: callers that loop over
     chunks report their own progress)."""
-    stop = [s for s in (stop or []) if s]
-    eos_ids = sorted({i for s in stop if (i := tokenizer.convert_tokens_to_ids(s)) is not None
-                      and i != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(i) == s}
-                     | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
-    text_stops = [s for s in stop if tokenizer.convert_tokens_to_ids(s) not in eos_ids]
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    outs: list[str] = []
-    model.eval()
-    bar = Progress(total=len(prompts), desc=desc, unit="completion", enabled=progress)
-    try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=eos_ids or None,
-                          **sampling_kwargs(temperature, top_p, seed + i, text_stops, tokenizer))
-            with torch.no_grad():
-                gen = model.generate(**enc, **kwargs)
-            for row in gen[:, enc["input_ids"].shape[1]:]:
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                outs.append(cut_at_stop(text, text_stops))
-            bar.update(len(chunk))
-    finally:
-        tokenizer.padding_side = old_side
-        bar.close(failed=len(outs) < len(prompts))
-    return outs
+    ids, text_stops = stop_token_ids(tokenizer, stop or [])
+    enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ids[0] if ids else 0)
+    rows = generate_ids(model, enc, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                        stop_ids=ids, stop_strings=text_stops, tokenizer=tokenizer, pad_id=pad,
+                        batch_size=batch_size, seed=seed, progress=progress, desc=desc)
+    return [cut_at_stop(tokenizer.decode(r[0].ids, skip_special_tokens=True), text_stops) for r in rows]
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -67,16 +239,3 @@ def model_responder(spec: str, *, temperature: float, max_new_tokens: int, seed:
         return reply or "…"  # an empty sample would make an empty turn; keep the record renderable
 
     return respond
-
-
-def sampling_kwargs(temperature: float, top_p: float, seed: int, stops, tokenizer) -> dict:
-    """``model.generate`` settings: sampling seeded with ``seed`` when ``temperature > 0``, else greedy;
-    text stop strings when given."""
-    if temperature > 0:
-        torch.manual_seed(seed)
-        kwargs: dict = dict(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        kwargs = dict(do_sample=False)
-    if stops:
-        kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
-    return kwargs

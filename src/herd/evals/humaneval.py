@@ -143,37 +143,20 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop_ids: Sequence[int] = (),
                  stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0, progress: bool = False,
                  desc: str = "generate") -> list[list[list[int]]]:
-    """``n`` continuations (token ids, cut before EOS/any stop id) of each tokenized prompt; left-padded batches.
+    """``n`` continuations (token ids, cut before EOS/any stop id) of each tokenized prompt, through the
+    generation engine (one prefill per prompt for its ``n`` samples).
 
-    Greedy when ``temperature`` is 0, else nucleus sampling seeded per batch, so parent and derived
-    draw with the same seeds. ``progress`` reports completions done under ``desc``."""
-    import torch
-
-    from herd.core.progress import Progress
-    from herd.engine.generation import sampling_kwargs
+    Greedy when ``temperature`` is 0, else nucleus sampling with one seeded stream per sample, so parent
+    and derived draw with the same seeds. ``progress`` reports completions done under ``desc``."""
+    from herd.engine.generation import generate_ids as engine_ids
 
     ends = sorted({i for i in [tokenizer.eos_token_id, *stop_ids] if i is not None})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
-    flat = [list(p) for p in prompts for _ in range(n)]
-    out: list[list[int]] = []
-    device = next(model.parameters()).device
-    model.eval()
-    bar = Progress(total=len(flat), desc=desc, unit="completion", enabled=progress)
-    for b, start in enumerate(range(0, len(flat), batch_size)):
-        chunk = flat[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=ends or None,
-                            **sampling_kwargs(temperature, top_p, seed + b, stop_strings, tokenizer))
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        for row in gen[:, width:].tolist():  # finished rows are padded: cut at pad too
-            cut = next((j for j, t in enumerate(row) if t in ends or t == pad), len(row))
-            out.append(row[:cut])
-        bar.update(len(chunk))
-    bar.close()
-    return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+    rows = engine_ids(model, [list(p) for p in prompts], max_new_tokens=max_new_tokens, n=n,
+                      temperature=temperature, top_p=top_p, stop_ids=ends, stop_strings=stop_strings,
+                      tokenizer=tokenizer, pad_id=pad, batch_size=batch_size, seed=seed, progress=progress,
+                      desc=desc)
+    return [[s.ids for s in samples] for samples in rows]
 
 
 def complete(model, tokenizer, prompts: Sequence[str], *, stops: Sequence[str] = STOP_SEQUENCES,

@@ -42,6 +42,7 @@ from herd.core.registry import STAGES
 from herd.data.records import Example
 from herd.data.report import DataReport
 from herd.engine.distributed import barrier, map_chunks
+from herd.engine.generation import sampling_model
 from herd.engine.reward_model import load_reward_model
 from herd.engine.training import device, dist_env
 from herd.stages import StageContext
@@ -157,7 +158,10 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     model = load_model(parent).to(device())
     if progress and rank == 0:
         print(f"[{cfg.name}] {len(train_p)} prompts x {cfg.k} samples; {len(held_p)} held-out prompts")
-    samples = sample_replies(model, tok, template, train_p, cfg, work / "samples.jsonl", progress)
+    sampler = sampling_model(model, cfg.sample_precision)
+    samples = sample_replies(sampler, tok, template, train_p, cfg, work / "samples.jsonl", progress)
+    sample_dtype = str(next(sampler.parameters()).dtype).removeprefix("torch.")
+    del sampler
     flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
     flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
     rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety).view(len(train_p), cfg.k)
@@ -184,7 +188,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     new_model = load_model(sft_out).to(device())
     held_after = _greedy_reward(new_model, tok, template, held_p, scorer, cfg)
     del new_model
-    summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature,
+    summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,
                "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
                "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,

@@ -1,0 +1,108 @@
+"""The generation engine against transformers' ``generate`` on the tiny random Llama (real tokenizer)."""
+
+from __future__ import annotations
+
+import torch
+
+from herd.engine.generation import _pick, generate, generate_ids
+from herd.engine.kv import PREFIX_MIN, common_prefix_len
+
+SYSTEM = ("You are a careful assistant. Answer the question below in one short paragraph, citing the "
+          "rule you used and nothing else.\n\n")
+QUESTIONS = ["What is a llama?", "Name three prime numbers larger than ten.", "Why is the sky blue?",
+             "Translate 'good morning' into French, please, and explain the greeting's register."]
+
+
+def _prompts(tok) -> list[list[int]]:
+    return [tok(SYSTEM + q, add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+
+
+def _hf_greedy(model, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    out = []
+    for p in prompts:  # one at a time: no padding, the reference
+        ids = torch.tensor([p])
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                             min_new_tokens=steps, do_sample=False, pad_token_id=0, eos_token_id=None)
+        out.append(gen[0, len(p):].tolist())
+    return out
+
+
+def test_greedy_equals_transformers_generate_with_shared_prefix_and_padding(tiny_model, tokenizer):
+    prompts = _prompts(tokenizer)
+    assert common_prefix_len(prompts) >= PREFIX_MIN  # the batch runs the shared-prefix path
+    assert len({len(p) for p in prompts}) > 1  # and pads in the middle
+    ref = _hf_greedy(tiny_model, prompts, 12)
+    got = generate_ids(tiny_model, prompts, max_new_tokens=12, batch_size=4)
+    assert [s[0].ids for s in got] == ref
+    assert all(s[0].finish == "length" for s in got)
+    one = generate_ids(tiny_model, prompts, max_new_tokens=12, batch_size=1)  # no prefix, no padding
+    assert [s[0].ids for s in one] == ref
+
+
+def test_stop_ids_and_stop_strings_end_each_sequence_on_its_own(tiny_model, tokenizer):
+    prompts = _prompts(tokenizer)
+    ref = _hf_greedy(tiny_model, prompts, 12)
+    stop_id = ref[0][4]  # the first prompt stops at its fifth token; the others run on unless they meet it
+    got = generate_ids(tiny_model, prompts, max_new_tokens=12, stop_ids=[stop_id], batch_size=4)
+    for r, (s,) in zip(ref, got):
+        cut = r.index(stop_id) if stop_id in r else len(r)
+        assert s.ids == r[:cut]
+        assert s.finish == ("stop" if cut < len(r) else "length")
+    text = tokenizer.decode(ref[1])
+    stop = text[len(tokenizer.decode(ref[1][:6])):][:3]  # three characters the second reply makes after token 6
+    assert stop.strip() and stop in text
+    (s,), = generate_ids(tiny_model, prompts[1:2], max_new_tokens=12, stop_strings=[stop], tokenizer=tokenizer)
+    assert s.finish == "stop" and stop in tokenizer.decode(s.ids)
+    assert s.ids == ref[1][: len(s.ids)] and stop not in tokenizer.decode(s.ids[:-1])
+
+
+def test_samples_are_reproducible_per_sequence_whatever_the_batching(tiny_model, tokenizer):
+    prompts = _prompts(tokenizer)
+    kw = dict(max_new_tokens=8, n=3, temperature=1.0, top_p=0.9, seed=11)
+    whole = generate_ids(tiny_model, prompts, batch_size=12, **kw)
+    small = generate_ids(tiny_model, prompts, batch_size=2, **kw)
+    assert [[s.ids for s in r] for r in whole] == [[s.ids for s in r] for r in small]
+    tail = generate_ids(tiny_model, prompts[2:], batch_size=5, **{**kw, "seed": 13})  # prompts[c:], seed + c
+    assert [[s.ids for s in r] for r in tail] == [[s.ids for s in r] for r in whole[2:]]
+    assert all(len({tuple(s.ids) for s in r}) > 1 for r in whole)  # the K samples of a prompt differ
+    other = generate_ids(tiny_model, prompts, batch_size=12, **{**kw, "seed": 12})
+    assert [[s.ids for s in r] for r in other] != [[s.ids for s in r] for r in whole]
+
+
+def test_pick_draws_from_the_nucleus_in_proportion():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 40000
+    logits = probs.log().repeat(n, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def freq(temperature: float, top_p: float) -> torch.Tensor:
+        noise = torch.rand((n, 4), generator=g, dtype=torch.float64)
+        return torch.bincount(_pick(logits, noise, temperature, top_p), minlength=4).double() / n
+
+    assert torch.allclose(freq(1.0, 1.0), probs.double(), atol=0.01)
+    assert torch.allclose(freq(1.0, 0.7), torch.tensor([0.625, 0.375, 0, 0], dtype=torch.float64), atol=0.01)
+    sharp = probs.double() ** 2 / (probs.double() ** 2).sum()  # temperature 0.5 squares the probabilities
+    assert torch.allclose(freq(0.5, 1.0), sharp, atol=0.01)
+    assert _pick(logits[:2], None, 1.0, 1.0).tolist() == [0, 0]
+
+
+def test_suppressed_tokens_never_come_and_presence_penalty_changes_repeats(tiny_model, tokenizer):
+    prompts = _prompts(tokenizer)[:2]
+    ref = _hf_greedy(tiny_model, prompts, 10)
+    banned = sorted({t for r in ref for t in r[:3]})
+    got = generate_ids(tiny_model, prompts, max_new_tokens=10, suppress_ids=banned)
+    assert all(not set(s.ids) & set(banned) for (s,) in got)
+    repeats = [r for r in ref if len(set(r)) < len(r)]
+    if repeats:  # a random model's greedy path repeats itself; a strong penalty breaks that
+        pen = generate_ids(tiny_model, prompts, max_new_tokens=10, presence_penalty=100.0)
+        assert all(len(set(s.ids)) == len(s.ids) for (s,) in pen)
+
+
+def test_text_generate_cuts_at_stops_and_reads_like_before(tiny_model, tokenizer):
+    prompts = [SYSTEM + q for q in QUESTIONS[:2]]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ref = _hf_greedy(tiny_model, ids, 10)
+    texts = generate(tiny_model, tokenizer, prompts, max_new_tokens=10)
+    assert texts == [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ref]
+    k = generate(tiny_model, tokenizer, [prompts[0]] * 3, max_new_tokens=6, temperature=1.0, seed=3)
+    assert len(k) == 3 and len(set(k)) > 1  # repeated prompts (rejection sampling's K) are distinct samples
