@@ -187,6 +187,26 @@ def _mixed_items() -> tuple[list[str], list[list[str]]]:
 
 
 @pytest.mark.parametrize("mode", ["top_token", "loglik"])
+def test_the_shared_few_shot_prefix_runs_once_and_scores_the_same(tiny_model, tokenizer, mode, monkeypatch):
+    from herd.engine import kv
+
+    demos = [_item(k, "ABCD"[k % 4]) for k in range(5, 8)]
+    items = [_item(i, question=f"Patient {i} {'has a long history and ' * i}needs which drug") for i in range(4)]
+    prompts = [build_prompt("Answer the medical question.", it, demos) for it in items]
+    conts = [continuations(it, "text") for it in items]
+    calls = []
+    monkeypatch.setattr(kv, "prefix_cache", lambda m, ids, f=kv.prefix_cache: calls.append(len(ids)) or f(m, ids))
+    shared = score_items(tiny_model, tokenizer, prompts, conts, mode=mode, batch_size=3)
+    assert len(calls) == 1 and calls[0] > 100  # instruction and demos: one pass for all items
+    monkeypatch.setattr(kv, "PREFIX_MIN", 10**9)  # the plain path: every row whole
+    whole = score_items(tiny_model, tokenizer, prompts, conts, mode=mode, batch_size=3)
+    assert len(calls) == 1
+    for a, b in zip(shared, whole):
+        assert a.pred == b.pred and a.top1_token == b.top1_token
+        assert a.scores == pytest.approx(b.scores, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["top_token", "loglik"])
 def test_scores_are_the_same_alone_and_in_a_padded_batch(tiny_model, tokenizer, mode):
     prompts, conts = _mixed_items()
     alone = [score_items(tiny_model, tokenizer, [p], [c], mode=mode, batch_size=1)[0] for p, c in zip(prompts, conts)]

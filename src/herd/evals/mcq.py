@@ -125,10 +125,12 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
                 batch_size: int = 8, max_len: int = 2048, progress: bool = False, desc: str = "mcq"
                 ) -> list[ItemScore]:
     """Score each prompt's options; batched, right-padded forward passes sorted by length (``progress``
-    reports the rows run: one per item, or one per option in loglik mode)."""
+    reports the rows run: one per item, or one per option in loglik mode). The prefix every row shares
+    (instruction and few-shot demos) runs once; each batch reads its keys and values."""
     import torch
 
     from herd.core.progress import Progress
+    from herd.engine.kv import CACHE_KW, PREFIX_MIN, common_prefix_len, prefix_cache, repeated
 
     if mode not in ("top_token", "loglik"):
         raise ValueError(f"mode must be top_token or loglik, got {mode!r}")
@@ -149,24 +151,33 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
             owner.append((i, None if len(item_rows) == 1 else j))
     order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
     device = next(model.parameters()).device
+    # the instruction and few-shot demos every prompt starts with run once; each batch reuses them
+    shared = min(common_prefix_len(rows), *(len(e.context) - 1 for e in encs)) if len(rows) > 1 else 0
+    shared = shared if shared >= PREFIX_MIN else 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     first_lp: dict[int, torch.Tensor] = {}  # item → next-token log-probs after the context (vocab)
     cont_lp: dict[tuple[int, int], float] = {}  # (item, option) → summed log-prob of the continuation
     model.eval()
     with torch.no_grad(), Progress(total=len(order), desc=desc, unit="row", enabled=progress) as bar:
+        prefix = prefix_cache(decoder, rows[0][:shared]) if shared else None
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            width = max(len(rows[r]) for r in idx)
+            width = max(len(rows[r]) for r in idx) - shared
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
             for k, r in enumerate(idx):
-                ids[k, : len(rows[r])] = torch.tensor(rows[r])
-                mask[k, : len(rows[r])] = 1
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                ids[k, : len(rows[r]) - shared] = torch.tensor(rows[r][shared:])
+                mask[k, shared: len(rows[r])] = 1
+            kw = {}
+            if prefix is not None:
+                kw = {CACHE_KW: repeated(prefix, len(idx)), "use_cache": True,
+                      "position_ids": torch.arange(shared, shared + width, device=device)[None].expand(len(idx), -1)}
+            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).last_hidden_state
             for k, r in enumerate(idx):
                 i, j = owner[r]
-                n_ctx = len(encs[i].context)
+                n_ctx = len(encs[i].context) - shared  # positions in this pass start after the prefix
                 if j is None:  # logits at the last context position only
                     first_lp[i] = torch.log_softmax(head(hidden[k, n_ctx - 1]).float(), -1).cpu()
                 else:

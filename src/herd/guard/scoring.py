@@ -21,6 +21,7 @@ import torch
 
 from herd.core.errors import HerdError
 from herd.core.progress import Progress
+from herd.engine.kv import CACHE_KW, prefix_cache, repeated
 
 
 def verdict_token_ids(tokenizer) -> tuple[int, int]:
@@ -104,13 +105,10 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # the taxonomy text every prompt starts with runs once; each batch reuses its keys and values
     p = _common_prefix(seqs, min(starts, default=0)) if len(seqs) > 1 else 0
-    prefix_cache = None
+    prefix = None
     if p >= MIN_SHARED_PREFIX:
-        from transformers import DynamicCache
-
-        prefix_cache = DynamicCache(config=model.config)
         with amp:
-            lm(input_ids=torch.tensor([seqs[0][:p]], device=dev), cache=prefix_cache, use_cache=True)
+            prefix = prefix_cache(lm, seqs[0][:p])
     else:
         p = 0
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -130,12 +128,8 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
             ids[r, :len(seqs[j]) - p] = torch.tensor(seqs[j][p:])
             mask[r, p:len(seqs[j])] = 1
         kw = {}
-        if p:
-            import copy
-
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(idx))
-            kw = {"cache": cache, "use_cache": True,
+        if prefix is not None:
+            kw = {CACHE_KW: repeated(prefix, len(idx)), "use_cache": True,
                   "position_ids": torch.arange(p, p + width, device=dev)[None].expand(len(idx), -1)}
         with amp:
             hidden = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), **({"use_cache": False} | kw)
