@@ -99,6 +99,9 @@ class RejectionSamplingStage(_Strict):
     k: int = Field(default=4, ge=1)  # samples per prompt (the paper: 10-100)
     temperature: float = Field(default=1.0, gt=0)  # the paper: 1.2-1.3 for its RLHF models
     top_p: float = Field(default=1.0, gt=0, le=1)
+    # 0: the whole vocabulary (the paper samples at a temperature). transformers' generate, which herd used
+    # before its own engine, silently kept only the 50 most likely tokens
+    top_k: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=256, gt=0)
     gen_batch: int = Field(default=8, gt=0)
     # the weights the K samples are drawn with: auto = bf16 where the hardware has it natively (1.4x the
@@ -147,6 +150,9 @@ class PPOStage(_Strict):
     grad_clip: float | None = 1.0  # per model (policy, value)
     temperature: float = Field(default=1.0, gt=0)  # sampling; log-probs are of logits / temperature
     top_p: float = Field(default=1.0, gt=0, le=1)
+    # 0: the whole vocabulary (the paper samples at a temperature). transformers' generate, which herd used
+    # before its own engine, silently kept only the 50 most likely tokens
+    top_k: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=256, gt=0)
     gen_batch: int = Field(default=16, gt=0)
     score_batch: int = Field(default=8, gt=0)

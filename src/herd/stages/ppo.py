@@ -216,7 +216,7 @@ def rollout(policy, ref, value_model, tok, template: Template, prompts: list[dic
     # chunk c is what generate(all, batch_size=gen_batch, seed) samples as its c-th batch
     replies = map_chunks(lambda part, c: generate(policy, tok, [template.prompt(p["messages"], tok) for p in part],
                                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                                  top_p=cfg.top_p, stop=stops, batch_size=len(part),
+                                                  top_p=cfg.top_p, top_k=cfg.top_k, stop=stops, batch_size=len(part),
                                                   seed=seed + c * cfg.gen_batch), prompts, cfg.gen_batch)
     keep, seqs = [], []
     for i, (p, r) in enumerate(zip(prompts, replies)):

@@ -114,7 +114,7 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
             return done[c]
         texts = [template.prompt(p["messages"], tokenizer) for p in part for _ in range(cfg.k)]
         flat = generate(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        top_p=cfg.top_p, stop=stops, batch_size=cfg.gen_batch * cfg.k, seed=cfg.seed + 7919 * c)
+                        top_p=cfg.top_p, top_k=cfg.top_k, stop=stops, batch_size=cfg.gen_batch * cfg.k, seed=cfg.seed + 7919 * c)
         replies = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
         with open(own, "a") as f:
             f.write(json.dumps({"chunk": c, "replies": replies}) + "\n")
