@@ -219,12 +219,24 @@ def test_humaneval_eval_end_to_end(tiny_ref, derived_dir, tmp_path):
 
 
 @needs_data
+def test_infilling_dev_and_test_splits_share_no_problem():
+    tasks = he.load_infilling(INFILLING)
+    dev, test = he.infilling_split(tasks, "dev"), he.infilling_split(tasks, "test")
+    probs = {name: {he.task_problem(t["task_id"]) for t in part} for name, part in (("dev", dev), ("test", test))}
+    assert len(probs["dev"]) == 40 and len(probs["test"]) == 124 and not probs["dev"] & probs["test"]
+    assert len(dev) + len(test) == len(tasks) == 1033 and len(test) >= 200
+    assert [t["task_id"] for t in he.infilling_split(tasks, "test")] == [t["task_id"] for t in test]  # seeded
+    assert he.infilling_split(tasks, "all") == tasks
+    assert he.task_problem("SingleLineInfilling/HumanEval/12/L3") == "HumanEval/12"
+
+
+@needs_data
 def test_infilling_eval_end_to_end_uses_each_roles_tokenizer(tiny_ref, derived_dir, tmp_path):
     cfg_cls, fn = _eval("humaneval_infilling")
     cfg = cfg_cls(data=str(INFILLING), n_problems=3, max_new_tokens=6, batch_size=4)
     out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
-    _check_metrics(out.metrics, ["exact_match_psm", "pass@1_psm", "middle_nll_psm", "exact_match_spm", "pass@1_spm",
-                                 "middle_nll_spm"])
+    _check_metrics(out.metrics, ["middle_nll_psm", "middle_nll_spm", "exact_match_psm", "pass@1_psm",
+                                 "exact_match_spm", "pass@1_spm"])
     assert out.extra["humaneval_infilling"]["single_line"] is True
     nll = next(m for m in out.metrics if m["name"] == "middle_nll_spm")
     assert nll["better"] == "lower" and nll["parent"] > 0 and nll["derived"] > 0

@@ -58,6 +58,25 @@ def test_sentinels_are_single_tokens_and_embeddings_resize_tied(tiny_model, toke
     assert add_sentinels(tok, tiny_model) == ids and len(tok) == n0 + 4  # idempotent
 
 
+def test_sentinel_embeddings_start_distinct_where_the_parent_read_their_text(tiny_model, tokenizer):
+    """transformers' mean resizing makes the four new rows one vector (covariance x 1e-9): the model
+    could not tell <MID> from <SUF> nor predict <EOT> apart from <PRE>. Each row starts as the mean of
+    the rows of its text's pieces, so the four are distinct."""
+    import copy
+
+    import torch
+
+    tok = copy.deepcopy(tokenizer)
+    w0 = tiny_model.get_input_embeddings().weight.detach().clone()
+    ids = add_sentinels(tok, tiny_model)
+    w = tiny_model.get_input_embeddings().weight.detach()
+    for s, i in zip(SENTINELS, (ids.pre, ids.suf, ids.mid, ids.eot)):
+        assert torch.allclose(w[i], w0[_enc(tokenizer, s)].mean(0))
+    d_new = torch.pdist(w[[ids.pre, ids.suf, ids.mid, ids.eot]].float())
+    d_old = torch.pdist(w0[:200].float()).median()
+    assert d_new.min() > 0.1 * d_old, (d_new.tolist(), float(d_old))
+
+
 def test_psm_and_spm_training_layouts(fim_tok):
     ids = sentinel_ids(fim_tok)
     pre, mid, suf = "def add(a, b):\n    ret", "urn a + ", "b\n"
@@ -70,6 +89,20 @@ def test_psm_and_spm_training_layouts(fim_tok):
     assert fim_tok.decode(spm[spm.index(ids.mid) + 1:-1]) == pre + mid
     with pytest.raises(ValueError, match="psm"):
         fim_ids(fim_tok, ids, pre, mid, suf, "pms")
+
+
+def test_spm_separate_encoding_matches_the_inference_prompt_at_a_line_break(fim_tok):
+    """SmolLM2's BPE merges a newline with the next line's indentation, so a single-line infilling
+    prompt (prefix ending in a newline) ends inside a token that joint SPM encoding never splits;
+    ``separate`` makes the training tokens up to the middle exactly the SPM inference prompt."""
+    ids = sentinel_ids(fim_tok)
+    pre, mid, suf = "def f(x):\n    y = x\n", "    y += 1\n", "    return y\n"
+    prompt = infill_prompt_ids(fim_tok, pre, suf, "spm")
+    joint = fim_ids(fim_tok, ids, pre, mid, suf, "spm")
+    sep = fim_ids(fim_tok, ids, pre, mid, suf, "spm", "separate")
+    assert joint[:len(prompt)] != prompt  # the newline+indent token straddles the junction
+    assert sep == prompt + _enc(fim_tok, mid) + [ids.eot]
+    assert fim_tok.decode(sep) == fim_tok.decode(joint)  # the same text
 
 
 def test_inference_prompts_follow_codellama_and_parent_gets_sentinel_text(fim_tok, tokenizer):
@@ -99,7 +132,7 @@ def test_split_is_character_level_uniform_and_lossless():
 def test_fim_rate_modes_and_documents_that_do_not_fit(fim_tok):
     ids = sentinel_ids(fim_tok)
     stats, rng = FIMStats(), random.Random(1)
-    outs = [document_ids(fim_tok, DOC, ids=ids, rate=0.9, spm_rate=0.5, row_len=1024, rng=rng, stats=stats)
+    outs = [document_ids(fim_tok, DOC, ids=ids, rate=0.9, spm_rate=0.5, room=1024, rng=rng, stats=stats)
             for _ in range(1000)]
     plain = _enc(fim_tok, DOC)
     n_fim = sum(o != plain for o in outs)
@@ -109,9 +142,9 @@ def test_fim_rate_modes_and_documents_that_do_not_fit(fim_tok):
     # (a PSM split with an empty prefix has the same layout as SPM, hence >=)
     assert len(spm_out) >= stats.spm and all(o[-1] == ids.eot for o in outs if o != plain)
     long_stats = FIMStats()
-    long = document_ids(fim_tok, DOC * 50, ids=ids, rate=1.0, spm_rate=0.5, row_len=64, rng=rng, stats=long_stats)
-    assert long == _enc(fim_tok, DOC * 50) and long_stats.too_long == 1  # cut across rows: no FIM
-    assert document_ids(fim_tok, DOC, ids=None, rate=1.0, spm_rate=0.5, row_len=1024, rng=rng,
+    long = document_ids(fim_tok, DOC * 50, ids=ids, rate=1.0, spm_rate=0.5, room=64, rng=rng, stats=long_stats)
+    assert long == _enc(fim_tok, DOC * 50) and long_stats.cut == 1  # cut across rows: no FIM
+    assert document_ids(fim_tok, DOC, ids=None, rate=1.0, spm_rate=0.5, room=1024, rng=rng,
                         stats=FIMStats()) == plain
 
 
@@ -177,6 +210,31 @@ def test_rows_are_the_separator_joined_stream_and_stop_at_the_budget(tmp_path, t
     assert (tmp_path / "work" / "rows.u32").stat().st_size == 10 * 32 * 4
     again, _, _ = build_rows(cfg, tokenizer, tmp_path / "work")  # reused, same rows
     assert [r.input_ids.tolist() for r in again] == [r.input_ids.tolist() for r in rows]
+
+
+def test_no_fim_document_is_cut_across_rows(tmp_path, fim_tok):
+    """Code Llama applies FIM only to documents not cut across model contexts: each <PRE> ... <EOT> lies
+    in one row. Documents that would straddle a row boundary stay plain (counted as cut)."""
+    from herd.core.recipe import PretrainStage
+    from herd.stages.pretrain import build_rows, separator_id
+
+    src = tmp_path / "docs.jsonl"
+    texts = [f"def f{i}(x):\n" + "    x = x + 1\n" * (3 + i % 11) + "    return x\n" for i in range(300)]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = PretrainStage(data=[{"name": "d", "path": str(src)}], max_len=128, total_tokens=128 * 40,
+                        fim={"rate": 1.0})
+    rows, _, rep = build_rows(cfg, fim_tok, tmp_path / "work")
+    ids, sep = sentinel_ids(fim_tok), separator_id(fim_tok, "auto")
+    whole = 0
+    for r in rows:
+        row = r.input_ids.tolist()
+        starts = [i for i, t in enumerate(row) if t == ids.pre]
+        ends = [i for i, t in enumerate(row) if t == ids.eot]
+        assert len(starts) == len(ends) and all(a < b for a, b in zip(starts, ends)), row
+        assert all(b + 1 < len(row) and row[b + 1] == sep for b in ends)  # and its separator, in the row
+        whole += len(starts)
+    fim = rep["fim"]
+    assert whole == fim["psm"] + fim["spm"] > 10 and fim["cut"] > 0
 
 
 def _code_recipe(tmp_path: Path, corpus: Path, **code) -> Path:

@@ -108,6 +108,10 @@ class FIMSpec(_Strict):
 
     rate: float = Field(default=0.9, ge=0, le=1)  # probability a document is transformed
     spm_rate: float = Field(default=0.5, ge=0, le=1)  # share of transformed documents in SPM layout
+    # SPM's prefix+middle: encoded together (the paper: SPM never sees a token split at the junction) or
+    # each on its own, as the SPM inference prompt ends (enc(prefix)); byte-level BPEs such as SmolLM2's
+    # merge a newline with the next line's indentation, so every line-boundary split is mid-token there
+    spm_encoding: Literal["joint", "separate"] = "joint"
     seed: int = 0
 
 

@@ -65,6 +65,12 @@ class HumanEvalInfillingConfig(_ExecConfig):
     single_line: bool | None = None  # stop at a newline; None: when the file is the single-line benchmark
     max_new_tokens: int = Field(default=128, gt=0)
     middle_nll: bool = True  # also score the true middle's likelihood (a graded infilling measure)
+    # "all": every task in file order. "dev"/"test": tasks split BY HumanEval problem (``dev_problems`` of
+    # the 164, chosen with ``split_seed``), in a seeded random order so that n_problems samples them;
+    # settings are chosen on dev, and a final run scores test once
+    split: Literal["all", "dev", "test"] = "all"
+    dev_problems: int = Field(default=40, gt=0, lt=164)
+    split_seed: int = 0
 
 
 class MBPPConfig(_PassAtKConfig):
@@ -236,7 +242,9 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
     Two scores per mode: exact match of the generated middle (stripped lines) and pass@1 of
     prefix + middle + suffix under the problem's tests."""
     path = _data_path(ctx, cfg.data)
-    problems = he.load_infilling(path)[: cfg.n_problems]
+    every = he.load_infilling(path)
+    pool = he.infilling_split(every, cfg.split, dev_problems=cfg.dev_problems, seed=cfg.split_seed)
+    problems = pool[: cfg.n_problems]
     single = cfg.single_line if cfg.single_line is not None else "SingleLine" in path.name
     jobs: list[dict] = []
     for role in ROLES:
@@ -257,7 +265,21 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
              for role in ROLES]
     bench = "single-line" if single else path.name
     dataset = f"{path.name} ({len(problems)} tasks, openai/human-eval-infilling)"
-    metrics = []
+    split_note = None
+    if cfg.split != "all":
+        other_name = "test" if cfg.split == "dev" else "dev"
+        other = he.infilling_split(every, other_name, dev_problems=cfg.dev_problems, seed=cfg.split_seed)
+        sizes = {cfg.split: len(pool), other_name: len(other)}
+        n_prob = len({he.task_problem(t["task_id"]) for t in every})
+        split_note = (f"Split by HumanEval problem (seed {cfg.split_seed}): dev {sizes['dev']} tasks of "
+                      f"{cfg.dev_problems} problems, test {sizes['test']} tasks of {n_prob - cfg.dev_problems}; "
+                      + (f"this run scores {len(problems)} test tasks; settings were chosen on dev, the test "
+                         "split was not used for any choice" if cfg.split == "test"
+                         else f"this run scores {len(problems)} DEV tasks, for choosing settings"))
+        dataset = (f"{path.name}, {cfg.split} split: {len(problems)} of its {len(pool)} tasks ({other_name} split: "
+                   f"{len(other)} tasks{'; settings chosen on dev only' if cfg.split == 'test' else ''}; "
+                   "openai/human-eval-infilling)")
+    metrics, nll_rows = [], []
     for mode in cfg.modes:
         for name, key in (("exact_match", "exact_match"), ("pass@1", "passed")):
             items = {role: [float(j[key]) for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
@@ -271,14 +293,16 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
             nll = {role: [j["middle_nll"] for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
             pairs = [(q, d) for q, d in zip(nll["parent"], nll["derived"]) if q is not None and d is not None]
             wins = he.mean([float(d < q) for q, d in pairs])
-            metrics.append(with_paired(
+            nll_rows.append(with_paired(
                 {"task": f"HumanEval {bench} infilling: NLL of the true middle, nats/token ({mode.upper()}, "
                          f"teacher-forced; derived lower on {_pct(wins)}% of tasks)",
                  "name": f"middle_nll_{mode}", "dataset": dataset, "parent": round(he.mean([q for q, _ in pairs]), 4),
                  "derived": round(he.mean([d for _, d in pairs]), 4), "better": "lower"},
                 [q for q, _ in pairs], [d for _, d in pairs]))
+    metrics = nll_rows + metrics  # the graded measure first: exact match of a 135M model stays near 0
     statuses = _statuses(jobs)
     extra = {"humaneval_infilling": {"tasks": len(problems), "modes": list(cfg.modes), "single_line": single,
+                                     "split": cfg.split, "split_note": split_note,
                                      "statuses": statuses, "files": files}}
-    return EvalOutput(metrics=metrics, extra=extra, markdown=_markdown("HumanEval infilling", metrics, statuses),
-                      files=files)
+    markdown = _markdown("HumanEval infilling", metrics, statuses) + (f"\n{split_note}\n" if split_note else "")
+    return EvalOutput(metrics=metrics, extra=extra, markdown=markdown, files=files)

@@ -54,6 +54,31 @@ def load_infilling(path: str | Path) -> list[dict]:
     return read_jsonl(path)
 
 
+def task_problem(task_id: str) -> str:
+    """The HumanEval problem a task comes from: ``SingleLineInfilling/HumanEval/0/L3`` -> ``HumanEval/0``."""
+    parts = task_id.split("/")
+    return "/".join(parts[1:3]) if len(parts) >= 3 else task_id
+
+
+def infilling_split(tasks: Sequence[dict], split: str, *, dev_problems: int = 40, seed: int = 0) -> list[dict]:
+    """The tasks of one split. ``all``: every task, in file order. ``dev``/``test``: the HumanEval problems
+    are shuffled with ``seed`` and the first ``dev_problems`` form dev, the rest test, so no problem has
+    lines in both (the lines of one function are far from independent); the split's tasks come in a
+    seeded random order, so its first N are a random sample over problems."""
+    import random
+
+    if split == "all":
+        return list(tasks)
+    if split not in ("dev", "test"):
+        raise ValueError(f"split must be 'all', 'dev' or 'test', not {split!r}")
+    problems = sorted({task_problem(t["task_id"]) for t in tasks}, key=lambda p: (len(p), p))
+    random.Random(seed).shuffle(problems)
+    dev = set(problems[:dev_problems])
+    chosen = [t for t in tasks if (task_problem(t["task_id"]) in dev) == (split == "dev")]
+    random.Random(seed).shuffle(chosen)
+    return chosen
+
+
 def load_mbpp(path: str | Path) -> list[dict]:
     """MBPP records with the reference code's CRLF line ends normalised (the shots quote it)."""
     rows = read_jsonl(path)

@@ -189,8 +189,8 @@ def build_rows(cfg: PretrainStage, tok, work: Path, *, recipe_dir: Path | None =
             continue
         if ids is None:
             ids = document_ids(tok, text, ids=ids_fim, rate=cfg.fim.rate if cfg.fim else 0.0,
-                               spm_rate=cfg.fim.spm_rate if cfg.fim else 0.0, row_len=cfg.max_len, rng=rng,
-                               stats=stats)
+                               spm_rate=cfg.fim.spm_rate if cfg.fim else 0.0, room=cfg.max_len - len(writer.buf), rng=rng,
+                               stats=stats, spm_encoding=cfg.fim.spm_encoding if cfg.fim else "joint")
         acc["documents"] += 1
         acc["tokens"] += len(ids) + 1
         writer.add(ids + [sep])
@@ -234,7 +234,7 @@ def prepare_model(model, tok, cfg: PretrainStage) -> None:
 
         from herd.data.transforms.fim import add_sentinels
 
-        with torch.random.fork_rng(devices=[]):  # mean resizing samples the new rows: seeded, so reruns match
+        with torch.random.fork_rng(devices=[]):  # resizing must not move the global RNG: seeded, so reruns match
             torch.manual_seed(cfg.seed)
             add_sentinels(tok, model)
     if cfg.rope_theta is not None:
@@ -262,7 +262,7 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
         print(f"[{cfg.name}] data: {report['rows']} rows x {cfg.max_len} tokens from {report['documents_read']} "
               f"documents; {report['heldout_rows']} held-out rows"
               + (f"; FIM psm {fim['psm']} / spm {fim['spm']} of {fim['documents']} documents "
-                 f"({fim['too_long']} too long for a row)" if fim else ""), flush=True)
+                 f"({fim['cut']} kept plain: they would be cut across rows)" if fim else ""), flush=True)
         for r in report["corpus"].values():
             drops = ", ".join(f"{n} {why}" for why, n in sorted(r["dropped"].items())) or "none"
             print(f"[{cfg.name}] corpus {r['source']}: {r['kept']} of {r['seen']} documents kept "
