@@ -50,6 +50,22 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int:
     return min(hits) if hits else -1
 
 
+class _PresencePenalty:
+    """OpenAI's presence penalty: subtract ``penalty`` from every token already generated."""
+
+    def __init__(self, start: int, penalty: float):
+        self.start, self.penalty = start, penalty
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        gen = input_ids[:, self.start:]
+        if gen.shape[1] == 0:
+            return scores
+        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, gen, True)
+        return scores - self.penalty * seen.to(scores.dtype)
+
+
 class LocalTeacher:
     """A herd-loadable base (name, HF folder, GGUF, artifact) generating in this process."""
 
@@ -78,27 +94,47 @@ class LocalTeacher:
         return sorted(set(eos) | ({eot} if known else set()))
 
     def complete(self, prompts: list[str], s: Sampling) -> list[Completion]:
-        from herd.engine.generation import generate_ids
+        import torch
+        from transformers import LogitsProcessorList
 
         tok, eos = self.tok, self._eos_ids()
-        enc = tok(list(prompts), add_special_tokens=False)["input_ids"]
-        longest = max((len(e) for e in enc), default=0)
-        max_new = min(s.max_tokens, self.context - longest)
-        if max_new < 1:
-            raise HerdError(f"teacher {self.name}: the prompt has {longest} tokens, its context is "
-                            f"{self.context}; nothing left to generate")
-        stops = [x for x in s.stop if x]
-        rows = generate_ids(self.model, enc, max_new_tokens=max_new, temperature=s.temperature, top_p=s.top_p,
-                            stop_ids=[] if s.ban_eos else eos, stop_strings=stops, tokenizer=tok,
-                            pad_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
-                            batch_size=self.batch_size, seed=s.seed,
-                            suppress_ids=self._banned(eos) if s.ban_eos else (),
-                            presence_penalty=s.presence_penalty)
+        old_side, tok.padding_side = tok.padding_side, "left"
         out: list[Completion] = []
-        for (sample,) in rows:
-            text = tok.decode(sample.ids, skip_special_tokens=True)
-            cut = _first_stop(text, s.stop)
-            out.append(Completion(text[:cut], "stop") if cut >= 0 else Completion(text, sample.finish))
+        self.model.eval()
+        try:
+            for i in range(0, len(prompts), self.batch_size):
+                enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+                start = enc["input_ids"].shape[1]
+                max_new = min(s.max_tokens, self.context - start)
+                if max_new < 1:
+                    raise HerdError(f"teacher {self.name}: the prompt has {start} tokens, its context is "
+                                    f"{self.context}; nothing left to generate")
+                kw = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
+                          else eos[0], eos_token_id=eos or None)
+                if any(s.stop):
+                    kw.update(stop_strings=[x for x in s.stop if x], tokenizer=tok)
+                if s.temperature > 0:
+                    kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
+                else:
+                    kw.update(do_sample=False)
+                if s.ban_eos:
+                    kw["suppress_tokens"] = self._banned(eos)
+                if s.presence_penalty:
+                    kw["logits_processor"] = LogitsProcessorList([_PresencePenalty(start, s.presence_penalty)])
+                torch.manual_seed(s.seed + i)
+                with torch.no_grad():
+                    gen = self.model.generate(**enc, **kw)
+                for row in gen[:, start:].tolist():
+                    text = tok.decode(row, skip_special_tokens=True)
+                    cut = _first_stop(text, s.stop)
+                    if cut >= 0:
+                        out.append(Completion(text[:cut], "stop"))
+                    else:
+                        ended = any(t in eos for t in row) and not s.ban_eos
+                        out.append(Completion(text, "stop" if ended or len(row) < max_new else "length"))
+        finally:
+            tok.padding_side = old_side
         return out
 
 
