@@ -1,5 +1,5 @@
-"""One generation engine for everything that samples: evals, rejection sampling, PPO rollouts,
-Self-Instruct, chat answers.
+"""One generation engine for everything that samples: evals, rejection sampling, PPO rollouts, chat
+answers (Self-Instruct's teacher is a data build, below the engine, and keeps model.generate).
 
 Why not ``model.generate``: on a 2-core CPU its per-step overhead (logits processors, stopping
 criteria, a KV cache that grows by concatenation) cost more than the model's own decode step, and it
