@@ -223,14 +223,19 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
                    "target": target, "demo_ids": demo_ids, "example_prompt": prompts[0] if prompts else "",
                    **({"majority_baseline": base} if base else {})}}
     p, d = summary["parent"], summary["derived"]
-    task = f"{title} ({'0-shot, fine-tuning format' if chat else f'{cfg.shots}-shot'}, {cfg.mode})"
-    metrics = [with_paired({"task": task, "name": "accuracy", "dataset": dataset, "parent": p["accuracy"],
-                            "derived": d["accuracy"], "better": "higher",
+    protocol = f"{'0-shot, fine-tuning format' if chat else f'{cfg.shots}-shot'}, {cfg.mode}"
+    task = f"{title} ({protocol})"
+
+    def named(metric: str, key: str) -> str:  # with a baseline: which metric, and what always-majority scores
+        return f"{title} {metric} ({protocol}; always \"{base['label']}\": {base[key]})" if base else task
+
+    metrics = [with_paired({"task": named("accuracy", "accuracy"), "name": "accuracy", "dataset": dataset,
+                            "parent": p["accuracy"], "derived": d["accuracy"], "better": "higher",
                             **({"majority_baseline": base["accuracy"]} if base else {})},
                            res["parent"], res["derived"], n_boot=cfg.bootstrap, seed=cfg.seed)]
     if base:
         rows = {r: [[g, q] for g, q in zip(gold, preds[r])] for r in ("parent", "derived")}
-        metrics.append(with_paired({"task": task, "name": "macro_f1", "dataset": dataset,
+        metrics.append(with_paired({"task": named("macro-F1", "macro_f1"), "name": "macro_f1", "dataset": dataset,
                                     "parent": p["macro_f1"], "derived": d["macro_f1"], "better": "higher",
                                     "majority_baseline": base["macro_f1"]},
                                    rows["parent"], rows["derived"], stat=macro_f1_stat(n_labels),
