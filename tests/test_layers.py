@@ -42,7 +42,8 @@ PLUGIN_GROUPS = {
     "eval": ["herd.evals.builtin", "herd.evals.reward_win_rate", "herd.evals.chat", "herd.evals.code",
              "herd.evals.medical", "herd.evals.apibench", "herd.evals.guard"],
     "reader": ["herd.data.readers.alpaca", "herd.data.readers.dolly", "herd.data.readers.openai_messages", "herd.data.readers.preference_sft",
-               "herd.data.readers.sharegpt", "herd.data.readers.apibench", "herd.data.readers.moderation"],
+               "herd.data.readers.sharegpt", "herd.data.readers.apibench", "herd.data.readers.moderation",
+               "herd.data.readers.pubmedqa"],
 }
 # A registry never imports its plugins (they register themselves; the plugin list imports them).
 REGISTRIES = {"herd.evals.registry": "eval", "herd.stages": "stage", "herd.data.records": "reader"}

@@ -133,7 +133,8 @@ def test_demos_are_deterministic_and_never_the_item_itself():
 def test_pubmedqa_and_medqa_items_follow_upstream():
     from herd.evals.medical import medqa_items, pubmedqa_items
 
-    test, pool = pubmedqa_items(PUBMEDQA)
+    parts = pubmedqa_items(PUBMEDQA)
+    test, pool = parts["test"], parts["train"] + parts["dev"]
     assert len(test) == 500 and len(pool) == 500 and not {t.id for t in test} & {p.id for p in pool}
     rec = json.loads((PUBMEDQA / "ori_pqal.json").read_text())[test[0].id]
     assert test[0].prompt == "\n".join(rec["CONTEXTS"]) + "\n" + rec["QUESTION"]
@@ -293,7 +294,8 @@ def test_registered_evals_score_parent_and_derived(tiny_ref, tokenizer, tmp_path
     conf = config_cls(**cfg)
     assert conf.unavailable(tmp_path) is None
     out = fn(_ctx(tiny_ref, tokenizer, tmp_path), conf)
-    [row] = out.metrics
+    row = out.metrics[0]
+    assert [m["name"] for m in out.metrics] == (["accuracy", "macro_f1"] if name == "pubmedqa" else ["accuracy"])
     assert row["name"] == "accuracy" and row["better"] == "higher" and row["parent"] == row["derived"]
     assert {"task", "name", "dataset", "parent", "derived", "better"} <= set(row)
     # parent and derived are the same weights here: a paired difference of exactly 0, no verdict
@@ -338,7 +340,7 @@ def test_subsets_are_seeded_samples_not_a_label_sorted_prefix():
     """PubMedQA's ground-truth file lists every "yes" item first: a prefix would reward always-yes."""
     from herd.evals.medical import pubmedqa_items, subset
 
-    test, _ = pubmedqa_items(SHARED / "pubmedqa")
+    test = pubmedqa_items(SHARED / "pubmedqa")["test"]
     assert {it.answer for it in test[:60]} == {"yes"}  # the trap
     sample = subset(test, 60, 1234)
     assert len(sample) == 60 and sample == subset(test, 60, 1234)
@@ -346,3 +348,94 @@ def test_subsets_are_seeded_samples_not_a_label_sorted_prefix():
     order = [test.index(it) for it in sample]
     assert order == sorted(order) and sample != subset(test, 60, 1)
     assert subset(test, None, 0) == test and subset(test, 10_000, 0) == test
+
+
+# ---------------------------------------------------------------------------------------------------
+# PubMedQA fine-tuning (Table 5): records, splits, macro-F1, the fine-tuned models' prompt
+
+
+def test_pubmedqa_splits_are_disjoint_and_the_fine_tuning_reader_never_returns_a_test_question():
+    from herd.data import load_examples
+    from herd.data.documents.pubmedqa import PUBMEDQA_INSTRUCTION, pqal_splits
+
+    parts = pqal_splits(PUBMEDQA, dev_size=100, seed=42)
+    assert [len(parts[k]) for k in ("train", "dev", "test")] == [400, 100, 500]
+    assert set(parts["test"]) == set(load_test_labels(PUBMEDQA))
+    assert not (set(parts["train"]) & set(parts["dev"]) or (set(parts["train"]) | set(parts["dev"])) & set(parts["test"]))
+    assert pqal_splits(PUBMEDQA, dev_size=100, seed=7)["dev"] != parts["dev"]  # seeded
+    records = json.loads((PUBMEDQA / "ori_pqal.json").read_text())
+    train = load_examples(PUBMEDQA / "ori_pqal.json", "pubmedqa", split="train")
+    dev = load_examples(PUBMEDQA / "ori_pqal.json", "pubmedqa", split="dev")
+    assert [e.meta["pmid"] for e in train] == parts["train"] and [e.meta["pmid"] for e in dev] == parts["dev"]
+    ex = train[0]
+    r = records[ex.meta["pmid"]]
+    assert ex.messages == [{"role": "system", "content": PUBMEDQA_INSTRUCTION},
+                           {"role": "user", "content": "\n".join(r["CONTEXTS"]) + "\n" + r["QUESTION"]},
+                           {"role": "assistant", "content": r["final_decision"]}]
+    with pytest.raises(ConfigError, match="never training data"):
+        load_examples(PUBMEDQA / "ori_pqal.json", "pubmedqa", split="test")
+
+
+def test_pubmedqa_reader_refuses_a_test_abstract_filed_under_a_training_pmid(tmp_path):
+    records = json.loads((PUBMEDQA / "ori_pqal.json").read_text())
+    test_ids = load_test_labels(PUBMEDQA)
+    test_pmid = next(iter(test_ids))
+    train_pmid = next(p for p in records if p not in test_ids)
+    records[train_pmid] = {**records[train_pmid], "CONTEXTS": records[test_pmid]["CONTEXTS"]}
+    (tmp_path / "ori_pqal.json").write_text(json.dumps(records))
+    (tmp_path / "test_ground_truth.json").write_text(json.dumps(test_ids))
+    from herd.data import load_examples
+
+    with pytest.raises(DataError, match=test_pmid):
+        load_examples(tmp_path / "ori_pqal.json", "pubmedqa", split="train", dev_size=1)
+
+
+def test_fine_tuning_records_train_only_the_label_and_im_end(tokenizer):
+    from herd.data import load_examples
+    from herd.templates import IGNORE_INDEX, get_template
+
+    ex = load_examples(PUBMEDQA / "ori_pqal.json", "pubmedqa", split="train")[:20]
+    for e in ex:
+        r = get_template("chatml").render(e.messages, tokenizer)
+        trained = tokenizer.decode([t for t, lab in zip(r.input_ids, r.labels) if lab != IGNORE_INDEX])
+        assert trained == e.messages[2]["content"] + "<|im_end|>"
+
+
+def test_macro_f1_and_its_paired_interval():
+    from herd.core.paired import macro_f1, macro_f1_stat, paired
+
+    gold, pred = [0, 0, 1, 2, 1, 0], [0, 1, 1, 0, 1, 0]
+    # yes: P 2/3 R 2/3 -> 2/3; no: P 2/3 R 1 -> 0.8; maybe: never predicted -> 0 (scikit-learn, labels=[0,1,2])
+    assert macro_f1(gold, pred, 3) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    assert macro_f1(gold, [0] * 6, 3) == pytest.approx((2 * 0.5 / 1.5) / 3)  # always "yes"
+    rows = lambda p: [[g, q] for g, q in zip(gold, p)]  # noqa: E731
+    out = paired(rows([0] * 6), rows(gold), better="higher", stat=macro_f1_stat(3), n_boot=200, per_item_diff=False)
+    assert out["delta"] == pytest.approx(round(1 - 1 / 3 * 2 / 3, 4), abs=1e-4) and out["n"] == 6
+    assert "sign_test_p" not in out and out["ci95"][0] <= out["delta"] <= out["ci95"][1]
+
+
+def test_pubmedqa_dev_split_in_the_fine_tuning_format_reports_macro_f1_beside_the_majority_baseline(
+        tiny_ref, tokenizer, tmp_path):
+    import herd.evals.medical  # noqa: F401  (registers pubmedqa)
+    from herd.evals.registry import EVALS
+    from herd.templates import get_template
+
+    config_cls, fn = EVALS["pubmedqa"]
+    with pytest.raises(ValueError, match="shots: 0"):
+        config_cls(prompt="chat", shots=3)
+    ctx = _ctx(tiny_ref, tokenizer, tmp_path)
+    ctx.template = get_template("chatml")
+    out = fn(ctx, config_cls(prompt="chat", shots=0, split="dev", n=4, bootstrap=50))
+    acc, f1 = out.metrics
+    assert "dev split (100 non-test questions" in acc["dataset"] and acc["n"] == f1["n"] == 4
+    ex = out.extra["pubmedqa"]
+    dev_ids = set(herd.evals.medical.pubmedqa_items(PUBMEDQA)["dev"][i].id for i in range(100))
+    preds = [json.loads(x) for x in (tmp_path / "pubmedqa-predictions-parent.jsonl").read_text().splitlines()]
+    assert {p["id"] for p in preds} <= dev_ids and ex["demo_ids"] == []
+    assert ex["example_prompt"].startswith("<|im_start|>system\nAs an expert doctor")
+    assert ex["example_prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+    base = ex["majority_baseline"]
+    assert base["label"] == "yes" and acc["majority_baseline"] == base["accuracy"]
+    assert f1["majority_baseline"] == base["macro_f1"] and f1["delta"] == 0.0
+    assert f1["parent"] == ex["parent"]["macro_f1"] and sum(ex["parent"]["predicted"].values()) == 4
+    assert 'always "yes"' in out.markdown and "macro-F1" in out.markdown

@@ -332,6 +332,9 @@ def test_meditron_mixture_shares_and_decontamination_reach_the_scorecard(tmp_pat
     assert (full.seen, full.kept, dict(full.dropped)) == (1000, 500, {"in the official test split": 500})
     md = (res.path / "scorecard.md").read_text()
     assert "mixture (token shares" in md and "decontamination:" in md
+    # Table 5: the PubMedQA fine-tuning follows, on the 400 training questions (dev and test held out)
+    sft = json.loads(next((tmp_path / "ws").glob("02-pubmedqa_sft-*")).joinpath("lineage.json").read_text())
+    assert sft["metrics"]["data_report"]["kept"] == 400
 
 
 def test_a_test_context_in_the_training_text_stops_the_run_before_training(tmp_path):

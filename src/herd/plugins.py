@@ -11,7 +11,16 @@ from __future__ import annotations
 def load_configs() -> None:
     """The plugins a recipe is validated against; none of these modules imports torch."""
     # data formats (herd.data.load_examples)
-    from herd.data.readers import alpaca, apibench, dolly, moderation, openai_messages, preference_sft, sharegpt  # noqa: F401
+    from herd.data.readers import (  # noqa: F401
+        alpaca,
+        apibench,
+        dolly,
+        moderation,
+        openai_messages,
+        preference_sft,
+        pubmedqa,
+        sharegpt,
+    )
 
     # document formats (pretraining sources), data transforms, data builds
     from herd.data import documents, transforms  # noqa: F401

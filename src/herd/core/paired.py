@@ -50,6 +50,25 @@ def auprc_stat(values: np.ndarray) -> float:
     return average_precision(values[:, 0], values[:, 1])
 
 
+def macro_f1(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> float:
+    """Macro-averaged F1 over ``n_classes`` labels (scikit-learn's ``f1_score(average="macro")`` with
+    ``labels=range(n_classes)``: a class never gold nor predicted scores 0, as the upstream PubMedQA scorer)."""
+    g, p = np.asarray(gold, dtype=int), np.asarray(pred, dtype=int)
+    f1s = []
+    for c in range(n_classes):
+        tp = int(((p == c) & (g == c)).sum())
+        den = int((p == c).sum()) + int((g == c).sum())
+        f1s.append(2 * tp / den if den else 0.0)
+    return float(np.mean(f1s)) if f1s else math.nan
+
+
+def macro_f1_stat(n_classes: int) -> Callable[[np.ndarray], float]:
+    """Macro-F1 of items given as rows ``(gold, pred)``, for :func:`paired`."""
+    def stat(values: np.ndarray) -> float:
+        return macro_f1(values[:, 0], values[:, 1], n_classes)
+    return stat
+
+
 def sign_test(diffs: Sequence[float]) -> float | None:
     """Exact two-sided sign test of per-item differences (ties dropped); None without a non-tie."""
     d = np.asarray(diffs, dtype=float)

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from herd.core.errors import ConfigError, DataError
-from herd.core.paired import with_paired
+from herd.core.paired import macro_f1, macro_f1_stat, with_paired
+from herd.data.documents.pubmedqa import PUBMEDQA_INSTRUCTION, pubmedqa_prompt
+from herd.data.documents.pubmedqa import PUBMEDQA_LABELS as _LABELS
 from herd.evals.mcq import (
     MCQItem,
     bootstrap_ci,
@@ -44,10 +46,7 @@ MEDQA_INSTRUCTION = (
     "patient care, and modes of therapy. Show your ability to apply the knowledge essential for medical "
     "practice. For the following multiple-choice question, select one correct answer from A to E. Base your "
     "answer on the current and standard practices referenced in medical guidelines.")
-PUBMEDQA_INSTRUCTION = (
-    "As an expert doctor in clinical science and medical knowledge, can you tell me if the following statement "
-    "is correct? Answer yes, no, or maybe.")
-PUBMEDQA_LABELS = ["yes", "no", "maybe"]
+PUBMEDQA_LABELS = list(_LABELS)
 
 
 class MedicalMCQConfig(EvalConfig):
@@ -63,6 +62,21 @@ class MedicalMCQConfig(EvalConfig):
 
 class PubMedQAConfig(MedicalMCQConfig):
     data: str = "shared:pubmedqa"  # folder with ori_pqal.json and test_ground_truth.json
+    # "dev" scores the dev split of the non-test questions instead of the official test split: for choosing
+    # settings without touching test, which a final run scores once
+    split: Literal["test", "dev"] = "test"
+    dev_size: int = Field(default=100, ge=1)  # non-test questions held out as dev (the rest: train, demos)
+    split_seed: int = 42  # the same three as the pubmedqa reader's options, so dev never trains
+    # few_shot: Table 4's raw-model prompt ("… The answer is:" after k demos); chat: Table 5's fine-tuned
+    # models, zero-shot in the fine-tuning format (the recipe's template: system = instruction, user = item,
+    # the assistant turn opened), options scored as the first token of "yes"/"no"/"maybe"
+    prompt: Literal["few_shot", "chat"] = "few_shot"
+
+    @model_validator(mode="after")
+    def _chat_is_zero_shot(self):
+        if self.prompt == "chat" and self.shots:
+            raise ValueError("prompt: chat is the fine-tuned models' zero-shot format; set shots: 0")
+        return self
 
     def unavailable(self, recipe_dir: Path) -> str | None:
         from herd.core.paths import resolve_data_path
@@ -88,27 +102,25 @@ class MedQAConfig(MedicalMCQConfig):
 # Items
 
 
-def pubmedqa_items(path: str | Path) -> tuple[list[MCQItem], list[MCQItem]]:
-    """(official test items in test-file order, non-test PQA-L items for demos)."""
-    from herd.data.documents.pubmedqa import load_pqal, load_test_labels
+def pubmedqa_items(path: str | Path, *, dev_size: int = 100, split_seed: int = 42) -> dict[str, list[MCQItem]]:
+    """PQA-L items of each split (:func:`herd.data.documents.pubmedqa.pqal_splits`): ``test`` = the official
+    500 with labels from test_ground_truth.json (test-file order), ``dev`` and ``train`` = the non-test
+    questions (ori_pqal.json order; demos come from train, so a dev item is never its own demo)."""
+    from herd.data.documents.pubmedqa import load_pqal, load_test_labels, pqal_splits
 
     records, labels = load_pqal(path), load_test_labels(path)
-
-    def item(pmid: str, answer: str) -> MCQItem:
-        r = records[pmid]
-        prompt = "\n".join(r["CONTEXTS"]) + "\n" + r["QUESTION"]
-        return MCQItem(id=pmid, prompt=prompt, labels=list(PUBMEDQA_LABELS), answer=answer,
-                       meta={"year": r.get("YEAR")})
-
-    missing = [p for p in labels if p not in records]
-    if missing:
-        raise DataError(str(path), f"test PMIDs {missing[:5]} are not in ori_pqal.json")
     bad = {p: v for p, v in labels.items() if v not in PUBMEDQA_LABELS}
     if bad:
         raise DataError(str(path), f"test labels must be yes/no/maybe, got {dict(list(bad.items())[:3])}")
-    test = [item(p, v) for p, v in labels.items()]
-    pool = [item(p, r["final_decision"]) for p, r in records.items() if p not in labels]
-    return test, pool
+    parts = pqal_splits(path, dev_size=dev_size, seed=split_seed)
+
+    def item(pmid: str, answer: str) -> MCQItem:
+        r = records[pmid]
+        return MCQItem(id=pmid, prompt=pubmedqa_prompt(r), labels=list(PUBMEDQA_LABELS), answer=answer,
+                       meta={"year": r.get("YEAR")})
+
+    return {"test": [item(p, labels[p]) for p in parts["test"]],
+            **{k: [item(p, records[p]["final_decision"]) for p in parts[k]] for k in ("dev", "train")}}
 
 
 def medqa_items(path: str | Path) -> list[MCQItem]:
@@ -148,14 +160,23 @@ def medqa_items(path: str | Path) -> list[MCQItem]:
 
 
 def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, dataset: str, items: list[MCQItem],
-            demos_for: Callable[[MCQItem], list[MCQItem]], instruction: str, target: str = "label"
-            ) -> EvalOutput:
-    """Score ``items`` with parent and derived on identical prompts; accuracy, CIs, predictions files."""
-    prompts = [build_prompt(instruction, it, demos_for(it), target) for it in items]
-    conts = [continuations(it, target) for it in items]
+            demos_for: Callable[[MCQItem], list[MCQItem]], instruction: str, target: str = "label",
+            chat: bool = False, majority: str | None = None) -> EvalOutput:
+    """Score ``items`` with parent and derived on identical prompts; accuracy, CIs, predictions files.
+
+    ``chat``: the fine-tuned models' zero-shot prompt instead (:func:`chat_prompt`). ``majority`` (a label,
+    chosen without the scored items): also macro-F1 over the labels with its paired CI, and the scores of
+    always answering ``majority`` beside them, so that a gain is not read off the label prior alone."""
+    if chat:
+        prompts = [chat_prompt(ctx.template, ctx.tokenizer, instruction, it) for it in items]
+        conts = [[lab for lab in it.labels] for it in items]
+    else:
+        prompts = [build_prompt(instruction, it, demos_for(it), target) for it in items]
+        conts = [continuations(it, target) for it in items]
     gold = [it.labels.index(it.answer) for it in items]
+    n_labels = len(items[0].labels) if items else 0
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    res, files, summary = {}, [], {}
+    res, preds, files, summary = {}, {}, [], {}
     for role in ("parent", "derived"):
         ctx.log(f"{title}, {role} ({len(items)} items, {cfg.shots}-shot, {cfg.mode})")
         model = ctx.model(role)
@@ -171,7 +192,7 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
         finally:
             model.to(home)
         correct = [int(s.pred == g) for s, g in zip(scores, gold)]
-        res[role] = correct
+        res[role], preds[role] = correct, [s.pred for s in scores]
         path = ctx.out_dir / f"{key}-predictions-{role}.jsonl"
         with path.open("w", encoding="utf-8") as f:
             for it, s, c in zip(items, scores, correct):
@@ -186,17 +207,39 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
                          "ci95": bootstrap_ci(correct, n_boot=cfg.bootstrap, seed=cfg.seed), "correct": sum(correct),
                          "items": n, "top1_in_options": round(sum(s.top1_in_options for s in scores) / n, 4) if n else None,
                          "truncated": sum(s.truncated for s in scores)}
+        if majority is not None and n:
+            summary[role]["macro_f1"] = round(macro_f1(gold, preds[role], n_labels), 4)
+            summary[role]["predicted"] = {lab: preds[role].count(k) for k, lab in enumerate(items[0].labels)}
     diffs = [d - p for p, d in zip(res["parent"], res["derived"])]
     delta = round(sum(diffs) / len(diffs), 4) if diffs else None
     delta_ci = bootstrap_ci(diffs, n_boot=cfg.bootstrap, seed=cfg.seed)
-    demo_ids = sorted({d.id for it in items[:1] for d in demos_for(it)})
+    demo_ids = [] if chat else sorted({d.id for it in items[:1] for d in demos_for(it)})
+    base = None
+    if majority is not None and items:
+        k = items[0].labels.index(majority)
+        base = {"label": majority, "accuracy": round(sum(g == k for g in gold) / len(gold), 4),
+                "macro_f1": round(macro_f1(gold, [k] * len(gold), n_labels), 4)}
     extra = {key: {**summary, "delta": delta, "delta_ci95": delta_ci, "config": cfg.model_dump(),
-                   "target": target, "demo_ids": demo_ids, "example_prompt": prompts[0] if prompts else ""}}
+                   "target": target, "demo_ids": demo_ids, "example_prompt": prompts[0] if prompts else "",
+                   **({"majority_baseline": base} if base else {})}}
     p, d = summary["parent"], summary["derived"]
-    task = f"{title} ({cfg.shots}-shot, {cfg.mode})"
-    metrics = [with_paired({"task": task, "name": "accuracy", "dataset": dataset, "parent": p["accuracy"],
-                            "derived": d["accuracy"], "better": "higher"}, res["parent"], res["derived"],
-                           n_boot=cfg.bootstrap, seed=cfg.seed)]
+    protocol = f"{'0-shot, fine-tuning format' if chat else f'{cfg.shots}-shot'}, {cfg.mode}"
+    task = f"{title} ({protocol})"
+
+    def named(metric: str, key: str) -> str:  # with a baseline: which metric, and what always-majority scores
+        return f"{title} {metric} ({protocol}; always \"{base['label']}\": {base[key]})" if base else task
+
+    metrics = [with_paired({"task": named("accuracy", "accuracy"), "name": "accuracy", "dataset": dataset,
+                            "parent": p["accuracy"], "derived": d["accuracy"], "better": "higher",
+                            **({"majority_baseline": base["accuracy"]} if base else {})},
+                           res["parent"], res["derived"], n_boot=cfg.bootstrap, seed=cfg.seed)]
+    if base:
+        rows = {r: [[g, q] for g, q in zip(gold, preds[r])] for r in ("parent", "derived")}
+        metrics.append(with_paired({"task": named("macro-F1", "macro_f1"), "name": "macro_f1", "dataset": dataset,
+                                    "parent": p["macro_f1"], "derived": d["macro_f1"], "better": "higher",
+                                    "majority_baseline": base["macro_f1"]},
+                                   rows["parent"], rows["derived"], stat=macro_f1_stat(n_labels),
+                                   n_boot=cfg.bootstrap, seed=cfg.seed, per_item_diff=False))
 
     def ci(c):
         return f"[{c[0]:.3f}, {c[1]:.3f}]" if c else "–"
@@ -204,20 +247,39 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
     def pct(x):
         return "–" if x is None else f"{x:.1%}"
 
+    how = ("0-shot in the fine-tuning format (system: Meditron's instruction; user: the item; the assistant "
+           "turn opened)" if chat else
+           f"{cfg.shots}-shot (demos {', '.join(demo_ids) or 'none'}; seed {cfg.seed}), Meditron's instruction and "
+           "in-context format")
     md = [f"### {title}", "",
-          f"{dataset}; {cfg.shots}-shot (demos {', '.join(demo_ids) or 'none'}; seed {cfg.seed}), "
-          f"{cfg.mode} scoring{' over option texts' if target == 'text' else ''}, Meditron's instruction and "
-          "format. CIs: percentile bootstrap over items "
-          f"({cfg.bootstrap} resamples).", "",
-          "| model | accuracy | 95% CI | correct | next token is an option | truncated prompts |",
-          "|---|---:|---:|---:|---:|---:|"]
+          f"{dataset}; {how}, {cfg.mode} scoring{' over option texts' if target == 'text' else ''}. CIs: "
+          f"percentile bootstrap over items ({cfg.bootstrap} resamples).", "",
+          "| model | accuracy | 95% CI | correct | " + ("macro-F1 | predicted | " if base else "")
+          + "next token is an option | truncated prompts |",
+          "|---|---:|---:|---:|" + ("---:|---|" if base else "") + "---:|---:|"]
     for role in ("parent", "derived"):
         s = summary[role]
-        md.append(f"| {role} | {pct(s['accuracy'])} | {ci(s['ci95'])} | {s['correct']}/{s['items']} | "
+        f1 = (f"{s['macro_f1']:.3f} | " + ", ".join(f"{lab} {c}" for lab, c in s["predicted"].items()) + " | "
+              ) if base else ""
+        md.append(f"| {role} | {pct(s['accuracy'])} | {ci(s['ci95'])} | {s['correct']}/{s['items']} | {f1}"
                   f"{pct(s['top1_in_options'])} | {s['truncated']} |")
+    if base:
+        md.append(f"| always \"{base['label']}\" (majority class of the training questions) | {pct(base['accuracy'])} "
+                  f"| – | – | {base['macro_f1']:.3f} | – | – | – |")
     if delta is not None:
-        md += ["", f"Derived − parent: {delta:+.3f} (paired 95% CI {ci(delta_ci)})."]
+        md += ["", f"Derived − parent: accuracy {delta:+.3f} (paired 95% CI {ci(delta_ci)})"
+               + (f"; macro-F1 {metrics[1]['delta']:+.3f} (paired 95% CI {ci(metrics[1]['ci95'])})" if base else "")
+               + "."]
     return EvalOutput(metrics=metrics, extra=extra, markdown="\n".join(md) + "\n", files=files)
+
+
+def chat_prompt(template, tokenizer, instruction: str, item: MCQItem) -> str:
+    """Table 5's prompt for a fine-tuned model: the item as its fine-tuning records show it (system =
+    instruction, user = the item), rendered by the recipe's template up to the opened assistant turn."""
+    if template is None:
+        raise ConfigError("prompt: chat needs the recipe's template")
+    return template.prompt([{"role": "system", "content": instruction}, {"role": "user", "content": item.prompt}],
+                           tokenizer)
 
 
 def subset(items: list, n: int | None, seed: int) -> list:
@@ -238,16 +300,22 @@ def _recipe_dir(ctx: EvalContext) -> Path:
 
 @register_eval("pubmedqa", PubMedQAConfig)
 def run_pubmedqa(ctx: EvalContext, cfg: PubMedQAConfig) -> EvalOutput:
+    from collections import Counter
+
     from herd.core.paths import resolve_data_path
 
     path = resolve_data_path(cfg.data, _recipe_dir(ctx))
-    test, pool = pubmedqa_items(path)
-    items = subset(test, cfg.n, cfg.seed)
-    demos = pick_demos(pool, cfg.shots, cfg.seed)
+    parts = pubmedqa_items(path, dev_size=cfg.dev_size, split_seed=cfg.split_seed)
+    every = parts[cfg.split]
+    items = subset(every, cfg.n, cfg.seed)
+    demos = pick_demos(parts["train"], cfg.shots, cfg.seed)
+    majority = Counter(it.answer for it in parts["train"]).most_common(1)[0][0]  # never from the scored split
+    where = ("PubMedQA PQA-L official test split" if cfg.split == "test" else
+             f"PubMedQA PQA-L dev split ({cfg.dev_size} non-test questions, seed {cfg.split_seed})")
     return run_mcq(ctx, cfg, key="pubmedqa", title="PubMedQA", items=items, demos_for=lambda it: demos,
-                   dataset=f"PubMedQA PQA-L official test split ({len(items)} of {len(test)} items"
-                   + (f", seeded sample {cfg.seed})" if len(items) < len(test) else ")"),
-                   instruction=cfg.instruction or PUBMEDQA_INSTRUCTION)
+                   dataset=f"{where} ({len(items)} of {len(every)} items"
+                   + (f", seeded sample {cfg.seed})" if len(items) < len(every) else ")"),
+                   instruction=cfg.instruction or PUBMEDQA_INSTRUCTION, chat=cfg.prompt == "chat", majority=majority)
 
 
 @register_eval("medqa", MedQAConfig)

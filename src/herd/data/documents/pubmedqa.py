@@ -87,6 +87,39 @@ def load_test_labels(path: str | Path) -> dict[str, str]:
     return {str(k): v for k, v in labels.items()}
 
 
+# Meditron's PubMedQA instruction (recipes.md §4.4, Table 2 / evaluation/instructions.json), verbatim: the
+# fine-tuning data and the evaluation prompts share it
+PUBMEDQA_INSTRUCTION = (
+    "As an expert doctor in clinical science and medical knowledge, can you tell me if the following statement "
+    "is correct? Answer yes, no, or maybe.")
+PUBMEDQA_LABELS = ("yes", "no", "maybe")
+SPLITS = ("train", "dev", "test")
+
+
+def pubmedqa_prompt(record: Mapping) -> str:
+    """An item's body, upstream ``ClosedPubMedQA``: the abstract's contexts joined by newlines, then the question."""
+    return "\n".join(record["CONTEXTS"]) + "\n" + record["QUESTION"]
+
+
+def pqal_splits(path: str | Path, *, dev_size: int = 100, seed: int = 42) -> dict[str, list[str]]:
+    """PMIDs of each split: ``test`` = the official 500 (test-file order); ``dev`` = the ``dev_size``
+    non-test PMIDs of lowest ``sha256(seed, PMID)`` rank; ``train`` = the other non-test PMIDs. Dev and
+    train are in ori_pqal.json order; the three never overlap, and adding files elsewhere moves nothing."""
+    import hashlib
+
+    records, test = load_pqal(path), load_test_labels(path)
+    missing = [p for p in test if p not in records]
+    if missing:
+        raise DataError(str(path), f"test PMIDs {missing[:5]} are not in ori_pqal.json")
+    pool = [p for p in records if p not in test]
+    if not 0 <= dev_size < len(pool):
+        raise DataError(str(path), f"dev_size {dev_size} must leave training questions (have {len(pool)} non-test)",
+                        field="dev_size")
+    rank = sorted(pool, key=lambda p: hashlib.sha256(f"{seed}\x00{p}".encode()).hexdigest())
+    dev = set(rank[:dev_size])
+    return {"train": [p for p in pool if p not in dev], "dev": [p for p in pool if p in dev], "test": list(test)}
+
+
 def _header(label: str) -> str:
     label = " ".join(label.split())
     return label[:1].upper() + label[1:].lower() if label else "Abstract"
