@@ -7,6 +7,7 @@ import copy
 import inspect
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -61,14 +62,19 @@ def new_cache() -> DynamicCache:
     return cache
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Tokens ``a`` and ``b`` start with alike."""
+    a, b = np.asarray(a), np.asarray(b)
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     """Tokens every sequence starts with."""
     if not seqs:
         return 0
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        n = next((i for i in range(n) if s[i] != first[i]), n)
-    return n
+    return min([len(seqs[0])] + [common_prefix(seqs[0], s) for s in seqs[1:]])
 
 
 @torch.no_grad()
@@ -86,3 +92,22 @@ def repeated(cache: DynamicCache, n: int) -> DynamicCache:
     out = copy.deepcopy(cache)
     out.batch_select_indices(torch.zeros(n, dtype=torch.long, device=cache.layers[0].keys.device))
     return out
+
+
+def after_prefix(rows: Sequence[Sequence[int]], shared: int, prefix: DynamicCache | None, pad: int,
+                 device) -> dict:
+    """Forward arguments for ``rows`` whose first ``shared`` tokens are ``prefix``'s: the rest right-padded,
+    a mask over prefix and rest, positions after the prefix, and a copy of the prefix cache per row
+    (``prefix`` None: the rows whole, no cache kept)."""
+    width = max(len(r) for r in rows) - shared
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for k, r in enumerate(rows):
+        ids[k, : len(r) - shared] = torch.tensor(list(r[shared:]))
+        mask[k, shared: len(r)] = 1
+    kw: dict = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": prefix is not None}
+    if prefix is not None:
+        kw[CACHE_KW] = repeated(prefix, len(rows))
+        kw["position_ids"] = torch.arange(shared, shared + width, device=device)[None].expand(len(rows), -1)
+    return kw

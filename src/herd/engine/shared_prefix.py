@@ -27,6 +27,7 @@ import torch
 
 from herd.data.tokenize import Tokenized
 from herd.engine.cross_entropy import linear_cross_entropy
+from herd.engine.kv import common_prefix  # noqa: F401  (callers import it from here too)
 from herd.engine.training import (
     LoopConfig,
     LoopResult,
@@ -44,12 +45,6 @@ from herd.templates import IGNORE_INDEX
 class Group:
     members: tuple[int, ...]  # item indices
     prefix: int  # shared tokens computed once
-
-
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if len(diff) else n
 
 
 def first_target(it: Tokenized) -> int:

@@ -130,7 +130,7 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
     import torch
 
     from herd.core.progress import Progress
-    from herd.engine.kv import CACHE_KW, PREFIX_MIN, common_prefix_len, prefix_cache, repeated
+    from herd.engine.kv import PREFIX_MIN, after_prefix, common_prefix_len, prefix_cache
 
     if mode not in ("top_token", "loglik"):
         raise ValueError(f"mode must be top_token or loglik, got {mode!r}")
@@ -163,18 +163,7 @@ def score_items(model, tokenizer, prompts: Sequence[str], conts: Sequence[Sequen
         prefix = prefix_cache(decoder, rows[0][:shared]) if shared else None
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            width = max(len(rows[r]) for r in idx) - shared
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
-            mask[:, :shared] = 1
-            for k, r in enumerate(idx):
-                ids[k, : len(rows[r]) - shared] = torch.tensor(rows[r][shared:])
-                mask[k, shared: len(rows[r])] = 1
-            kw = {}
-            if prefix is not None:
-                kw = {CACHE_KW: repeated(prefix, len(idx)), "use_cache": True,
-                      "position_ids": torch.arange(shared, shared + width, device=device)[None].expand(len(idx), -1)}
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).last_hidden_state
+            hidden = decoder(**after_prefix([rows[r] for r in idx], shared, prefix, pad, device)).last_hidden_state
             for k, r in enumerate(idx):
                 i, j = owner[r]
                 n_ctx = len(encs[i].context) - shared  # positions in this pass start after the prefix

@@ -21,7 +21,7 @@ import torch
 
 from herd.core.errors import HerdError
 from herd.core.progress import Progress
-from herd.engine.kv import CACHE_KW, prefix_cache, repeated
+from herd.engine.kv import after_prefix, common_prefix_len, prefix_cache
 
 
 def verdict_token_ids(tokenizer) -> tuple[int, int]:
@@ -66,10 +66,7 @@ MIN_SHARED_PREFIX = 32  # tokens: below this, prompts are scored whole
 
 def _common_prefix(seqs: list[list[int]], limit: int) -> int:
     """Leading tokens every sequence shares, at most ``limit`` (so the answer position stays in the suffix)."""
-    from herd.engine.shared_prefix import common_prefix
-
-    first = np.asarray(seqs[0][:limit])
-    return min([len(first)] + [common_prefix(first, np.asarray(s[:limit])) for s in seqs[1:]])
+    return min(common_prefix_len(seqs), limit)
 
 
 def _precision_ctx(model):
@@ -121,19 +118,8 @@ def score_prompts(model, tokenizer, prompts: list[str], *, codes: CodeScoring | 
             n = max(1, min(n, 2 * batch_tokens // p))
         idx = order[i:i + n]
         i += n
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), p + width), dtype=torch.long)
-        mask[:, :p] = 1
-        for r, j in enumerate(idx):
-            ids[r, :len(seqs[j]) - p] = torch.tensor(seqs[j][p:])
-            mask[r, p:len(seqs[j])] = 1
-        kw = {}
-        if prefix is not None:
-            kw = {CACHE_KW: repeated(prefix, len(idx)), "use_cache": True,
-                  "position_ids": torch.arange(p, p + width, device=dev)[None].expand(len(idx), -1)}
         with amp:
-            hidden = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), **({"use_cache": False} | kw)
-                        ).last_hidden_state
+            hidden = lm(**after_prefix([seqs[j] for j in idx], p, prefix, pad, dev)).last_hidden_state
         for r, j in enumerate(idx):
             pos = list(range(starts[j] - p, len(seqs[j]) - p))  # first answer token, then each teacher-forced one
             logp = torch.log_softmax(model.lm_head(hidden[r, pos]).float(), dim=-1)
