@@ -25,6 +25,7 @@ from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
 _ACTIVE: list[PhaseLog] = []
+HWM_SLACK_MB = 16.0
 
 
 def _hwm_mb() -> float:
@@ -79,6 +80,7 @@ class PhaseLog:
     _hwm: float = 0.0
     _sampled: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> PhaseLog:
@@ -99,20 +101,28 @@ class PhaseLog:
         _ACTIVE.remove(self)
 
     def _sample(self) -> None:
+        # read and update under the lock: a sample read before a boundary must not land after
+        # _credit reset it (it would credit the last phase's peak to the next one)
         while not self._stop.wait(self.sample_every):
-            self._sampled = max(self._sampled, current_rss_mb())
+            with self._lock:
+                self._sampled = max(self._sampled, current_rss_mb())
 
     def _credit(self) -> None:
         """What was reached since the last boundary counts for every open phase: the new high-water mark
         if it rose (exact), else the sampled maximum; then sampling restarts from the current RSS."""
-        hwm = _hwm_mb()
-        now = current_rss_mb()
-        reached = max(self._sampled, now, hwm if hwm > self._hwm else 0.0)
-        self._hwm = max(self._hwm, hwm)
-        self.peak_rss_mb = max(self.peak_rss_mb, reached)
-        for row in self._open:
-            row.peak_rss_mb = max(row.peak_rss_mb, reached)
-        self._sampled = now
+        with self._lock:
+            hwm = _hwm_mb()
+            now = current_rss_mb()
+            # the kernel's RSS counters are per-CPU and fold in late, so VmHWM can creep up by a few pages
+            # after the phase that made the peak has ended: a rise under HWM_SLACK_MB is that lag, not a
+            # new peak of this phase (crediting it gave a 1-µs phase the previous phase's 1.8 GB)
+            rose = hwm > self._hwm + HWM_SLACK_MB
+            reached = max(self._sampled, now, hwm if rose else 0.0)
+            self._hwm = max(self._hwm, hwm)
+            self.peak_rss_mb = max(self.peak_rss_mb, reached)
+            for row in self._open:
+                row.peak_rss_mb = max(row.peak_rss_mb, reached)
+            self._sampled = now
 
     @contextmanager
     def phase(self, name: str) -> Iterator[PhaseRow]:
