@@ -19,13 +19,19 @@ def _loss_and_grads(model, batch):
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, tokenizer, alpaca_examples):
+def _need_compiler():
     if not should_compile("on", steps=1, world=1, gradient_checkpointing=False, device=torch.device("cpu"))[0]:
         pytest.skip("no C++ compiler for inductor")
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.0])
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, tokenizer, alpaca_examples, budget):
+    """Also with every activation recomputed in the backward (budget 0): the same numbers."""
+    _need_compiler()
     items, _ = tokenize_examples(alpaca_examples[:12], get_template("alpaca"), tokenizer, max_len=256)
     batch = make_batch(items, 256, tokenizer.pad_token_id)
     ref_loss, ref_grads = _loss_and_grads(tiny_model, batch)
-    with compiled_layers(tiny_model.model.layers, True):
+    with compiled_layers(tiny_model.model.layers, True, budget):
         assert all(layer._compiled_call_impl is not None for layer in tiny_model.model.layers)
         loss, grads = _loss_and_grads(tiny_model, batch)
     assert all(layer._compiled_call_impl is None for layer in tiny_model.model.layers)  # eager again
@@ -33,6 +39,37 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, tokenizer
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         assert torch.allclose(g, ref_grads[name], rtol=1e-3, atol=1e-5), name
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes of the tensors the decoder's forward keeps for its backward (each storage once; the
+    parameters and the LM head's loss are not counted)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def test_a_zero_activation_budget_keeps_only_the_layer_inputs(tiny_model, tokenizer, alpaca_examples):
+    """Budget 0 must actually recompute: the decoder's forward keeps a fraction of budget 1's activation
+    bytes, little more than one hidden state per layer (the layers' inputs) and the embedding's."""
+    _need_compiler()
+    items, _ = tokenize_examples(alpaca_examples[:12], get_template("alpaca"), tokenizer, max_len=256)
+    batch = make_batch(items, 256, tokenizer.pad_token_id)
+    kept = {}
+    for budget in (1.0, 0.0):
+        with compiled_layers(tiny_model.model.layers, True, budget):
+            kept[budget] = _saved_bytes(tiny_model, batch)
+    hidden = batch.input_ids.numel() * tiny_model.config.hidden_size * 4  # one fp32 hidden state
+    n_layers = tiny_model.config.num_hidden_layers
+    assert kept[0.0] < 0.25 * kept[1.0], kept
+    assert kept[0.0] <= 2 * (n_layers + 1) * hidden, kept
 
 
 def test_compile_auto_only_where_it_pays(monkeypatch):

@@ -67,6 +67,9 @@ class TrainStage(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decoder layers (engine/compiling.py)
+    # compiled layers keep this share of their activations and recompute the rest in the backward
+    # (0: activation checkpointing per layer; engine/compiling.py). Same numbers, less memory, more time
+    activation_budget: float = Field(default=1.0, ge=0, le=1)
     fsdp: bool = False
     checkpoint_every: int = Field(default=0, ge=0)
     seed: int = 42

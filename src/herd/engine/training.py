@@ -71,6 +71,7 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     progress: bool = True
     compile: str = "auto"  # auto | on | off: decoder layers through torch.compile (engine/compiling.py)
+    activation_budget: float = 1.0  # compiled layers: share of activations kept, the rest recomputed
 
 
 @dataclass
@@ -430,8 +431,15 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     trained = 0
     compile_on, why = should_compile(cfg.compile, steps=len(plan), world=world,
                                      gradient_checkpointing=cfg.gradient_checkpointing, device=dev)
+    budget = cfg.activation_budget
+    recompute_eager = budget < 1 and not compile_on and not cfg.gradient_checkpointing
+    if recompute_eager:
+        # eager layers cannot keep a share: recompute them all (transformers' per-layer checkpointing)
+        causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        why += f"; activation budget {budget:g} without compile: gradient checkpointing"
     if cfg.progress and rank == 0 and cfg.compile != "off":
-        print(f"[train] compile: {'on' if compile_on else 'off'} ({why})", flush=True)
+        kept = f", {budget:.0%} of the activations kept, the rest recomputed" if compile_on and budget < 1 else ""
+        print(f"[train] compile: {'on' if compile_on else 'off'} ({why}{kept})", flush=True)
 
     def step_fn(step: int) -> StepOut:
         nonlocal trained
@@ -442,8 +450,10 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
         return StepOut(loss=step_loss_val / max(1, n_trained),
                        fields={"tokens": step_tokens, "trained_tokens": n_trained}, tokens=step_tokens)
 
-    with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on):
+    with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on, budget):
         result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
+    if recompute_eager:
+        causal_lm(model).gradient_checkpointing_disable()
     result.trained_tokens = trained
     return result
 
