@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK = 1024  # labelled positions per chunk: 1024 x 49,152 fp32 logits = 200 MB at most
+CHUNK = 256  # labelled positions per chunk: 256 x 49,152 fp32 logits = 50 MB at most
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
