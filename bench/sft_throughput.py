@@ -16,6 +16,10 @@ projections and the LM head, forward and both backward products, in the training
 herd's model FLOPs utilisation against it: 6N FLOPs per token for full fine-tuning (N = the parameters
 that multiply: every linear layer and the LM head, not the embedding lookup), 4N + 6N_lora for LoRA
 (the frozen weights need no weight gradient). ``--method full`` also times full fine-tuning.
+
+``--budget 1,0`` runs each herd configuration once per activation budget (the share of a compiled
+layer's activations kept for the backward; 0 recomputes them all, engine/compiling.py) and prints each
+run's peak RSS beside its speed: the memory lever and its time cost, measured in one process.
 """
 
 from __future__ import annotations
@@ -49,8 +53,21 @@ def data(tok, n: int):
     return items
 
 
+def _reset_peak() -> None:
+    """Restart the kernel's peak-RSS counter (Linux); elsewhere the peaks are the process's so far."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: str = "lora",
-               compile_: str = "on") -> dict:
+               compile_: str = "on", budget: float = 1.0) -> dict:
+    from herd.core.phases import _hwm_mb, trim_heap
+
+    trim_heap()
+    _reset_peak()
     tok = load_tokenizer(ref)
     torch.manual_seed(0)
     model = load_model(ref)
@@ -58,7 +75,7 @@ def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: st
         model = apply_lora(model, LORA)
     cfg = LoopConfig(lr=2e-4 if method == "lora" else 2e-5, epochs=1, max_steps=steps + 2, global_batch=per_step,
                      micro_batch_rows=4, row_len=ROW, precision=precision, progress=False, warmup_ratio=0.0,
-                     compile=compile_)
+                     compile=compile_, activation_budget=budget)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -66,8 +83,8 @@ def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: st
     h = res.history[1:]  # the first step compiles (and, with it, the second shape of a short last micro-batch)
     toks = sum(x["tokens"] for x in h[1:])
     secs = h[-1]["elapsed"] - h[0]["elapsed"]
-    label = f"herd {method}, compile {compile_}"
-    return {"system": label, "steps": len(h) - 1, "method": method,
+    label = f"herd {method}, compile {compile_}" + (f", budget {budget:g}" if budget < 1 else "")
+    return {"system": label, "steps": len(h) - 1, "method": method, "peak_mb": _hwm_mb(),
             "useful_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs,
             "tokens_per_step": toks / (len(h) - 1), "final_loss": h[-1]["loss"],
             "flops_per_token": flops_per_token(model, method)}
@@ -172,6 +189,8 @@ def main() -> None:
                     help="herd's runs: LoRA (the TRL comparison), full fine-tuning, or both")
     ap.add_argument("--compile", choices=["on", "off", "both"], default="on",
                     help="herd with the decoder layers compiled, eager, or both (to measure the lever)")
+    ap.add_argument("--budget", default="",
+                    help="comma-separated activation budgets for herd's compiled runs (default: 1, keep all)")
     ap.add_argument("--no-trl", action="store_true", help="herd only (no TRL baseline, no ratio)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -186,16 +205,21 @@ def main() -> None:
     results = [] if args.no_trl else [bench_trl(ref, items, args.trl_steps, precision, args.trl_batch)]
     methods = ["lora", "full"] if args.method == "both" else [args.method]
     compiles = ["off", "on"] if args.compile == "both" else [args.compile]
+    budgets = [float(b) for b in args.budget.split(",") if b] or [1.0]
     for method in methods:
         for comp in compiles:
-            results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp))
+            for budget in (budgets if comp == "on" else [1.0]):
+                results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp,
+                                          budget))
     ceiling = matmul_ceiling(load_model(ref), amp)
     print(f"\nmatmul ceiling on the model's shapes ({precision}, 2048 rows, fwd + 2 bwd products): "
           f"{ceiling / 1e9:.0f} GFLOP/s")
-    print(f"\n{'system':<62} {'steps':>5} {'tok/step':>9} {'useful tok/s':>13} {'MFU':>6}")
+    print(f"\n{'system':<62} {'steps':>5} {'tok/step':>9} {'useful tok/s':>13} {'MFU':>6} {'peak RSS':>9}")
     for r in results:
         mfu = f"{r['tokens_per_s'] * r['flops_per_token'] / ceiling:.0%}" if "flops_per_token" in r else "-"
-        print(f"{r['system']:<62} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f} {mfu:>6}")
+        peak = f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "-"
+        print(f"{r['system']:<62} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f} {mfu:>6}"
+              f" {peak:>9}")
     if not args.no_trl:
         for r in results[1:]:
             if r["method"] == "lora":

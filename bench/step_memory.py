@@ -1,0 +1,81 @@
+"""Memory of one full fine-tuning step, phase by phase: after the forward, the backward, the optimizer.
+
+Loads SmolLM2, trains ``--rows`` random 512-token rows for ``--steps`` steps (the first compiles and
+creates AdamW's state) and prints RSS and the peak since the step began (the kernel's high-water mark,
+reset per step through /proc/self/clear_refs, so Linux only). The levers it measures: ``--budget``
+(the share of a compiled layer's activations kept for the backward, engine/compiling.py), ``--compile``,
+``--amp`` (bf16 autocast or fp32) and, from outside, the glibc tunables, e.g.
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``.
+
+    .venv/bin/python bench/step_memory.py --rows 4 --budget 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from herd.base import load_model, resolve_base  # noqa: E402
+from herd.core.phases import trim_heap  # noqa: E402
+from herd.engine.compiling import compiled_layers  # noqa: E402
+from herd.engine.training import MaskedLMLoss, adamw, param_groups  # noqa: E402
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak since the last reset) RSS in MB."""
+    s = open("/proc/self/status").read()
+    return (int(re.search(r"VmRSS:\s+(\d+)", s).group(1)) / 1024,
+            int(re.search(r"VmHWM:\s+(\d+)", s).group(1)) / 1024)
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=1.0)
+    ap.add_argument("--compile", type=int, default=1)
+    ap.add_argument("--amp", type=int, default=1, help="1: bf16 autocast, 0: fp32")
+    a = ap.parse_args()
+    from herd.core.machine import cpu_summary
+
+    print(cpu_summary())
+    model = load_model(resolve_base("smollm2"))
+    model.train()
+    loss_fn = MaskedLMLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = adamw(param_groups(params, 0.0), lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (a.rows, 512), generator=g)
+    pos = torch.arange(512).expand(a.rows, 512)
+    print(f"{a.rows} rows x 512, budget {a.budget:g}, compile {a.compile}, {'bf16' if a.amp else 'fp32'}")
+    print(f"{'step':>4} {'point':<10} {'RSS MB':>8} {'peak MB':>8}")
+    with compiled_layers(model.model.layers, bool(a.compile), a.budget):
+        for s in range(a.steps):
+            reset_peak()
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.amp)):
+                loss = loss_fn(ids, pos, ids)
+            print(f"{s:>4} {'forward':<10} {rss_mb()[0]:>8.0f} {rss_mb()[1]:>8.0f}")
+            loss.backward()
+            print(f"{s:>4} {'backward':<10} {rss_mb()[0]:>8.0f} {rss_mb()[1]:>8.0f}")
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            trim_heap()
+            print(f"{s:>4} {'optimizer':<10} {rss_mb()[0]:>8.0f} {rss_mb()[1]:>8.0f}   "
+                  f"({time.perf_counter() - t:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
