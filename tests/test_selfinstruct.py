@@ -32,7 +32,7 @@ from herd.data.builds.selfinstruct.prompt import (
     load_seeds,
     request_rng,
 )
-from herd.data.builds.selfinstruct.teachers import LocalTeacher, OpenAITeacher, RateLimiter
+from herd.data.builds.selfinstruct.teachers import LocalTeacher, OpenAITeacher, RateLimiter, Sampling
 
 from .conftest import ALPACA_DEMO, ALPACA_TINY, SHARED
 
@@ -276,6 +276,24 @@ def _check_state(out: Path, requests: int) -> dict:
     return st
 
 
+def test_the_engine_teacher_decodes_as_transformers_does():
+    """The local teacher on herd's engine (what derive and `herd generate` use) gives transformers'
+    greedy completions: same text at the stop string, same finish reasons, EOS banned as Alpaca did."""
+    from herd.engine.generation import generate_ids
+
+    hf = LocalTeacher("tiny", batch_size=2)
+    engine = LocalTeacher("tiny", batch_size=2, generate_ids=generate_ids)
+    engine.model = hf.model  # one set of random weights
+    prompts = ["Come up with a series of tasks:\n1. Instruction: Write a poem.\n2.",
+               "List three", "Instruction: Explain gravity to a child.\nOutput:"]
+    for stop in (("\n2",), ("e",), ()):
+        s = Sampling(max_tokens=20, temperature=0.0, top_p=1.0, stop=stop, ban_eos=True)
+        want, got = hf.complete(prompts, s), engine.complete(prompts, s)
+        assert [c.text for c in got] == [c.text for c in want], stop
+        assert [c.finish_reason for c in got] == [c.finish_reason for c in want], stop
+    assert any(c.finish_reason == "stop" for c in engine.complete(prompts, Sampling(20, 0.0, 1.0, ("e",))))
+
+
 def test_tiny_teacher_pipeline_counts_and_resumes(tmp_path):
     teacher = LocalTeacher("tiny", batch_size=2)
     cfg = dict(n=50, request_batch_size=2, max_tokens=48, seed=5)
@@ -331,7 +349,9 @@ def test_existing_file_without_state_is_adopted(tmp_path):
 def test_smollm2_teacher_writes_tasks_that_pass_the_filters(tmp_path):
     """A real instruction-tuned teacher (greedy, so the outcome does not rest on sampling): tasks are kept, written
     in Alpaca format, and a restart reloads them into the novelty pool."""
-    teacher = LocalTeacher("smollm2", batch_size=2)
+    from herd.engine.generation import generate_ids
+
+    teacher = LocalTeacher("smollm2", batch_size=2, generate_ids=generate_ids)  # as derive runs it
     out = tmp_path / "smollm2.jsonl"
     cfg = dict(n=50, request_batch_size=2, max_tokens=160, temperature=0.0)
     st = generate_self_instruct(GenerationSettings(**cfg, max_requests=2), teacher, out, progress=False)

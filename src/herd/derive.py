@@ -56,9 +56,11 @@ def _run_builds(recipe: Recipe, base_spec: str, workspace: Path, progress: bool)
             continue
         path = workspace / "builds" / f"{cfg.name}-{sha256_json(b)[:10]}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
+        from herd.engine.generation import generate_ids
+
         with phase("derive", f"data build {cfg.name} ({b['kind']})", enabled=progress):
             res = fn(cfg, path, BuildContext(recipe=recipe, base_spec=base_spec, workspace=workspace,
-                                             progress=progress))
+                                             progress=progress, generate_ids=generate_ids))
         out.append(DataSource(name=cfg.name, path=str(res.path), format=res.format))
     return out
 

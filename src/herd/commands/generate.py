@@ -14,6 +14,7 @@ def _cmd_self_instruct(args) -> int:
         generate_self_instruct,
     )
     from herd.data.builds.selfinstruct.teachers import make_teacher
+    from herd.engine.generation import generate_ids
 
     cfg = GenerationSettings(variant=args.variant, n=args.n, seeds=args.seeds, prompt_file=args.prompt_file,
                              seed=args.seed, request_batch_size=args.batch_size, max_tokens=args.max_tokens,
@@ -23,7 +24,7 @@ def _cmd_self_instruct(args) -> int:
     teacher = make_teacher(args.teacher, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
                            model=args.model, api=args.api, rate_limit=args.rate_limit, retries=args.retries,
                            timeout=args.timeout, concurrency=args.concurrency, logit_bias=bias,
-                           batch_size=args.batch_size or 5)
+                           batch_size=args.batch_size or 5, generate_ids=generate_ids)
     print(f"[self-instruct] teacher {teacher.name}, variant {cfg.variant}, target {cfg.n} tasks", file=sys.stderr)
     st = generate_self_instruct(cfg, teacher, args.out, progress=not args.no_progress)
     print(format_report(st, args.out))

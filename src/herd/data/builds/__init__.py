@@ -30,6 +30,9 @@ class BuildContext:
     base_spec: str  # the base of this derivation (a builder may use it, e.g. as a teacher)
     workspace: Path
     progress: bool = True
+    # the generation engine (herd.engine.generation.generate_ids), handed down by the pipeline: data may
+    # not import the engine, and a local teacher decodes through it when it is given
+    generate_ids: Callable | None = None
 
 
 @dataclass

@@ -41,7 +41,7 @@ def build_self_instruct(cfg: SelfInstructBuild, out_path: Path, ctx: BuildContex
     spec = cfg.teacher or ctx.base_spec
     teacher = make_teacher(spec, api_key=os.environ.get(cfg.api_key_env), model=cfg.model, api=cfg.api,
                            rate_limit=cfg.rate_limit, retries=cfg.retries,
-                           batch_size=cfg.request_batch_size or 5)
+                           batch_size=cfg.request_batch_size or 5, generate_ids=ctx.generate_ids)
     out = out_path.with_name(f"{out_path.stem}-{sha256_json(teacher.key)[:8]}.jsonl")
     settings = GenerationSettings.model_validate(cfg.model_dump(include=set(GenerationSettings.model_fields)))
     print(f"[build {cfg.name}] self-instruct with teacher {teacher.name} → {out}")

@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ class LocalTeacher:
 
     chat = False
 
-    def __init__(self, spec: str, *, batch_size: int = 8):
+    def __init__(self, spec: str, *, batch_size: int = 8, generate_ids: Callable | None = None):
         from herd.base import load_model, load_tokenizer, resolve_base
 
         ref = resolve_base(spec)
@@ -79,6 +80,7 @@ class LocalTeacher:
         self.model, self.tok = load_model(ref), load_tokenizer(ref)
         self.batch_size = batch_size
         self.context = int(getattr(self.model.config, "max_position_embeddings", 4096))
+        self.generate_ids = generate_ids  # herd's engine (batched KV cache, per-sequence stops), when given
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -94,6 +96,38 @@ class LocalTeacher:
         return sorted(set(eos) | ({eot} if known else set()))
 
     def complete(self, prompts: list[str], s: Sampling) -> list[Completion]:
+        if self.generate_ids is not None:
+            return self._complete_engine(prompts, s)
+        return self._complete_hf(prompts, s)
+
+    def _max_new(self, n_prompt: int, s: Sampling) -> int:
+        max_new = min(s.max_tokens, self.context - n_prompt)
+        if max_new < 1:
+            raise HerdError(f"teacher {self.name}: the prompt has {n_prompt} tokens, its context is "
+                            f"{self.context}; nothing left to generate")
+        return max_new
+
+    def _complete_engine(self, prompts: list[str], s: Sampling) -> list[Completion]:
+        """Through the engine: one request batch decodes together, each sequence stopping on its own;
+        sampling streams are seeded per prompt (``s.seed`` + index), as the endpoint teacher's."""
+        tok, eos = self.tok, self._eos_ids()
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        max_new = self._max_new(max(len(x) for x in ids), s)
+        stops = [x for x in s.stop if x]
+        samples = self.generate_ids(
+            self.model, ids, max_new_tokens=max_new, temperature=s.temperature, top_p=s.top_p, top_k=0,
+            stop_ids=[] if s.ban_eos else eos, stop_strings=stops, tokenizer=tok if stops else None,
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0], batch_size=self.batch_size,
+            seed=s.seed, suppress_ids=self._banned(eos) if s.ban_eos else (),
+            presence_penalty=s.presence_penalty)
+        out = []
+        for (sample,) in samples:
+            text = tok.decode(sample.ids, skip_special_tokens=True)
+            cut = _first_stop(text, s.stop)
+            out.append(Completion(text[:cut], "stop") if cut >= 0 else Completion(text, sample.finish))
+        return out
+
+    def _complete_hf(self, prompts: list[str], s: Sampling) -> list[Completion]:
         import torch
         from transformers import LogitsProcessorList
 
@@ -106,10 +140,7 @@ class LocalTeacher:
                 enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=False)
                 start = enc["input_ids"].shape[1]
-                max_new = min(s.max_tokens, self.context - start)
-                if max_new < 1:
-                    raise HerdError(f"teacher {self.name}: the prompt has {start} tokens, its context is "
-                                    f"{self.context}; nothing left to generate")
+                max_new = self._max_new(start, s)
                 kw = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
                           else eos[0], eos_token_id=eos or None)
                 if any(s.stop):
@@ -226,7 +257,9 @@ class OpenAITeacher:
 
 
 def make_teacher(spec: str, **kw) -> LocalTeacher | OpenAITeacher:
-    """A URL (``http(s)://…/v1``) is an endpoint; anything else is a base for ``resolve_base``."""
+    """A URL (``http(s)://…/v1``) is an endpoint; anything else is a base for ``resolve_base``, decoded
+    by ``generate_ids`` (the engine) when given, else by transformers' ``generate``."""
+    generate_ids = kw.pop("generate_ids", None)
     if is_url(spec):
         return OpenAITeacher(spec, **kw)
-    return LocalTeacher(spec, **{k: v for k, v in kw.items() if k == "batch_size"})
+    return LocalTeacher(spec, batch_size=kw.get("batch_size", 8), generate_ids=generate_ids)
