@@ -53,21 +53,12 @@ def data(tok, n: int):
     return items
 
 
-def _reset_peak() -> None:
-    """Restart the kernel's peak-RSS counter (Linux); elsewhere the peaks are the process's so far."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
 def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: str = "lora",
                compile_: str = "on", budget: float = 1.0) -> dict:
-    from herd.core.phases import _hwm_mb, trim_heap
+    from herd.core.phases import process_peak_mb, reset_peak_rss, trim_heap
 
     trim_heap()
-    _reset_peak()
+    reset_peak_rss()
     tok = load_tokenizer(ref)
     torch.manual_seed(0)
     model = load_model(ref)
@@ -84,7 +75,7 @@ def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: st
     toks = sum(x["tokens"] for x in h[1:])
     secs = h[-1]["elapsed"] - h[0]["elapsed"]
     label = f"herd {method}, compile {compile_}" + (f", budget {budget:g}" if budget < 1 else "")
-    return {"system": label, "steps": len(h) - 1, "method": method, "peak_mb": _hwm_mb(),
+    return {"system": label, "steps": len(h) - 1, "method": method, "peak_mb": process_peak_mb(),
             "useful_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs,
             "tokens_per_step": toks / (len(h) - 1), "final_loss": h[-1]["loss"],
             "flops_per_token": flops_per_token(model, method)}

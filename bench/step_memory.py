@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,21 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from herd.base import load_model, resolve_base  # noqa: E402
-from herd.core.phases import trim_heap  # noqa: E402
+from herd.core.phases import current_rss_mb, process_peak_mb, reset_peak_rss, trim_heap  # noqa: E402
 from herd.engine.compiling import compiled_layers  # noqa: E402
 from herd.engine.training import MaskedLMLoss, adamw, param_groups  # noqa: E402
 
 
-def rss_mb() -> tuple[float, float]:
-    """(current, peak since the last reset) RSS in MB."""
-    s = open("/proc/self/status").read()
-    return (int(re.search(r"VmRSS:\s+(\d+)", s).group(1)) / 1024,
-            int(re.search(r"VmHWM:\s+(\d+)", s).group(1)) / 1024)
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+def _row(step: int, point: str, extra: str = "") -> str:
+    return f"{step:>4} {point:<10} {current_rss_mb():>8.0f} {process_peak_mb():>8.0f}{extra}"
 
 
 def main() -> None:
@@ -62,19 +53,18 @@ def main() -> None:
     print(f"{'step':>4} {'point':<10} {'RSS MB':>8} {'peak MB':>8}")
     with compiled_layers(model.model.layers, bool(a.compile), a.budget):
         for s in range(a.steps):
-            reset_peak()
+            reset_peak_rss()
             t = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.amp)):
                 loss = loss_fn(ids, pos, ids)
-            print(f"{s:>4} {'forward':<10} {rss_mb()[0]:>8.0f} {rss_mb()[1]:>8.0f}")
+            print(_row(s, "forward"))
             loss.backward()
-            print(f"{s:>4} {'backward':<10} {rss_mb()[0]:>8.0f} {rss_mb()[1]:>8.0f}")
+            print(_row(s, "backward"))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             trim_heap()
-            print(f"{s:>4} {'optimizer':<10} {rss_mb()[0]:>8.0f} {rss_mb()[1]:>8.0f}   "
-                  f"({time.perf_counter() - t:.1f} s)")
+            print(_row(s, "optimizer", f"   ({time.perf_counter() - t:.1f} s)"))
 
 
 if __name__ == "__main__":

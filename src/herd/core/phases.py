@@ -28,7 +28,7 @@ _ACTIVE: list[PhaseLog] = []
 HWM_SLACK_MB = 16.0
 
 
-def _hwm_mb() -> float:
+def process_peak_mb() -> float:
     """The process's peak RSS so far, in MB (ru_maxrss where /proc is missing)."""
     try:
         m = re.search(r"VmHWM:\s+(\d+)\s*kB", _STATUS.read_text())
@@ -38,6 +38,17 @@ def _hwm_mb() -> float:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark from the current RSS (Linux; elsewhere a no-op), so that
+    :func:`process_peak_mb` measures from here: benches use it per run or per step. Never called inside
+    a :class:`PhaseLog`, whose contract is that the kernel's peak stays the whole process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def current_rss_mb() -> float:
@@ -84,7 +95,7 @@ class PhaseLog:
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> PhaseLog:
-        self._hwm = _hwm_mb()
+        self._hwm = process_peak_mb()
         self._sampled = current_rss_mb()
         self.peak_rss_mb = self._sampled
         self._stop.clear()
@@ -111,7 +122,7 @@ class PhaseLog:
         """What was reached since the last boundary counts for every open phase: the new high-water mark
         if it rose (exact), else the sampled maximum; then sampling restarts from the current RSS."""
         with self._lock:
-            hwm = _hwm_mb()
+            hwm = process_peak_mb()
             now = current_rss_mb()
             # the kernel's RSS counters are per-CPU and fold in late, so VmHWM can creep up by a few pages
             # after the phase that made the peak has ended: a rise under HWM_SLACK_MB is that lag, not a

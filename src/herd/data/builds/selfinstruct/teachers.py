@@ -100,6 +100,9 @@ class LocalTeacher:
             return self._complete_engine(prompts, s)
         return self._complete_hf(prompts, s)
 
+    def _pad_id(self, eos: list[int]) -> int:
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else eos[0]
+
     def _max_new(self, n_prompt: int, s: Sampling) -> int:
         max_new = min(s.max_tokens, self.context - n_prompt)
         if max_new < 1:
@@ -117,7 +120,7 @@ class LocalTeacher:
         samples = self.generate_ids(
             self.model, ids, max_new_tokens=max_new, temperature=s.temperature, top_p=s.top_p, top_k=0,
             stop_ids=[] if s.ban_eos else eos, stop_strings=stops, tokenizer=tok if stops else None,
-            pad_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0], batch_size=self.batch_size,
+            pad_id=self._pad_id(eos), batch_size=self.batch_size,
             seed=s.seed, suppress_ids=self._banned(eos) if s.ban_eos else (),
             presence_penalty=s.presence_penalty)
         out = []
@@ -141,8 +144,7 @@ class LocalTeacher:
                           add_special_tokens=False)
                 start = enc["input_ids"].shape[1]
                 max_new = self._max_new(start, s)
-                kw = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
-                          else eos[0], eos_token_id=eos or None)
+                kw = dict(max_new_tokens=max_new, pad_token_id=self._pad_id(eos), eos_token_id=eos or None)
                 if any(s.stop):
                     kw.update(stop_strings=[x for x in s.stop if x], tokenizer=tok)
                 if s.temperature > 0:
