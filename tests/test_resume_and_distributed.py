@@ -46,10 +46,12 @@ def _final(out: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_kill_and_resume_gives_identical_run(tmp_path, method):
-    """LoRA: dropout makes the RNG state matter; full: tied embedding/LM-head weights must survive."""
-    recipe = _recipe(tmp_path, method)
+@pytest.mark.parametrize("method,stage", [("lora", {}), ("full", {}), ("full", {"optimizer_state": "bf16"})],
+                         ids=["lora", "full", "full-bf16-moments"])
+def test_kill_and_resume_gives_identical_run(tmp_path, method, stage):
+    """LoRA: dropout makes the RNG state matter; full: tied embedding/LM-head weights must survive; bf16
+    moments: their stochastic rounding must draw the same noise after the resume."""
+    recipe = _recipe(tmp_path, method, **stage)
     base = ["derive", str(recipe), "--base", "tiny", "--profile", "test"]
     _run(base + ["--out", str(tmp_path / "straight")])
     killed = _run(base + ["--out", str(tmp_path / "killed")], {"HERD_TEST_KILL_AFTER_STEP": "4"}, check=False)

@@ -32,7 +32,8 @@ def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:
                       grad_clip=cfg.grad_clip,
                       seed=cfg.seed, precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
                       fsdp=cfg.fsdp, gradient_checkpointing=cfg.gradient_checkpointing, progress=progress,
-                      compile=cfg.compile, activation_budget=cfg.activation_budget)
+                      compile=cfg.compile, activation_budget=cfg.activation_budget,
+                      optimizer_state=cfg.optimizer_state)
 
 def parent_record(parent: BaseRef) -> dict:
     """The lineage's ``parent``: the base's description without its local path, plus its lineage id."""
