@@ -20,6 +20,7 @@ that multiply: every linear layer and the LM head, not the embedding lookup), 4N
 ``--budget 1,0`` runs each herd configuration once per activation budget (the share of a compiled
 layer's activations kept for the backward; 0 recomputes them all, engine/compiling.py) and prints each
 run's peak RSS beside its speed: the memory lever and its time cost, measured in one process.
+``--state fp32,bf16`` does the same for AdamW's moments (bf16: stochastic rounding, engine/optimizers.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def data(tok, n: int):
 
 
 def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: str = "lora",
-               compile_: str = "on", budget: float = 1.0) -> dict:
+               compile_: str = "on", budget: float = 1.0, state: str = "fp32") -> dict:
     from herd.core.phases import process_peak_mb, reset_peak_rss, trim_heap
 
     trim_heap()
@@ -66,7 +67,7 @@ def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: st
         model = apply_lora(model, LORA)
     cfg = LoopConfig(lr=2e-4 if method == "lora" else 2e-5, epochs=1, max_steps=steps + 2, global_batch=per_step,
                      micro_batch_rows=4, row_len=ROW, precision=precision, progress=False, warmup_ratio=0.0,
-                     compile=compile_, activation_budget=budget)
+                     compile=compile_, activation_budget=budget, optimizer_state=state)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -74,7 +75,8 @@ def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: st
     h = res.history[1:]  # the first step compiles (and, with it, the second shape of a short last micro-batch)
     toks = sum(x["tokens"] for x in h[1:])
     secs = h[-1]["elapsed"] - h[0]["elapsed"]
-    label = f"herd {method}, compile {compile_}" + (f", budget {budget:g}" if budget < 1 else "")
+    label = (f"herd {method}, compile {compile_}" + (f", budget {budget:g}" if budget < 1 else "")
+             + (f", {state} moments" if state != "fp32" else ""))
     return {"system": label, "steps": len(h) - 1, "method": method, "peak_mb": process_peak_mb(),
             "useful_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs,
             "tokens_per_step": toks / (len(h) - 1), "final_loss": h[-1]["loss"],
@@ -182,6 +184,8 @@ def main() -> None:
                     help="herd with the decoder layers compiled, eager, or both (to measure the lever)")
     ap.add_argument("--budget", default="",
                     help="comma-separated activation budgets for herd's compiled runs (default: 1, keep all)")
+    ap.add_argument("--state", default="fp32",
+                    help="comma-separated AdamW moment dtypes for herd's runs (fp32, bf16)")
     ap.add_argument("--no-trl", action="store_true", help="herd only (no TRL baseline, no ratio)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -200,8 +204,9 @@ def main() -> None:
     for method in methods:
         for comp in compiles:
             for budget in (budgets if comp == "on" else [1.0]):
-                results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp,
-                                          budget))
+                for state in args.state.split(","):
+                    results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp,
+                                              budget, state))
     ceiling = matmul_ceiling(load_model(ref), amp)
     print(f"\nmatmul ceiling on the model's shapes ({precision}, 2048 rows, fwd + 2 bwd products): "
           f"{ceiling / 1e9:.0f} GFLOP/s")

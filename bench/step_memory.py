@@ -4,7 +4,7 @@ Loads SmolLM2, trains ``--rows`` random 512-token rows for ``--steps`` steps (th
 creates AdamW's state) and prints RSS and the peak since the step began (the kernel's high-water mark,
 reset per step through /proc/self/clear_refs, so Linux only). The levers it measures: ``--budget``
 (the share of a compiled layer's activations kept for the backward, engine/compiling.py), ``--compile``,
-``--amp`` (bf16 autocast or fp32) and, from outside, the glibc tunables, e.g.
+``--amp`` (bf16 autocast or fp32), ``--state`` (AdamW's moments in fp32 or bf16) and, from outside, the glibc tunables, e.g.
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``.
 
     .venv/bin/python bench/step_memory.py --rows 4 --budget 0
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1.0)
     ap.add_argument("--compile", type=int, default=1)
     ap.add_argument("--amp", type=int, default=1, help="1: bf16 autocast, 0: fp32")
+    ap.add_argument("--state", default="fp32", choices=["fp32", "bf16"], help="AdamW's moments")
     a = ap.parse_args()
     from herd.core.machine import cpu_summary
 
@@ -45,7 +46,7 @@ def main() -> None:
     model.train()
     loss_fn = MaskedLMLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(param_groups(params, 0.0), lr=1e-5)
+    opt = adamw(param_groups(params, 0.0), lr=1e-5, state=a.state)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (a.rows, 512), generator=g)
     pos = torch.arange(512).expand(a.rows, 512)
