@@ -20,7 +20,8 @@ QUESTIONS = [{"question_id": 1, "category": "writing", "turns": ["Write a haiku 
              {"question_id": 2, "category": "math", "turns": ["What is 2 + 3?"]}]
 
 
-SMALL_EVAL = {"max_train_records": 16, "eval_size": 8, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}}}
+SMALL_EVAL = {"max_train_records": 16, "eval_size": 8, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
+                                                                   "mtbench_pairwise": {"enabled": False}}}
 
 
 def _recipe(tmp_path, name: str, **top) -> str:
@@ -180,6 +181,7 @@ def test_dolly_end_to_end_from_a_user_file(tmp_path):
     data = dolly_file(tmp_path / "dolly.jsonl")
     raw = yaml.safe_load((repo_root() / "recipes" / "dolly.yaml").read_text())
     raw["profiles"]["tiny"]["evals"]["side_by_side"] = SMALL_EVAL["evals"]["side_by_side"]  # fewer, shorter answers
+    raw["profiles"]["tiny"]["evals"]["mtbench_pairwise"] = {"enabled": False}  # 80 questions: not the subject here
     recipe = tmp_path / "dolly.yaml"
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--max-steps", "2",

@@ -23,7 +23,7 @@ def derived(tmp_path_factory):
     raw["profiles"]["test"] = {"max_train_records": 24, "eval_size": 6,
                                "stages": {"sft": {"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 256,
                                                   "precision": "fp32"}},
-                               "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}}}
+                               "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}, "mtbench_pairwise": {"enabled": False}}}
     recipe = tmp / "alpaca.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     res = derive(str(recipe), base="tiny", profile="test", out=tmp / "ws", progress=False)

@@ -72,7 +72,7 @@ def test_derive_records_phases_in_lineage(tmp_path):
     raw["profiles"]["test"] = {"max_train_records": 8, "eval_size": 4,
                                "stages": {"sft": {"epochs": 1, "global_batch": 8, "max_len": 256,
                                                   "precision": "fp32"}},
-                               "evals": {"side_by_side": {"enabled": False}}}
+                               "evals": {"side_by_side": {"enabled": False}, "mtbench_pairwise": {"enabled": False}}}
     recipe = tmp_path / "alpaca.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     res = derive(str(recipe), base="tiny", profile="test", out=tmp_path / "ws", progress=False)

@@ -273,7 +273,7 @@ def test_derive_reports_phases_training_and_eval_loops(tmp_path, capfd, every_up
     raw["profiles"]["test"] = {"max_train_records": 12, "eval_size": 4,
                                "stages": {"sft": {"epochs": 1, "global_batch": 4, "max_len": 128,
                                                   "precision": "fp32"}},
-                               "evals": {"side_by_side": {"n": 2, "max_new_tokens": 4}}}
+                               "evals": {"side_by_side": {"n": 2, "max_new_tokens": 4}, "mtbench_pairwise": {"enabled": False}}}
     recipe = tmp_path / "alpaca.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     data = tmp_path / "data.json"

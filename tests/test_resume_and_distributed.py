@@ -25,7 +25,7 @@ def _recipe(tmp_path: Path, method: str, **stage) -> Path:
         "max_train_records": 40, "eval_size": 8,
         "stages": {"sft": {"method": method, "epochs": 1, "global_batch": 4, "micro_batch_rows": 1,
                            "lr": 1e-3, "checkpoint_every": 2, "precision": "fp32", "max_len": 256, **stage}},
-        "evals": {"side_by_side": {"enabled": False}}}}
+        "evals": {"side_by_side": {"enabled": False}, "mtbench_pairwise": {"enabled": False}}}}
     p = tmp_path / f"alpaca-{method}.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p

@@ -15,7 +15,7 @@ def tiny_alpaca_recipe(folder: Path, **extra) -> Path:
     raw["profiles"]["test"] = {"max_train_records": 24, "eval_size": 6,
                                "stages": {"sft": {"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 256,
                                                   "precision": "fp32", "compile": "off"}},
-                               "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}}}
+                               "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}, "mtbench_pairwise": {"enabled": False}}}
     raw.update(extra)
     path = folder / "alpaca-test.yaml"
     folder.mkdir(parents=True, exist_ok=True)
