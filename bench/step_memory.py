@@ -4,8 +4,8 @@ Loads SmolLM2, trains ``--rows`` random 512-token rows for ``--steps`` steps (th
 creates AdamW's state) and prints RSS and the peak since the step began (the kernel's high-water mark,
 reset per step through /proc/self/clear_refs, so Linux only). The levers it measures: ``--budget``
 (the share of a compiled layer's activations kept for the backward, engine/compiling.py), ``--compile``,
-``--amp`` (bf16 autocast or fp32), ``--state`` (AdamW's moments in fp32 or bf16) and, from outside, the glibc tunables, e.g.
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``.
+``--amp`` (bf16 autocast or fp32), ``--state`` (AdamW's moments in fp32 or bf16) and, from outside,
+the glibc tunables, e.g. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``.
 
     .venv/bin/python bench/step_memory.py --rows 4 --budget 0
 """

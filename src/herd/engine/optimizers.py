@@ -45,6 +45,7 @@ class AdamWBf16Moments(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         c = 0  # chunks so far this step: each reads its own window of the step's noise
+        noise_at: dict[int, torch.Tensor] = {}  # drawn once per step, dropped when the step ends
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -60,7 +61,9 @@ class AdamWBf16Moments(torch.optim.Optimizer):
                 t = int(st["step"].item())
                 step_size = lr / (1 - b1 ** t)
                 root_bc2 = math.sqrt(1 - b2 ** t)
-                noise = self._noise(t, p.device)
+                noise = noise_at.get(t)
+                if noise is None:
+                    noise = noise_at[t] = self._noise(t, p.device)
                 if wd:
                     p.mul_(1 - lr * wd)
                 flat_p, flat_g = p.view(-1), p.grad.reshape(-1)
@@ -89,9 +92,5 @@ class AdamWBf16Moments(torch.optim.Optimizer):
     def _noise(self, t: int, device: torch.device) -> torch.Tensor:
         """Two rows of 16-bit uniform integers for step ``t``, twice a chunk long; each chunk reads its own
         window of them. Drawing fresh values for all 135M parameters per moment per step cost ~1 s."""
-        cache = getattr(self, "_noise_cache", None)
-        if cache is None or cache[0] != t or cache[1].device != device:
-            g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + t)
-            cache = (t, torch.randint(0, 1 << 16, (2, 2 * self._noise_len), dtype=torch.int32, generator=g, device=device))
-            self._noise_cache = cache
-        return cache[1]
+        g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + t)
+        return torch.randint(0, 1 << 16, (2, 2 * self._noise_len), dtype=torch.int32, generator=g, device=device)
