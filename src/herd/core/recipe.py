@@ -48,7 +48,8 @@ class TrainStage(_Strict):
 
     name: str
     kind: str
-    method: Literal["full", "lora"] = "full"
+    # qlora: the frozen base in 4-bit NF4 (bitsandbytes, double quantisation) under the LoRA adapter
+    method: Literal["full", "lora", "qlora"] = "full"
     lora: LoraSpec = LoraSpec()
     lr: float = Field(default=2e-5, gt=0)
     epochs: float = Field(default=3.0, gt=0)
@@ -71,16 +72,22 @@ class TrainStage(_Strict):
     # (0: activation checkpointing per layer; engine/compiling.py). Same numbers, less memory, more time
     activation_budget: float = Field(default=1.0, ge=0, le=1)
     # AdamW's two moments in fp32 or bf16 (stochastic rounding, engine/optimizers.py): bf16 saves 4 bytes
-    # per trained parameter (0.54 GB on SmolLM2 full fine-tuning); not with fsdp
-    optimizer_state: Literal["fp32", "bf16"] = "fp32"
+    # per trained parameter (0.54 GB on SmolLM2 full fine-tuning); 8bit: bitsandbytes' blockwise 8-bit
+    # AdamW (6 bytes less); neither with fsdp
+    optimizer_state: Literal["fp32", "bf16", "8bit"] = "fp32"
+    # the attention kernel for packed rows (engine/attention.py): auto = flash-attn, else flex, on CUDA; SDPA on CPU
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = "auto"
     fsdp: bool = False
     checkpoint_every: int = Field(default=0, ge=0)
     seed: int = 42
 
     @model_validator(mode="after")
     def _bf16_state_unsharded(self):
-        if self.optimizer_state == "bf16" and self.fsdp:
-            raise ValueError("optimizer_state bf16 does not support fsdp (sharded parameters); use fp32")
+        if self.optimizer_state != "fp32" and self.fsdp:
+            raise ValueError(f"optimizer_state {self.optimizer_state} does not support fsdp (sharded parameters); "
+                             "use fp32")
+        if self.method == "qlora" and self.fsdp:
+            raise ValueError("method qlora does not support fsdp here (4-bit weights are not sharded); use DDP")
         return self
 
 

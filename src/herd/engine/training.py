@@ -146,15 +146,34 @@ class MaskedLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.chunked = chunked  # the LM head + loss in chunks (engine/cross_entropy.py); False: the plain path
+        self.fused = fused_loss_kernel() if chunked else None  # Liger's Triton kernel on CUDA when installed
 
     def forward(self, input_ids, position_ids, labels) -> torch.Tensor:
         lm = causal_lm(self.model)
         hidden = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         sel = labels != IGNORE_INDEX
         if self.chunked and type(lm.lm_head) is nn.Linear and lm.lm_head.bias is None:
+            if self.fused is not None and hidden.is_cuda:
+                return self.fused(lm.lm_head.weight, hidden[sel], labels[sel])
             return linear_cross_entropy(hidden[sel], lm.lm_head.weight, labels[sel])
         logits = lm.lm_head(hidden[sel])
         return nn.functional.cross_entropy(logits.float(), labels[sel], reduction="sum")
+
+
+def fused_loss_kernel():
+    """Liger-Kernel's fused linear cross-entropy (sum over positions) when it is installed and a GPU is
+    there; None otherwise: herd's chunked version (engine/cross_entropy.py) computes the same loss."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+
+def loss_kernel_name() -> str:
+    return "liger fused linear cross-entropy" if fused_loss_kernel() is not None else "herd chunked linear cross-entropy"
 
 
 # -- the plan: which examples form each optimizer step ---------------------------------------------
@@ -305,6 +324,12 @@ def adamw(groups: list[dict], *, state: str = "fp32", seed: int = 0, **kw) -> to
 
     params = [p for g in groups for p in g["params"]]
     sharded = any(isinstance(p, DTensor) for p in params)
+    if state == "8bit":
+        if sharded:
+            raise ValueError("optimizer_state 8bit does not support FSDP-sharded parameters; use fp32")
+        from herd.engine.quantized import adamw_8bit
+
+        return adamw_8bit(groups, **kw)
     if state == "bf16":
         if sharded:
             raise ValueError("optimizer_state bf16 does not support FSDP-sharded parameters; use fp32")
@@ -431,7 +456,10 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
     rank, world = dist_env()
     dev = device()
     torch.manual_seed(cfg.seed)
-    model.to(dev)
+    from herd.engine.quantized import is_quantized
+
+    if not is_quantized(model):  # a 4-bit model was placed when it loaded (and cannot be moved)
+        model.to(dev)
     model.train()
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -17,23 +17,11 @@ from herd.artifacts import (
     write_lineage,
 )
 from herd.base import BaseRef, load_model
-from herd.core.recipe import TrainStage
+from herd.engine.loading import add_adapter, load_for_training, loop_config, merge_into_full_precision  # noqa: F401
 from herd.engine.lora import apply_lora
-from herd.engine.training import LoopConfig, dist_env, full_state_dict, save_loss_png
+from herd.engine.training import dist_env, full_state_dict, save_loss_png
 from herd.templates import Template
 
-
-def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:
-    """The engine's loop settings from a stage's (field names differ: ``max_len`` is ``row_len``)."""
-    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
-                      micro_batch_rows=cfg.micro_batch_rows, row_len=cfg.max_len, pack=cfg.pack,
-                      warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio,
-                      weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                      grad_clip=cfg.grad_clip,
-                      seed=cfg.seed, precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
-                      fsdp=cfg.fsdp, gradient_checkpointing=cfg.gradient_checkpointing, progress=progress,
-                      compile=cfg.compile, activation_budget=cfg.activation_budget,
-                      optimizer_state=cfg.optimizer_state)
 
 def parent_record(parent: BaseRef) -> dict:
     """The lineage's ``parent``: the base's description without its local path, plus its lineage id."""
@@ -69,11 +57,15 @@ def publish_stage(cfg, model, tok, template: Template, parent: BaseRef, result, 
 
     with record("save artifact"):
         rank, world = dist_env()
-        state = full_state_dict(model) if world > 1 else None  # a collective: every rank takes part
+        gather = world > 1 and cfg.method != "qlora"  # qlora never shards (DDP): rank 0 holds the adapter
+        state = full_state_dict(model) if gather else None  # a collective: every rank takes part
         if rank != 0:
             return
         tmp = staging_dir(out)
-        if world > 1:  # the trained model is sharded/wrapped: rebuild a plain one from the gathered state
+        if cfg.method == "qlora":
+            model.save_pretrained(tmp / "adapter")
+            model = merge_into_full_precision(model, parent, cfg, prepare_plain)
+        elif world > 1:  # the trained model is sharded/wrapped: rebuild a plain one from the gathered state
             model = load_model(parent)
             if prepare_plain is not None:
                 prepare_plain(model)

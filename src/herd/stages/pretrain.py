@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from herd.base import BaseRef, load_model, load_tokenizer
+from herd.base import BaseRef, load_tokenizer
 from herd.core.errors import ConfigError, HerdError
 from herd.core.hashing import sha256_json
 from herd.core.paths import resolve_data_path
@@ -31,10 +31,9 @@ from herd.core.recipe import DocSource, PretrainStage
 from herd.core.registry import STAGE_CHECKS, STAGES
 from herd.data.documents import CorpusReport, check_source, resolve_code_root, stream_source
 from herd.data.tokenize import Tokenized
-from herd.engine.lora import apply_lora
-from herd.engine.training import dist_env, train
+from herd.engine.training import dist_env, loss_kernel_name, train
 from herd.stages import StageContext
-from herd.stages.common import loop_config, publish_stage
+from herd.stages.common import add_adapter, load_for_training, loop_config, publish_stage
 from herd.templates import Template
 
 
@@ -267,18 +266,15 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
             drops = ", ".join(f"{n} {why}" for why, n in sorted(r["dropped"].items())) or "none"
             print(f"[{cfg.name}] corpus {r['source']}: {r['kept']} of {r['seen']} documents kept "
                   f"({r['bytes']:,} bytes); dropped: {drops}", flush=True)
-    model = load_model(parent)
+    model, backend = load_for_training(parent, cfg)
     pad = tok.pad_token_id if tok.pad_token_id is not None else separator_id(tok, "auto")
     heldout = {}
     if len(held) and rank == 0:
         heldout["parent"] = heldout_loss(model, list(held), pad, row_len=cfg.max_len, progress=progress,
                                          desc=f"{cfg.name} held-out loss, parent")
     prepare_model(model, tok, cfg)
-    if cfg.method == "lora":
-        import torch
-
-        torch.manual_seed(cfg.seed)
-        model = apply_lora(model, cfg.lora)
+    if cfg.method != "full":
+        model = add_adapter(model, cfg)
         if cfg.fim is not None:  # new tokens must learn their embeddings: train them with the adapter
             for n, p in model.named_parameters():
                 if "embed_tokens" in n or "lm_head" in n:
@@ -291,7 +287,7 @@ def run_pretrain(cfg: PretrainStage, parent: BaseRef, template: Template, out: P
                "seconds": round(result.seconds, 1), "tokens_per_s": round(result.tokens_per_s, 1),
                "final_loss": result.history[-1]["loss"] if result.history else None,
                "first_loss": result.history[0]["loss"] if result.history else None,
-               "data": report, "world_size": world}
+               "data": report, "world_size": world, "backend": backend | {"loss": loss_kernel_name()}}
     if heldout:
         if "parent" in heldout and "derived" in heldout:  # paired over the same held-out rows
             from herd.core.paired import paired, ratio_stat

@@ -10,15 +10,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from herd.base import BaseRef, load_model, load_tokenizer
+from herd.base import BaseRef, load_tokenizer
 from herd.core.errors import HerdError
 from herd.core.recipe import SFTStage
 from herd.core.registry import STAGES
 from herd.data.records import Example
 from herd.data.tokenize import tokenize_examples
-from herd.engine.training import dist_env, train
+from herd.engine.training import dist_env, loss_kernel_name, train
 from herd.stages import StageContext
-from herd.stages.common import apply_lora, loop_config, publish_stage  # noqa: F401  (apply_lora, loop_config: re-exported)
+from herd.stages.common import (  # noqa: F401  (apply_lora, loop_config: re-exported)
+    add_adapter,
+    apply_lora,
+    load_for_training,
+    loop_config,
+    publish_stage,
+)
 from herd.templates import Template
 
 
@@ -33,12 +39,10 @@ def run_sft(cfg: SFTStage, parent: BaseRef, template: Template, examples: list[E
         raise HerdError(f"stage {cfg.name}: no usable training records ({report.summary()})")
     if rank == 0:
         print(f"[{cfg.name}] data: {report.summary()}")
-    model = load_model(parent)
-    if cfg.method == "lora":
-        import torch
-
-        torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same run
-        model = apply_lora(model, cfg.lora)
+    model, backend = load_for_training(parent, cfg)
+    model = add_adapter(model, cfg)
+    if cfg.shared_prefix:  # its suffixes attend to the cached prefix through SDPA with an explicit mask
+        backend = dict(backend, attention="sdpa", attention_why="shared prefix: explicit prefix + suffix mask")
     work = out.with_name(out.name + ".work")
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
@@ -59,7 +63,7 @@ def run_sft(cfg: SFTStage, parent: BaseRef, template: Template, examples: list[E
                "seconds": round(result.seconds, 1), "tokens_per_s": round(result.tokens_per_s, 1),
                "final_loss": result.history[-1]["loss"] if result.history else None,
                "first_loss": result.history[0]["loss"] if result.history else None,
-               "data": report.as_dict(), "world_size": world, **({"shared_prefix": grouping} if grouping else {})}
+               "data": report.as_dict(), "world_size": world, "backend": backend | {"loss": loss_kernel_name()}, **({"shared_prefix": grouping} if grouping else {})}
     publish_stage(cfg, model, tok, template, parent, result, summary, out, work, name=name, recipe=recipe,
                   data=data, data_report=report.as_dict())
     return out, summary
