@@ -27,6 +27,9 @@ COMMAND_MODULES: list[str] = [
 def _cmd_derive(args) -> int:
     from herd.api import derive
 
+    if args.no_memory_check:  # an environment variable, so torchrun's workers see it too
+        os.environ["HERD_NO_MEMORY_CHECK"] = "1"
+
     result = derive(args.recipe, base=args.base, profile=args.profile, data=args.data, out=args.out,
                     resume=args.resume, max_steps=args.max_steps, report_to=args.report_to)
     print(f"\nartifact: {result.path}")
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="run a recipe: data → stages → scorecard → artifact")
     d.add_argument("recipe", help="recipe name (alpaca) or path to a recipe YAML")
     d.add_argument("--base", help="base to derive from (default: the recipe's)")
-    d.add_argument("--profile", default="tiny", help="tiny (laptop CPU, minutes) or full (published scale)")
+    d.add_argument("--profile", default="tiny", help="tiny (laptop CPU, minutes), gpu (one H100-class GPU, minutes to an hour) or full (published scale)")
     d.add_argument("--data", action="append", help="training file(s) replacing the recipe's data")
     d.add_argument("--out", help="output folder (default runs/<recipe>-<base>-<profile>)")
     d.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--report-to", metavar="TARGETS",
                    help="also send training metrics to tensorboard,mlflow,wandb (comma-separated; 'none' for "
                    "none; default: the recipe's report_to). metrics.jsonl is always written")
+    d.add_argument("--no-memory-check", action="store_true",
+                   help="run even when a stage's predicted peak memory exceeds what the device has")
     d.set_defaults(func=_cmd_derive)
 
     c = sub.add_parser("chat", help="talk to an artifact in its own template")

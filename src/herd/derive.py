@@ -21,7 +21,7 @@ from pathlib import Path
 
 from herd.artifacts import is_artifact, model_card, read_lineage, write_lineage
 from herd.base import BaseRef, resolve_base
-from herd.core.errors import ConfigError
+from herd.core.errors import ConfigError, HerdError
 from herd.core.hashing import sha256_file, sha256_json
 from herd.core.machine import cpu_summary
 from herd.core.paths import resolve_data_path
@@ -183,6 +183,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
         inputs = _inputs(recipe, data, base_spec, workspace, progress, rank)
         with record("base: resolve"):
             ref = resolve_base(base_spec)
+        _preflight(recipe, ref, workspace, progress and rank == 0)
         workspace.mkdir(parents=True, exist_ok=True)
         recipe_rec = {"name": recipe.name, "file": recipe.source_file, "profile": profile,
                       "sha256": sha256_file(recipe.source_file) if recipe.source_file else None}
@@ -216,6 +217,42 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                                  "recipe": recipe_rec, "base": ref.describe(), "model": final.name,
                                  "phases": phases.as_list(), "peak_rss_mb": round(phases.peak_rss_mb)})
     return DeriveResult(final, card, md)
+
+
+def _preflight(recipe: Recipe, ref: BaseRef, workspace: Path, progress: bool) -> None:
+    """Before any model loads: every training stage's kernels are available here (attention, QLoRA, 8-bit
+    AdamW), and its predicted peak memory fits the device (engine/memory_plan.py; printed and written to
+    ``memory_plan.json``). HERD_NO_MEMORY_CHECK=1 (``--no-memory-check``) prints the plan and runs anyway."""
+    from herd.core.recipe import TrainStage
+    from herd.engine import attention, memory_plan, quantized
+    from herd.engine.training import device, resolve_precision
+
+    dev = device().type
+    stages = [st for st in recipe.stages if isinstance(st, TrainStage)]
+    for st in stages:
+        try:
+            attention.choose(st.attention, dev)
+        except ValueError as e:
+            raise ConfigError(f"{recipe.source_file}: stages.{st.name}.{e}") from None
+        if (st.method == "qlora" or st.optimizer_state == "8bit") and (why := quantized.missing()):
+            what = "method qlora" if st.method == "qlora" else "optimizer_state 8bit"
+            raise ConfigError(f"{recipe.source_file}: stages.{st.name}: {what} needs {why}")
+    config = Path(ref.path) / "config.json"
+    if not stages or not config.is_file():
+        return
+    shape = memory_plan.Shape.from_config(config)
+    plans = [memory_plan.plan_train(shape, st, device=dev, bf16=resolve_precision(st.precision) is not None)
+             for st in stages]
+    if progress:
+        for p in plans:
+            print(f"[memory] {p.line()}", flush=True)
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "memory_plan.json").write_text(json.dumps([p.as_dict() for p in plans], indent=1) + "\n")
+    if (err := memory_plan.check(plans, dev)) is not None:
+        if os.environ.get("HERD_NO_MEMORY_CHECK") == "1":
+            print(f"[memory] warning: {err}", flush=True)
+        else:
+            raise HerdError(err)
 
 
 def _record_phases(final: Path, phases: PhaseLog, progress: bool) -> None:
