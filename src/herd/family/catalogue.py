@@ -144,12 +144,12 @@ class Member(_Strict):
             return "available" if exists else "available (file missing!)"
         return "planned (file present)" if exists else "planned"
 
-    def derive_command(self, profile: Literal["tiny", "full"]) -> str | None:
+    def derive_command(self, profile: Literal["tiny", "gpu", "full"]) -> str | None:
         """The exact ``herd derive`` line that reproduces this member at ``profile`` scale."""
         if self.recipe is None:
             return None
-        if profile == "tiny":
-            return f"herd derive {self.recipe.name} --base smollm2 --profile tiny"
+        if profile in ("tiny", "gpu"):
+            return f"herd derive {self.recipe.name} --base smollm2 --profile {profile}"
         slug = re.sub(r"[^a-z0-9]+", "-", (self.full_base or "llama").lower()).strip("-")
         return f"herd derive {self.recipe.name} --base /path/to/{slug} --profile full"
 

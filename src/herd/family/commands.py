@@ -53,7 +53,7 @@ def member_json(m: Member) -> dict:
     out["headline"] = m.headline.model_dump(mode="json") if m.headline else None
     if m.recipe:
         out["recipe"].update(path=str(m.recipe.path()), exists=m.recipe.path().is_file(), state=m.recipe_state())
-    out["derive"] = {p: m.derive_command(p) for p in ("tiny", "full")} if m.recipe else None
+    out["derive"] = {p: m.derive_command(p) for p in ("tiny", "gpu", "full")} if m.recipe else None
     return out
 
 
