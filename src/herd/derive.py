@@ -248,11 +248,11 @@ def _preflight(recipe: Recipe, ref: BaseRef, workspace: Path, progress: bool) ->
             print(f"[memory] {p.line()}", flush=True)
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "memory_plan.json").write_text(json.dumps([p.as_dict() for p in plans], indent=1) + "\n")
-    if (err := memory_plan.check(plans, dev)) is not None:
-        if os.environ.get("HERD_NO_MEMORY_CHECK") == "1":
-            print(f"[memory] warning: {err}", flush=True)
-        else:
-            raise HerdError(err)
+    if (found := memory_plan.check(plans, dev)) is not None:
+        level, msg = found
+        if level == "error" and os.environ.get("HERD_NO_MEMORY_CHECK") != "1":
+            raise HerdError(msg)
+        print(f"[memory] warning: {msg}", flush=True)
 
 
 def _record_phases(final: Path, phases: PhaseLog, progress: bool) -> None:
