@@ -205,17 +205,41 @@ def lr_at(step: int, total: int, cfg: LoopConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def micro_batches(items: list[Tokenized], cfg: LoopConfig, pad_id: int, rank: int, world: int
-                  ) -> tuple[list[Batch], int]:
+TRIM = 16  # row widths are multiples of this (tensor-core friendly; fewer shapes for compiled layers)
+
+
+def row_width(items: list[Tokenized], cfg: LoopConfig, step: int = TRIM) -> int:
+    """The narrowest row width (a multiple of TRIM, at most ``row_len``) into which best-fit packs the step
+    in as few rows as ``row_len`` would. A step's examples are packed only among themselves (the batch is
+    the paper's), so rows of ``row_len`` leave the step's remainder as padding in its last row: Alpaca's demo
+    records at 2,048 tokens and 16 per step filled 77 % of the computed positions; evened-out rows, 98 %.
+    Compiled layers get coarser widths (``step``: a quarter row), so they see a few shapes, not one per step."""
+    from herd.data.packing import best_fit
+
+    lengths = [len(x) for x in items]
+    n_rows = len(best_fit(lengths, cfg.row_len))
+    width = max(-(-sum(lengths) // n_rows), max(lengths))
+    width = min(cfg.row_len, -(-width // step) * step)
+    while width < cfg.row_len and len(best_fit(lengths, width)) > n_rows:
+        width = min(cfg.row_len, width + step)
+    return width
+
+
+def micro_batches(items: list[Tokenized], cfg: LoopConfig, pad_id: int, rank: int, world: int,
+                  width_step: int = TRIM) -> tuple[list[Batch], int]:
     """This rank's micro-batches for one step, and the trained-token count of the WHOLE step."""
     n_trained = sum(it.n_targets for it in items)
-    full = make_batch(items, cfg.row_len, pad_id, pack=cfg.pack)
-    rows = list(range(full.input_ids.shape[0]))[rank::world]
+    full = make_batch(items, row_width(items, cfg, width_step) if cfg.pack else cfg.row_len, pad_id, pack=cfg.pack)
+    # fullest rows first, so that a step's partly filled rows share the last micro-batch, whose columns
+    # are then cut after its longest row (rounded up to TRIM tokens): the pad tail is never computed
+    fill = full.row_tokens.tolist()
+    rows = sorted(range(len(fill)), key=lambda r: (-fill[r], r))[rank::world]
     out = []
     for i in range(0, len(rows), cfg.micro_batch_rows):
         idx = torch.tensor(rows[i:i + cfg.micro_batch_rows])
-        lab = full.labels[idx]
-        out.append(Batch(full.input_ids[idx], lab, full.position_ids[idx], full.row_tokens[idx],
+        width = min(full.input_ids.shape[1], -(-max(fill[r] for r in idx.tolist()) // width_step) * width_step)
+        lab = full.labels[idx, :width]
+        out.append(Batch(full.input_ids[idx, :width], lab, full.position_ids[idx, :width], full.row_tokens[idx],
                          int((lab != IGNORE_INDEX).sum())))
     return out, n_trained
 
@@ -479,14 +503,19 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
         kept = f", {budget:.0%} of the activations kept, the rest recomputed" if compile_on and budget < 1 else ""
         print(f"[train] compile: {'on' if compile_on else 'off'} ({why}{kept})", flush=True)
 
+    width_step = max(TRIM, cfg.row_len // 4) if compile_on else TRIM  # few shapes for compiled layers
+
     def step_fn(step: int) -> StepOut:
         nonlocal trained
-        mbs, n_trained = micro_batches([data[i] for i in plan[step]], cfg, pad_id, rank, world)
+        mbs, n_trained = micro_batches([data[i] for i in plan[step]], cfg, pad_id, rank, world, width_step)
         step_loss, step_tokens = _accumulate(loss_mod, mbs, n_trained, cfg, pad_id, amp, dev, world)
+        computed = sum(b.input_ids.numel() for b in mbs)  # this rank's row positions, padding included
+        row_use = sum(b.n_tokens for b in mbs) / max(1, computed)
         step_loss_val, step_tokens = _sum_over_ranks(step_loss, step_tokens, dev, world)
         trained += n_trained
         return StepOut(loss=step_loss_val / max(1, n_trained),
-                       fields={"tokens": step_tokens, "trained_tokens": n_trained}, tokens=step_tokens)
+                       fields={"tokens": step_tokens, "trained_tokens": n_trained, "row_use": round(row_use, 4)},
+                       tokens=step_tokens)
 
     with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on, budget):
         result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
