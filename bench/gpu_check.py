@@ -236,6 +236,25 @@ def stages_end_to_end(rep: Report, tok, records: list, config: dict) -> None:
                         trace=traceback.format_exc()[-1500:])
 
 
+def evals_on_device(rep: Report, tok, records: list, config: dict) -> None:
+    """The evals' two engines on the device: the held-out loss equals the CPU's (fp32 both), and greedy
+    batched generation gives the CPU's tokens (ties aside)."""
+    from herd.engine.generation import generate
+    from herd.engine.heldout import heldout_loss
+
+    items = tokenized(tok, records[:48], 512)
+    on_dev, on_cpu = random_llama(config), random_llama(config).cpu()
+    on_cpu.load_state_dict(on_dev.state_dict())
+    a = heldout_loss(on_dev, items, tok.pad_token_id, row_len=512)["loss"]
+    b = heldout_loss(on_cpu, items, tok.pad_token_id, row_len=512)["loss"]
+    prompts = [r.messages[0]["content"] for r in records[:6]]
+    g_dev = generate(on_dev, tok, prompts, max_new_tokens=24)
+    g_cpu = generate(on_cpu, tok, prompts, max_new_tokens=24)
+    same = sum(x == y for x, y in zip(g_dev, g_cpu)) / len(prompts)
+    rep.add("correctness", check="evals on the device: held-out loss and greedy generation vs CPU",
+            loss_device=a, loss_cpu=b, rel_diff=abs(a - b) / b, same_generations=same, ok=abs(a - b) / b < 5e-3)
+
+
 # -- 3. throughput --------------------------------------------------------------------------------
 
 def tokenized(tok, records: list, max_len: int):
@@ -429,6 +448,7 @@ def main() -> int:
     steps = 2 if args.smoke else args.steps
     sections = [
         ("correctness", lambda: (packed_equals_alone(rep, small), fused_loss_matches(rep),
+                                 evals_on_device(rep, tok, records, TOY if args.smoke else dict(SMOLLM2, num_hidden_layers=4)),
                                  stages_end_to_end(rep, tok, records, TOY if args.smoke else dict(SMOLLM2, num_hidden_layers=4)))),
         ("throughput", lambda: herd_throughput(rep, tokenized(tok, records, ROW if not args.smoke else 256), small,
                                                steps, ceiling, rows=16 if not args.smoke else 2, smoke=args.smoke)),

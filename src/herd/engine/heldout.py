@@ -24,18 +24,19 @@ def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, ro
     items pair up record by record."""
     model.eval()
     lm = causal_lm(model)
+    dev = next(model.parameters()).device  # rows go where the model is (a GPU's evals); sums stay on the CPU
     per_record: list[tuple[float, int]] = []
     step = rows_per_batch * 2
     with Progress(total=len(items), desc=desc, unit="record", enabled=progress) as bar:
         for i in range(0, len(items), step):
             batch = make_batch(items[i:i + step], row_len, pad_id, pack=True)
             with torch.no_grad():
-                hidden = lm.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                hidden = lm.model(input_ids=batch.input_ids.to(dev), position_ids=batch.position_ids.to(dev),
                                   use_cache=False).last_hidden_state
                 sel = batch.labels != IGNORE_INDEX
-                h, y = hidden[sel], batch.labels[sel]
+                h, y = hidden[sel.to(dev)], batch.labels[sel].to(dev)
                 tok = torch.cat([nn.functional.cross_entropy(lm.lm_head(h[s:s + CHUNK]).float(), y[s:s + CHUNK],
-                                                             reduction="none") for s in range(0, len(y), CHUNK)]) \
+                                                             reduction="none") for s in range(0, len(y), CHUNK)]).cpu() \
                     if len(y) else torch.zeros(0)
             # a record starts where its position resets to 0; padding has no labels, so it adds nothing
             segment = (torch.cumsum((batch.position_ids == 0).long(), dim=1) - 1)

@@ -72,7 +72,10 @@ class EvalContext:
 
                 self._cache.clear()
                 release_memory()  # the other model's weights go before this one's load
-            self._cache[role] = load_model(self.parent_path if role == "parent" else self.derived_path)
+            from herd.engine.training import device  # torch: only when an eval runs
+
+            # on the GPU when there is one: generation, scoring and losses all follow the model's device
+            self._cache[role] = load_model(self.parent_path if role == "parent" else self.derived_path).to(device())
         return self._cache[role]
 
     def end_model_phase(self) -> None:
