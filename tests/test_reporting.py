@@ -34,7 +34,16 @@ def test_tensorboard_event_reader_reads_back_the_loss_series(reported):
     assert [e.step for e in loss] == [r["step"] for r in rows] == [1, 2]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert {"sft/lr", "sft/tokens_per_s"} <= set(scalars)
+    assert {"sft/rss_mb", "sft/peak_rss_mb"} <= set(scalars)  # where a run's memory went, step by step
     assert any(t.startswith("eval/") and t.endswith("/derived") for t in scalars)
+
+
+def test_metrics_rows_carry_memory_per_step(reported):
+    _, rows, _ = reported
+    peaks = [r["peak_rss_mb"] for r in rows]
+    # the process's high-water mark: above the base model's size, at least the RSS, and never falling
+    assert all(r["rss_mb"] > 50 and r["peak_rss_mb"] >= r["rss_mb"] - 16 for r in rows)
+    assert peaks == sorted(peaks)
 
 
 def test_mlflow_client_reads_back_loss_params_and_artifacts(reported):

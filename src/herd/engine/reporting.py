@@ -22,7 +22,7 @@ from pathlib import Path
 from herd.core.errors import ConfigError
 
 TARGETS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # target -> module it needs
-STEP_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "epoch")
+STEP_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "epoch", "rss_mb", "peak_rss_mb", "cuda_peak_mb")
 _ACTIVE: Reporting | None = None
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from herd.core.phases import record, trim_heap
+from herd.core.phases import current_rss_mb, process_peak_mb, record, trim_heap
 from herd.core.progress import Progress
 from herd.data.packing import Batch, make_batch
 from herd.data.tokenize import Tokenized
@@ -452,6 +452,10 @@ def optimise(module: nn.Module, cfg: LoopConfig, run_dir: Path, total: int, step
             tokens += out.tokens
             rec["tokens_per_s"] = tokens / elapsed
         rec["elapsed"] = round(elapsed, 3)
+        # where a run's peak memory was reached, step by step (the process's high-water mark so far)
+        rec["rss_mb"], rec["peak_rss_mb"] = round(current_rss_mb()), round(process_peak_mb())
+        if params[0].is_cuda:
+            rec["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
         history.append(rec)
         if rank == 0:
             with open(metrics_path, "a") as f:
