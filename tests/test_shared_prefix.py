@@ -47,10 +47,11 @@ def test_plan_groups_groups_by_common_start_and_stops_before_targets(tokenizer):
     assert len(plan_groups(items, 3, epochs=1.5, seed=0)) < len(groups)
 
 
-@pytest.mark.parametrize("with_lora", [False, True])
-def test_group_step_gradients_equal_whole_examples(tiny_model, tokenizer, with_lora):
+@pytest.mark.parametrize("with_lora,recompute", [(False, False), (True, False), (False, True), (True, True)])
+def test_group_step_gradients_equal_whole_examples(tiny_model, tokenizer, with_lora, recompute):
     """The prefix once, suffixes in several micro-batches, the prefix's gradient applied at the end: the
-    same loss and parameter gradients as each example run whole (token-mean over the group)."""
+    same loss and parameter gradients as each example run whole (token-mean over the group); also when the
+    prefix pass is recomputed for its backward instead of kept (gradient_checkpointing)."""
     from herd.engine.shared_prefix import Group, common_prefix, first_target, group_step
     from herd.engine.training import MaskedLMLoss
 
@@ -68,7 +69,7 @@ def test_group_step_gradients_equal_whole_examples(tiny_model, tokenizer, with_l
 
     model.zero_grad()
     loss_sum, n, computed = group_step(model, items, Group(tuple(range(len(items))), p), tokenizer.pad_token_id,
-                                       micro_tokens=40)  # forces several micro-batches
+                                       micro_tokens=40, recompute_prefix=recompute)  # several micro-batches
     grads = [q.grad.clone() for q in params]
     assert computed == p + sum(len(it) - p for it in items)
     ref_fn = MaskedLMLoss(model, chunked=False)

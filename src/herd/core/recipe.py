@@ -101,15 +101,9 @@ class SFTStage(TrainStage):
     name: str = "sft"
     kind: Literal["sft"] = "sft"
     # examples whose prompts start alike are batched together and the common prefix runs once per step
-    # (engine/shared_prefix.py): for long shared instructions (Llama Guard's taxonomy) and short targets
+    # (engine/shared_prefix.py): for long shared instructions (Llama Guard's taxonomy) and short targets;
+    # with gradient_checkpointing the prefix pass is recomputed for its backward instead of kept
     shared_prefix: bool = False
-
-    @model_validator(mode="after")
-    def _shared_prefix_alone(self):
-        if self.shared_prefix and self.gradient_checkpointing:
-            raise ValueError("shared_prefix does not combine with gradient_checkpointing (the prefix's keys and "
-                             "values are reused across examples)")
-        return self
 
 
 class DocSource(_Strict):

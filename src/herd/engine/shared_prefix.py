@@ -118,11 +118,25 @@ def _cache_from(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, ro
     return cache
 
 
+def _prefix_kv(lm, ids: torch.Tensor, amp) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's keys and values of the prefix ``ids`` (1, p): one forward pass into a fresh cache."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.config)
+    with amp():
+        lm.model(input_ids=ids, cache=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micro_tokens: int = 4096,
-               amp=None) -> tuple[float, int, int]:
+               amp=None, recompute_prefix: bool = False) -> tuple[float, int, int]:
     """Forward and backward of one group: the prefix once, the suffixes in micro-batches of at most
     ``micro_tokens`` padded tokens; gradients (of the token-mean loss) accumulate in the parameters.
-    Returns (sum of the trained tokens' losses, their count, tokens computed)."""
+    Returns (sum of the trained tokens' losses, their count, tokens computed).
+
+    ``recompute_prefix`` (the stage's ``gradient_checkpointing``) runs the prefix without a graph and
+    again, with one, for its backward at the end: the prefix's activations (and its bf16 weight copies)
+    are not held while the suffixes run, for one more prefix forward per step."""
     from contextlib import nullcontext
 
     amp = amp or nullcontext
@@ -132,16 +146,13 @@ def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micr
     p = group.prefix
     n_total = sum(int(np.count_nonzero(it.labels[p + 1:] != IGNORE_INDEX)) for it in members)
     kv, leaves = [], []
+    prefix_ids = torch.as_tensor(members[0].input_ids[:p], dtype=torch.long, device=dev)[None]
     if p:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=lm.config)
-        with amp():
-            lm.model(input_ids=torch.as_tensor(members[0].input_ids[:p], dtype=torch.long, device=dev)[None],
-                     cache=cache, use_cache=True)
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        leaves = [(k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
-                  for k, v in kv]
+        trainable = any(q.requires_grad for q in model.parameters())
+        with torch.no_grad() if recompute_prefix else nullcontext():
+            kv = _prefix_kv(lm, prefix_ids, amp)
+        leaves = [(k.detach().requires_grad_(trainable if recompute_prefix else k.requires_grad),
+                   v.detach().requires_grad_(trainable if recompute_prefix else v.requires_grad)) for k, v in kv]
     total, computed, start = 0.0, p, 0
     while start < len(members):
         stop = start + 1  # members are sorted by length: the last one sets the padded width
@@ -172,8 +183,10 @@ def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micr
             loss = linear_cross_entropy(hidden[sel], lm.lm_head.weight, labels[sel])
         (loss / max(1, n_total)).backward()
         total += float(loss.detach())
+    if p and recompute_prefix and any(leaf.grad is not None for pair in leaves for leaf in pair):
+        kv = _prefix_kv(lm, prefix_ids, amp)  # the same keys and values, now with their graph
     grads = [(t, leaf.grad) for pair, lpair in zip(kv, leaves) for t, leaf in zip(pair, lpair)
-             if leaf.grad is not None]
+             if leaf.grad is not None and t.requires_grad]
     if grads:  # the prefix pass, once, with the gradient every member sent its keys and values
         torch.autograd.backward([t for t, _ in grads], grad_tensors=[g for _, g in grads])
     return total, n_total, computed
@@ -199,7 +212,7 @@ def train_shared_prefix(model, items: list[Tokenized], cfg: LoopConfig, run_dir:
     def step_fn(step: int) -> StepOut:
         g = groups[plan[step][0]]
         loss, n, _ = group_step(model, items, g, pad_id, micro_tokens=cfg.micro_batch_rows * cfg.row_len,
-                                       amp=lambda: autocast(cfg.precision))
+                                amp=lambda: autocast(cfg.precision), recompute_prefix=cfg.gradient_checkpointing)
         return StepOut(loss=loss / max(1, n), fields={"examples": len(g.members), "prefix_tokens": g.prefix,
                                                       "trained_tokens": n},
                        tokens=sum(len(items[m]) for m in g.members))
