@@ -446,10 +446,11 @@ def main() -> int:
     environment(rep)
     ceiling = bf16_ceiling(rep, args.smoke)
     steps = 2 if args.smoke else args.steps
+    four_layers = TOY if args.smoke else dict(SMOLLM2, num_hidden_layers=4)  # SmolLM2's shape, 4 layers
     sections = [
         ("correctness", lambda: (packed_equals_alone(rep, small), fused_loss_matches(rep),
-                                 evals_on_device(rep, tok, records, TOY if args.smoke else dict(SMOLLM2, num_hidden_layers=4)),
-                                 stages_end_to_end(rep, tok, records, TOY if args.smoke else dict(SMOLLM2, num_hidden_layers=4)))),
+                                 evals_on_device(rep, tok, records, four_layers),
+                                 stages_end_to_end(rep, tok, records, four_layers))),
         ("throughput", lambda: herd_throughput(rep, tokenized(tok, records, ROW if not args.smoke else 256), small,
                                                steps, ceiling, rows=16 if not args.smoke else 2, smoke=args.smoke)),
         ("trl", lambda: [trl_throughput(rep, tok, tokenized(tok, records, ROW if not args.smoke else 256), small,

@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from herd.core.paired import macro_f1
 from herd.core.paths import shared_data_dir
 
 LABELS = ["yes", "no", "maybe"]
@@ -35,12 +36,7 @@ def _fit(x: np.ndarray, y: np.ndarray, lam: float, iters: int = 300, lr: float =
 
 
 def _scores(pred: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
-    f1 = []
-    for k in range(3):
-        tp = int(((pred == k) & (gold == k)).sum())
-        fp, fn = int(((pred == k) & (gold != k)).sum()), int(((pred != k) & (gold == k)).sum())
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float((pred == gold).mean()), float(np.mean(f1))
+    return float((pred == gold).mean()), macro_f1(gold, pred, 3)
 
 
 def main() -> None:

@@ -145,14 +145,14 @@ def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micr
     members = sorted((items[m] for m in group.members), key=len)
     p = group.prefix
     n_total = sum(int(np.count_nonzero(it.labels[p + 1:] != IGNORE_INDEX)) for it in members)
-    kv, leaves = [], []
-    prefix_ids = torch.as_tensor(members[0].input_ids[:p], dtype=torch.long, device=dev)[None]
+    kv, leaves, prefix_ids = [], [], None
     if p:
-        trainable = any(q.requires_grad for q in model.parameters())
+        prefix_ids = torch.as_tensor(members[0].input_ids[:p], dtype=torch.long, device=dev)[None]
+        trainable = any(q.requires_grad for q in model.parameters())  # without a graph, kv cannot tell
         with torch.no_grad() if recompute_prefix else nullcontext():
             kv = _prefix_kv(lm, prefix_ids, amp)
-        leaves = [(k.detach().requires_grad_(trainable if recompute_prefix else k.requires_grad),
-                   v.detach().requires_grad_(trainable if recompute_prefix else v.requires_grad)) for k, v in kv]
+        leaves = [tuple(t.detach().requires_grad_(trainable if recompute_prefix else t.requires_grad) for t in pair)
+                  for pair in kv]
     total, computed, start = 0.0, p, 0
     while start < len(members):
         stop = start + 1  # members are sorted by length: the last one sets the padded width
