@@ -38,6 +38,16 @@ def test_llama2chat_pipeline_end_to_end(tmp_path):
     assert {"rm_accuracy", "rm_win_rate_rejection", "rm_win_rate_dpo", "kl_rejection", "kl_dpo"} <= names
     rows = {r["stage"]: r for r in res.scorecard["extra"]["reward_win_rate"]}
     assert set(rows) == {"rejection", "dpo"} and all(0 <= r["win_rate"] <= 1 for r in rows.values())
+    # the win rate's prompts: first turns of the Vicuna questions (no stage trains on them), not RM pairs
+    from herd.core.paths import resolve_data_path
+    from herd.evals.mtbench import read_questions
+
+    first = [q.turns[0] for q in read_questions(resolve_data_path("shared:vicuna_bench/question.jsonl"))[:4]]
+    samples = [json.loads(x) for x in next(res.path.rglob("reward_win_rate.jsonl")).read_text().splitlines()]
+    assert [s["prompt"] for s in samples if s["stage"] == "dpo"] == first
+    win = next(m for m in res.scorecard["metrics"] if m["name"] == "rm_win_rate_dpo")
+    assert "4 questions of vicuna_bench/question.jsonl" in win["dataset"]
+    assert res.scorecard["headline"]["name"] == win["task"]  # the final policy's win rate is the headline
     assert [s["kind"] for s in res.scorecard["extra"]["stages"]] == kinds
     md = (res.path / "scorecard.md").read_text()
     assert "## Stages" in md and "Reward-model-judged comparison" in md

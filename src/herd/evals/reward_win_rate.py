@@ -2,8 +2,11 @@
 each stage's model against the SFT model on held-out prompts, KL to the reference").
 
 ``reward_win_rate``: for every policy stage after the baseline stage (``sft``), greedy answers of that
-stage's model and of the baseline to the same held-out prompts (the reward-model stage's held-out
-pairs, never trained on), both scored by the reward model: win rate with ties as ½ and a bootstrap CI.
+stage's model and of the baseline to the same held-out prompts, both scored by the reward model: win
+rate with ties as ½ and a bootstrap CI. The prompts are the first turns of a FastChat question file
+(``questions``; no stage trains on it), or else the prompts of the reward-model stage's held-out pairs;
+those are held out from the reward model only, so another stage whose data holds the same prompts (the
+SFT data, rejection sampling's prompts) may have trained on them.
 KL(stage ‖ baseline) is estimated on replies the stage samples at temperature 1: the mean of
 log π_stage(y|x) − log π_baseline(y|x) per reply (an unbiased Monte-Carlo estimate of the sequence KL).
 The reward model's held-out pairwise accuracy (before and after its training) is reported too.
@@ -23,10 +26,21 @@ class RewardWinRateConfig(EvalConfig):
     reward_model: str = "reward_model"  # the reward-model stage's name
     baseline: str = "sft"  # the stage every later policy stage is compared with
     n: int = Field(default=32, gt=0)  # held-out prompts
+    # FastChat question.jsonl (``shared:`` allowed) whose first turns are the prompts; None: the prompts of
+    # the reward model's held-out pairs
+    questions: str | None = None
     max_new_tokens: int = Field(default=256, gt=0)
     kl_samples: int = Field(default=1, ge=0)  # sampled replies per prompt for the KL estimate (0: skip)
     bootstrap: int = Field(default=1000, gt=0)
     seed: int = 0
+
+    def unavailable(self, recipe_dir: Path) -> str | None:
+        from herd.core.paths import resolve_data_path
+
+        if self.questions is None:
+            return None
+        qpath = resolve_data_path(self.questions, recipe_dir)
+        return None if qpath.is_file() else f"question file {qpath} not found (a FastChat question.jsonl)"
 
 
 @register_eval("reward_win_rate", RewardWinRateConfig)
@@ -46,8 +60,12 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     names = [st.name for st, _ in ctx.stages]
     later = [(st, Path(d)) for st, d in ctx.stages[names.index(cfg.baseline) + 1:]
              if st.kind in POLICY_KINDS and st.kind != "pretrain"]
-    prompts = _heldout_prompts(rm_stage, ctx.recipe.source_file, cfg.n)
-    metrics = _rm_accuracy(rm_stage, rm_dir)
+    if cfg.questions:
+        prompts, source = _question_prompts(cfg.questions, ctx.recipe.source_file, cfg.n)
+    else:
+        prompts = _heldout_prompts(rm_stage, ctx.recipe.source_file, cfg.n)
+        source = f"prompts of stage {rm_stage.name}'s held-out pairs"
+    win_rows, kl_rows = [], []
 
     def answers(path: Path, label: str) -> list[str]:
         tok, model = load_tokenizer(resolve_base(path)), load_model(resolve_base(path))
@@ -70,8 +88,8 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
         win, ci = float(wins.mean()), mean_ci(wins, n_boot=cfg.bootstrap, seed=cfg.seed)
         row = {"stage": st.name, "kind": st.kind, "win_rate": round(win, 4), "ci95": ci,
                "mean_reward": round(float(scores.mean()), 4), "baseline_mean_reward": round(float(base_scores.mean()), 4)}
-        metrics.append({"task": f"reward-model-judged win rate vs {cfg.baseline}, stage {st.name} (ties ½)",
-                        "name": f"rm_win_rate_{st.name}", "dataset": f"{len(prompts)} held-out prompts, greedy",
+        win_rows.append({"task": f"reward-model-judged win rate vs {cfg.baseline}, stage {st.name} (ties ½)",
+                        "name": f"rm_win_rate_{st.name}", "dataset": f"{len(prompts)} {source}, greedy",
                         "parent": round(1 - win, 4), "derived": round(win, 4), "better": "higher",
                         **paired(1 - wins, wins, better="higher", n_boot=cfg.bootstrap, seed=cfg.seed),
                         "derived_ci95": ci})
@@ -79,7 +97,7 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
             ctx.log(f"KL({st.name} || {cfg.baseline}) on {cfg.kl_samples} sampled replies per prompt")
             kl, n_sampled = _kl_to_baseline(ctx, cfg, st.name, d, base_dir, prompts)
             row["kl_to_baseline"] = round(kl, 4)
-            metrics.append({"task": f"KL(stage {st.name} ‖ {cfg.baseline}) per reply, nats (sampled at T=1)",
+            kl_rows.append({"task": f"KL(stage {st.name} ‖ {cfg.baseline}) per reply, nats (sampled at T=1)",
                             "name": f"kl_{st.name}", "dataset": f"{n_sampled} sampled replies to held-out prompts",
                             "parent": 0.0, "derived": round(kl, 4), "better": "lower"})
         rows.append(row)
@@ -88,12 +106,14 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
                     for p, b, a, sb, s in zip(prompts, base_answers, ans, base_scores, scores)]
     out_file = ctx.out_dir / "reward_win_rate.jsonl"
     out_file.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in samples))
-    md = _markdown(rows, cfg.baseline, rm_stage.name, len(prompts))
+    md = _markdown(rows, cfg.baseline, rm_stage.name, f"{len(prompts)} {source}")
+    # the final policy's win rate first: placed first among the recipe's evals, it is the scorecard's headline
+    metrics = win_rows[::-1] + _rm_accuracy(rm_stage, rm_dir) + kl_rows
     return EvalOutput(metrics=metrics, extra={"reward_win_rate": rows}, markdown=md, files=[str(out_file)])
 
 
 def _heldout_prompts(rm_stage, recipe_file: str | None, n: int) -> list[list[dict]]:
-    """The first ``n`` distinct prompts of the reward model's held-out pairs (never trained on)."""
+    """The first ``n`` distinct prompts of the reward model's held-out pairs (the reward model never saw them)."""
     from herd.stages.pairs import load_pair_data
 
     prompts, seen = [], set()
@@ -103,6 +123,16 @@ def _heldout_prompts(rm_stage, recipe_file: str | None, n: int) -> list[list[dic
             seen.add(key)
             prompts.append(p.prompt)
     return prompts[:n]
+
+
+def _question_prompts(questions: str, recipe_file: str | None, n: int) -> tuple[list[list[dict]], str]:
+    """The first turns of the first ``n`` questions of a FastChat question file, as single-turn prompts."""
+    from herd.core.paths import resolve_data_path
+    from herd.evals.mtbench import read_questions
+
+    qpath = resolve_data_path(questions, Path(recipe_file).parent if recipe_file else Path.cwd())
+    qs = read_questions(qpath)[:n]
+    return [[{"role": "user", "content": q.turns[0]}] for q in qs], f"questions of {qpath.parent.name}/{qpath.name} (turn 1)"
 
 
 def _rm_accuracy(rm_stage, rm_dir: Path) -> list[dict]:
@@ -154,13 +184,13 @@ def _kl_to_baseline(ctx: EvalContext, cfg: RewardWinRateConfig, name: str, stage
     return float((lp - lr).mean()), len(ps)
 
 
-def _markdown(rows: list[dict], baseline: str, rm_name: str, n_prompts: int) -> str:
+def _markdown(rows: list[dict], baseline: str, rm_name: str, prompts: str) -> str:
     md = ["### Reward-model-judged comparison with the SFT model", "",
           "| stage | win rate vs " + baseline + " (95% CI) | mean reward | baseline mean reward | KL |",
           "|---|---|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['stage']} | {r['win_rate']} [{r['ci95'][0]}, {r['ci95'][1]}] | {r['mean_reward']} | "
                   f"{r['baseline_mean_reward']} | {r.get('kl_to_baseline', '–')} |")
-    md += ["", f"Judged by the reward model of stage `{rm_name}` on {n_prompts} held-out prompts; "
+    md += ["", f"Judged by the reward model of stage `{rm_name}` on {prompts}; "
            "a small reward model on few pairs is a noisy judge."]
     return "\n".join(md)
