@@ -293,3 +293,26 @@ def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer,
     calls.clear()
     assert sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False) == first
     assert calls == [] and len(cache.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("kind", ["reward_model", "dpo"])
+def test_pair_gradient_checkpointing_trains_the_same_weights(tmp_path, toy_data, tiny_ref, kind):
+    """Recomputing the layers' activations (memory only) must not change what a pair stage learns."""
+    from herd.stages.dpo import run_dpo
+    from herd.stages.reward_model import run_reward_model
+
+    run, make = {"reward_model": (run_reward_model, rm_config), "dpo": (run_dpo, dpo_config)}[kind]
+    weights, losses = [], []
+    for gc in (False, True):
+        cfg = make(toy_data, max_steps=2, micro_batch=2, gradient_checkpointing=gc)
+        path, summary = run(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / f"{kind}-{gc}", name="toy",
+                            progress=False)
+        weights.append(load_file(str(path / "model.safetensors")))
+        losses.append((summary["first_loss"], summary["final_loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+    assert weights[0].keys() == weights[1].keys()
+    base = load_file(str(tiny_ref.path / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(weights[0][name], base[name])  # the stage trained the layers at all
+    for k in weights[0]:
+        torch.testing.assert_close(weights[1][k], weights[0][k], rtol=1e-4, atol=1e-6, msg=k)

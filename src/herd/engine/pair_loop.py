@@ -24,6 +24,7 @@ from herd.engine.training import (
     LoopConfig,
     LoopResult,
     StepOut,
+    causal_lm,
     device,
     dist_env,
     optimise,
@@ -66,6 +67,8 @@ def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: LoopConfig
     torch.manual_seed(cfg.seed)
     model.to(device())
     model.train()
+    if cfg.gradient_checkpointing:  # the policy or reward model only: a reference model runs without a graph
+        causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     module = wrap_distributed(ItemLoss(model, loss_fn), cfg, world)
     plan = plan_steps(n_items, cfg)
 
@@ -95,6 +98,8 @@ def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: LoopConfig
                        fields={"items": len(items), **{k: v / len(items) for k, v in sums.items()}})
 
     result = optimise(module, cfg, Path(run_dir), len(plan), step_fn, resume=resume, desc=desc)
+    if cfg.gradient_checkpointing:
+        causal_lm(model).gradient_checkpointing_disable()
     result.tokens = 0
     return result
 
@@ -106,4 +111,5 @@ def pair_loop_config(cfg, progress: bool) -> LoopConfig:
                           min_warmup_steps=cfg.min_warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
                           weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                           grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
-                          checkpoint_every=cfg.checkpoint_every, fsdp=cfg.fsdp, progress=progress)
+                          checkpoint_every=cfg.checkpoint_every, fsdp=cfg.fsdp, progress=progress,
+                          gradient_checkpointing=cfg.gradient_checkpointing)

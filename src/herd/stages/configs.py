@@ -34,6 +34,9 @@ class _PairTraining(_Strict):
     max_steps: int | None = Field(default=None, gt=0)
     global_batch: int = Field(default=64, gt=0)  # PAIRS per optimizer step
     micro_batch: int = Field(default=4, gt=0)  # pairs per forward/backward
+    # recompute each decoder layer's activations in the backward (transformers' per-layer checkpointing):
+    # a micro-batch's activations drop from every layer's to one layer's, for ~1/3 more compute
+    gradient_checkpointing: bool = False
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     min_warmup_steps: int = Field(default=0, ge=0)
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)  # cosine floor as a fraction of lr
