@@ -35,6 +35,14 @@ class Question:
     turns: list[str]
 
 
+def missing_question_file(spec: str, recipe_dir: Path) -> str | None:
+    """Why an eval that reads a question file cannot run here (its ``unavailable``), or None."""
+    from herd.core.paths import resolve_data_path
+
+    qpath = resolve_data_path(spec, recipe_dir)
+    return None if qpath.is_file() else f"question file {qpath} not found (a FastChat question.jsonl)"
+
+
 def read_questions(path: str | Path) -> list[Question]:
     """A FastChat question file, validated (file:line errors)."""
     out, seen = [], set()

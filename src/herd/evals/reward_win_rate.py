@@ -35,12 +35,9 @@ class RewardWinRateConfig(EvalConfig):
     seed: int = 0
 
     def unavailable(self, recipe_dir: Path) -> str | None:
-        from herd.core.paths import resolve_data_path
+        from herd.evals.mtbench import missing_question_file
 
-        if self.questions is None:
-            return None
-        qpath = resolve_data_path(self.questions, recipe_dir)
-        return None if qpath.is_file() else f"question file {qpath} not found (a FastChat question.jsonl)"
+        return missing_question_file(self.questions, recipe_dir) if self.questions else None
 
 
 @register_eval("reward_win_rate", RewardWinRateConfig)

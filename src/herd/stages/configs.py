@@ -35,7 +35,8 @@ class _PairTraining(_Strict):
     global_batch: int = Field(default=64, gt=0)  # PAIRS per optimizer step
     micro_batch: int = Field(default=4, gt=0)  # pairs per forward/backward
     # recompute each decoder layer's activations in the backward (transformers' per-layer checkpointing):
-    # a micro-batch's activations drop from every layer's to one layer's, for ~1/3 more compute
+    # a micro-batch's activations drop from every layer's to one layer's (bench/pair_memory.py: 2.7x less
+    # memory for 10-19 % more time per step)
     gradient_checkpointing: bool = False
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     min_warmup_steps: int = Field(default=0, ge=0)
