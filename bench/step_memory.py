@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--compile", type=int, default=1)
     ap.add_argument("--amp", type=int, default=1, help="1: bf16 autocast, 0: fp32")
     ap.add_argument("--state", default="fp32", choices=["fp32", "bf16"], help="AdamW's moments")
+    ap.add_argument("--widths", default="512",
+                    help="row widths, cycled over the steps (a derive's rows vary: each new width recompiles)")
     a = ap.parse_args()
     from herd.core.machine import cpu_summary
 
@@ -48,13 +50,15 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(param_groups(params, 0.0), lr=1e-5, state=a.state)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (a.rows, 512), generator=g)
-    pos = torch.arange(512).expand(a.rows, 512)
-    print(f"{a.rows} rows x 512, budget {a.budget:g}, compile {a.compile}, {'bf16' if a.amp else 'fp32'}")
+    widths = [int(w) for w in a.widths.split(",")]
+    print(f"{a.rows} rows x {a.widths}, budget {a.budget:g}, compile {a.compile}, {'bf16' if a.amp else 'fp32'}")
     print(f"{'step':>4} {'point':<10} {'RSS MB':>8} {'peak MB':>8}")
     with compiled_layers(model.model.layers, bool(a.compile), a.budget):
         for s in range(a.steps):
             reset_peak_rss()
+            w = widths[s % len(widths)]
+            ids = torch.randint(0, model.config.vocab_size, (a.rows, w), generator=g)
+            pos = torch.arange(w).expand(a.rows, w)
             t = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.amp)):
                 loss = loss_fn(ids, pos, ids)
@@ -65,7 +69,7 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
             trim_heap()
-            print(_row(s, "optimizer", f"   ({time.perf_counter() - t:.1f} s)"))
+            print(_row(s, "optimizer", f"   ({time.perf_counter() - t:.1f} s, width {w})"))
 
 
 if __name__ == "__main__":

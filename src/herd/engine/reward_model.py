@@ -62,11 +62,9 @@ class RewardModel:
         return score_encoded(self.model, seqs, self.pad_id, batch_size)
 
 
-def load_reward_model(path: str | Path, template: Template | None = None) -> RewardModel:
-    """A reward artifact via ``AutoModelForSequenceClassification``, scoring in the template it was
-    trained with (named in its lineage); ``template`` is the fallback for folders without one."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+def check_reward_model(path: str | Path) -> Path:
+    """``path`` if it holds a reward model (a config naming ``LlamaForSequenceClassification``); checked
+    before a stage spends minutes sampling, since the model itself loads only when it scores."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise HerdError(f"{path}: not a reward model folder (no config.json)")
@@ -74,6 +72,15 @@ def load_reward_model(path: str | Path, template: Template | None = None) -> Rew
     if "LlamaForSequenceClassification" not in (cfg.get("architectures") or []):
         raise HerdError(f"{path}: not a reward model (architectures {cfg.get('architectures')}); "
                         "train one with a reward_model stage")
+    return path
+
+
+def load_reward_model(path: str | Path, template: Template | None = None) -> RewardModel:
+    """A reward artifact via ``AutoModelForSequenceClassification``, scoring in the template it was
+    trained with (named in its lineage); ``template`` is the fallback for folders without one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = check_reward_model(path)
     lin = path / "lineage.json"
     tname = (json.loads(lin.read_text()).get("template") or {}).get("name") if lin.is_file() else None
     if tname:

@@ -37,13 +37,14 @@ from herd.artifacts import (
 )
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.core.errors import HerdError
+from herd.core.phases import record, release_memory
 from herd.core.progress import Progress
 from herd.core.registry import STAGES
 from herd.data.records import Example
 from herd.data.report import DataReport
 from herd.engine.distributed import barrier, map_chunks
 from herd.engine.generation import sampling_model
-from herd.engine.reward_model import load_reward_model
+from herd.engine.reward_model import check_reward_model, load_reward_model
 from herd.engine.training import device, dist_env
 from herd.stages import StageContext
 from herd.stages.configs import RejectionSamplingStage
@@ -150,25 +151,35 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
         shutil.rmtree(sft_out, ignore_errors=True)
     barrier()
     work.mkdir(parents=True, exist_ok=True)
-    helpful = load_reward_model(resolve_reward_model(cfg.reward_model, workspace, recipe), template)
-    safety = (load_reward_model(resolve_reward_model(cfg.safety_reward_model, workspace, recipe), template)
-              if cfg.safety_reward_model else None)
-    scorer = Scorer(helpful, safety, cfg.safety_threshold, cfg.score_batch)
+    rm_paths = [check_reward_model(resolve_reward_model(n, workspace, recipe))
+                for n in (cfg.reward_model, cfg.safety_reward_model) if n]
+
+    def load_scorer() -> Scorer:
+        """The reward models, loaded only while they score: the SFT in between does not carry them."""
+        rms = [load_reward_model(p, template) for p in rm_paths]
+        return Scorer(rms[0], rms[1] if len(rms) > 1 else None, cfg.safety_threshold, cfg.score_batch)
+
     tok = load_tokenizer(parent)
     model = load_model(parent).to(device())
     if progress and rank == 0:
         print(f"[{cfg.name}] {len(train_p)} prompts x {cfg.k} samples; {len(held_p)} held-out prompts")
     sampler = sampling_model(model, cfg.sample_precision)
-    samples = sample_replies(sampler, tok, template, train_p, cfg, work / "samples.jsonl", progress)
+    with record(f"sample {cfg.k} replies per prompt"):
+        samples = sample_replies(sampler, tok, template, train_p, cfg, work / "samples.jsonl", progress)
     sample_dtype = str(next(sampler.parameters()).dtype).removeprefix("torch.")
     del sampler
+    release_memory()
     flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
     flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
-    rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety).view(len(train_p), cfg.k)
+    with record("score the samples"):
+        scorer = load_scorer()
+        rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety).view(len(train_p), cfg.k)
     best = select_best(rewards)
     kept = rewards.gather(1, best.unsqueeze(1)).squeeze(1)
-    held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
-    del model
+    with record("held-out greedy reward, parent"):
+        held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
+    del model, scorer
+    release_memory()  # the parent and both reward models: the SFT starts from the floor
     examples = [Example(messages=[*p["messages"], {"role": "assistant", "content": samples[i][int(best[i])]}],
                         source=p["source"], index=p["index"], meta={"reward": float(kept[i])})
                 for i, p in enumerate(train_p)]
@@ -185,14 +196,17 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
                            progress=progress, train=examples, data=data_records)
         _, sft_summary = STAGES["sft"](cfg.sft, sft)
     barrier()  # rank 0 published the SFT model
-    new_model = load_model(sft_out).to(device())
-    held_after = _greedy_reward(new_model, tok, template, held_p, scorer, cfg)
-    del new_model
+    with record("held-out greedy reward, derived"):
+        new_model = load_model(sft_out).to(device())
+        scorer = load_scorer()
+        held_after = _greedy_reward(new_model, tok, template, held_p, scorer, cfg)
+    del new_model, scorer
+    release_memory()
     summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,
                "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
                "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,
-               "reward_models": [str(helpful.path)] + ([str(safety.path)] if safety else []),
+               "reward_models": [str(p) for p in rm_paths],
                "sft": {k: v for k, v in sft_summary.items() if k not in ("data", "data_report")},
                "data": report.as_dict(), "world_size": world}
     if rank != 0:
