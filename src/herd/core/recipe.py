@@ -75,6 +75,10 @@ class TrainStage(_Strict):
     # per trained parameter (0.54 GB on SmolLM2 full fine-tuning); 8bit: bitsandbytes' blockwise 8-bit
     # AdamW (6 bytes less); neither with fsdp
     optimizer_state: Literal["fp32", "bf16", "8bit"] = "fp32"
+    # glibc only: allocations of at least this many MB come from the OS and go back when freed (0: glibc's
+    # adaptive threshold, which serves a step's large activation tensors from a heap that keeps their pages).
+    # Less peak memory, more page faults (core/phases.py); process-wide once a stage sets it
+    heap_mmap_threshold_mb: int = Field(default=0, ge=0, le=32)
     # the attention kernel for packed rows (engine/attention.py): auto = flash-attn, else flex, on CUDA; SDPA on CPU
     attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = "auto"
     fsdp: bool = False

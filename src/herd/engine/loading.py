@@ -20,7 +20,7 @@ def loop_config(cfg: TrainStage, progress: bool = True) -> LoopConfig:
                       seed=cfg.seed, precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
                       fsdp=cfg.fsdp, gradient_checkpointing=cfg.gradient_checkpointing, progress=progress,
                       compile=cfg.compile, activation_budget=cfg.activation_budget,
-                      optimizer_state=cfg.optimizer_state)
+                      optimizer_state=cfg.optimizer_state, heap_mmap_threshold_mb=cfg.heap_mmap_threshold_mb)
 
 
 def load_for_training(parent: BaseRef, cfg: TrainStage) -> tuple:

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from herd.core.phases import current_rss_mb, process_peak_mb, record, trim_heap
+from herd.core.phases import current_rss_mb, process_peak_mb, record, set_mmap_threshold, trim_heap
 from herd.core.progress import Progress
 from herd.data.packing import Batch, make_batch
 from herd.data.tokenize import Tokenized
@@ -73,6 +73,7 @@ class LoopConfig:
     compile: str = "auto"  # auto | on | off: decoder layers through torch.compile (engine/compiling.py)
     activation_budget: float = 1.0  # compiled layers: share of activations kept, the rest recomputed
     optimizer_state: str = "fp32"  # fp32 | bf16: AdamW's moments (bf16: stochastic rounding, −4 B/param)
+    heap_mmap_threshold_mb: int = 0  # glibc's M_MMAP_THRESHOLD for the run (0: its adaptive default)
 
 
 @dataclass
@@ -390,6 +391,8 @@ def _accumulate(loss_mod: nn.Module, mbs: list, n_trained: int, cfg: LoopConfig,
             loss_sum = loss_mod(ids, pos, lab)
         (loss_sum * (world / max(1, n_trained))).backward()
         step_loss += loss_sum.detach()
+        if m < n_mb - 1:
+            trim_heap()  # the next micro-batch starts from the live tensors, not this one's freed pages
         if m < len(mbs):
             step_tokens += mbs[m].n_tokens
     return step_loss, step_tokens
@@ -421,6 +424,8 @@ def optimise(module: nn.Module, cfg: LoopConfig, run_dir: Path, total: int, step
     checkpoints every ``checkpoint_every`` steps with exact resume, progress. ``step_fn(step)`` runs the
     step's forwards and backwards: that is where a causal LM, Bradley-Terry or DPO loss differ."""
     rank, world = dist_env()
+    if cfg.heap_mmap_threshold_mb:
+        set_mmap_threshold(cfg.heap_mmap_threshold_mb)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = adamw(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                 state=cfg.optimizer_state, seed=cfg.seed)
