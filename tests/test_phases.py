@@ -126,6 +126,8 @@ def test_a_stage_heap_setting_reaches_the_training_loop(tmp_path, monkeypatch):
     from herd.core.recipe import SFTStage
     from herd.engine import training
     from herd.engine.loading import loop_config
+    from herd.engine.pair_loop import pair_loop_config
+    from herd.stages.configs import DPOStage
 
     calls: list[int] = []
     monkeypatch.setattr(training, "set_mmap_threshold", calls.append)
@@ -136,8 +138,10 @@ def test_a_stage_heap_setting_reaches_the_training_loop(tmp_path, monkeypatch):
         loss.backward()
         return training.StepOut(loss=float(loss))
 
+    pair = {"data": [{"name": "p", "path": "pairs.jsonl", "format": "preference"}]}
     for mb, want in ((4, [4]), (0, [])):
-        calls.clear()
-        cfg = loop_config(SFTStage(heap_mmap_threshold_mb=mb, global_batch=2, epochs=1), progress=False)
-        training.optimise(lin, cfg, tmp_path / str(mb), 2, step_fn)
-        assert calls == want
+        for kind, cfg in (("sft", loop_config(SFTStage(heap_mmap_threshold_mb=mb), progress=False)),
+                          ("dpo", pair_loop_config(DPOStage(**pair, heap_mmap_threshold_mb=mb), progress=False))):
+            calls.clear()
+            training.optimise(lin, cfg, tmp_path / f"{kind}{mb}", 2, step_fn)
+            assert calls == want, kind

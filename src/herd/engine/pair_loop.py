@@ -112,4 +112,5 @@ def pair_loop_config(cfg, progress: bool) -> LoopConfig:
                           weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                           grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
                           checkpoint_every=cfg.checkpoint_every, fsdp=cfg.fsdp, progress=progress,
-                          gradient_checkpointing=cfg.gradient_checkpointing)
+                          gradient_checkpointing=cfg.gradient_checkpointing,
+                          heap_mmap_threshold_mb=cfg.heap_mmap_threshold_mb)

@@ -38,6 +38,8 @@ class _PairTraining(_Strict):
     # a micro-batch's activations drop from every layer's to one layer's (bench/pair_memory.py: 2.7x less
     # memory for 10-19 % more time per step)
     gradient_checkpointing: bool = False
+    # glibc's M_MMAP_THRESHOLD for the run, in MB (0: glibc's adaptive default; core/recipe.py TrainStage)
+    heap_mmap_threshold_mb: int = Field(default=0, ge=0, le=32)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     min_warmup_steps: int = Field(default=0, ge=0)
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)  # cosine floor as a fraction of lr
