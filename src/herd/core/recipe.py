@@ -77,7 +77,8 @@ class TrainStage(_Strict):
     optimizer_state: Literal["fp32", "bf16", "8bit"] = "fp32"
     # glibc only: allocations of at least this many MB come from the OS and go back when freed (0: glibc's
     # adaptive threshold, which serves a step's large activation tensors from a heap that keeps their pages).
-    # Less peak memory, more page faults (core/phases.py); process-wide once a stage sets it
+    # Less peak memory, more page faults (core/phases.py); process-wide once a stage sets it. The heap is
+    # then also trimmed between micro-batches
     heap_mmap_threshold_mb: int = Field(default=0, ge=0, le=32)
     # the attention kernel for packed rows (engine/attention.py): auto = flash-attn, else flex, on CUDA; SDPA on CPU
     attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = "auto"

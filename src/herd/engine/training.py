@@ -391,8 +391,8 @@ def _accumulate(loss_mod: nn.Module, mbs: list, n_trained: int, cfg: LoopConfig,
             loss_sum = loss_mod(ids, pos, lab)
         (loss_sum * (world / max(1, n_trained))).backward()
         step_loss += loss_sum.detach()
-        if m < n_mb - 1:
-            trim_heap()  # the next micro-batch starts from the live tensors, not this one's freed pages
+        if m < n_mb - 1 and cfg.heap_mmap_threshold_mb:
+            trim_heap()  # low-memory runs: the next micro-batch starts from live tensors, not freed pages
         if m < len(mbs):
             step_tokens += mbs[m].n_tokens
     return step_loss, step_tokens
