@@ -169,6 +169,29 @@ def test_dpo_prefers_chosen_on_heldout(tmp_path, toy_data, tiny_ref):
     assert not list(tmp_path.glob("*.work"))
 
 
+def test_dpo_starts_exactly_at_log_2_in_bf16(tmp_path, tiny_ref):
+    """The reference is computed over the loop's own micro-batches, so at step 0 policy and reference
+    agree bit for bit even in bf16, where a sequence's log-prob depends on its batch-mates' padding (on
+    these varied-length pairs the old length-sorted reference put the step-0 loss 4.8e-6 off log 2 at
+    one pair per forward; on SmolLM2 0.7023)."""
+    import math
+
+    from herd.stages.dpo import run_dpo
+
+    rng = random.Random(0)
+    recs = [{"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))),
+             "chosen": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 120))),
+             "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 120)))} for _ in range(24)]
+    data = tmp_path / "varied.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for micro in (1, 3):
+        cfg = dpo_config(data, eval_size=4, precision="bf16", micro_batch=micro, global_batch=6, max_steps=1,
+                         max_len=512)
+        _, summary = run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / f"dpo{micro}", name="toy",
+                             progress=False)
+        assert abs(summary["first_loss"] - math.log(2)) < 2e-7, (micro, summary["first_loss"])
+
+
 def test_dpo_lora_merges_adapter(tmp_path, toy_data, tiny_ref):
     from herd.stages.dpo import run_dpo
 

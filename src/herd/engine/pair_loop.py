@@ -57,6 +57,24 @@ def autocast(precision: str):
     return torch.autocast(device().type, dtype=amp or torch.float32, enabled=amp is not None)
 
 
+def micro_batches(items: list[int], micro_batch: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's micro-batches of one step's ``items``: every rank runs as many forwards as the rank
+    with the most items (rank 0), so an idle rank gets empty parts (run on ``items[:1]`` with weight 0)."""
+    mine = items[rank::world]
+    n_mb = math.ceil(len(items[0::world]) / micro_batch)
+    return [mine[m * micro_batch:(m + 1) * micro_batch] for m in range(n_mb)]
+
+
+def forward_layouts(n_items: int, cfg: LoopConfig) -> list[tuple[int, ...]]:
+    """Every item group this rank's forwards will see over the whole run, in order (idle parts as the
+    loop runs them). A quantity that must match training bit for bit, as DPO's reference log-probs must
+    at step 0, is computed over these same groups: in bf16 a sequence's log-prob depends on what it is
+    batched and padded with (measured on SmolLM2: up to 0.95 nats apart)."""
+    rank, world = dist_env()
+    return [tuple(part or items[:1]) for items in plan_steps(n_items, cfg)
+            for part in micro_batches(items, cfg.micro_batch, rank, world)]
+
+
 def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: LoopConfig, run_dir: Path, *,
                 resume: bool = False, desc: str = "train") -> LoopResult:
     """Train ``model`` in place on ``n_items`` items (pairs) with ``loss_fn``, through the one training
@@ -74,14 +92,11 @@ def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: LoopConfig
 
     def step_fn(step: int) -> StepOut:
         items = plan[step]
-        mine = items[rank::world]
-        # every rank runs as many forwards as the rank with the most items (rank 0)
-        n_mb = math.ceil(len(items[0::world]) / cfg.micro_batch)
+        parts = micro_batches(items, cfg.micro_batch, rank, world)
         step_loss, sums = 0.0, {}
-        for m in range(n_mb):
-            part = mine[m * cfg.micro_batch:(m + 1) * cfg.micro_batch]
+        for m, part in enumerate(parts):
             weight = world / len(items) if part else 0.0  # DDP/FSDP2 average gradients over ranks
-            sync = m == n_mb - 1
+            sync = m == len(parts) - 1
             ctx = module.no_sync() if (world > 1 and not cfg.fsdp and not sync) else nullcontext()
             with ctx, autocast(cfg.precision):
                 loss_sum, stats = module(part or items[:1])

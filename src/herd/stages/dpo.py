@@ -3,6 +3,10 @@
 The reference log-probs ``log π0(reply | prompt)`` of every pair are computed once, before training,
 with the parent's weights and kept in the work folder: the reference is never updated, so this is
 exact, halves the memory of keeping a second model, and makes a resumed run use the very same numbers.
+They are computed over the very micro-batches the training loop will run (same pairs together, same
+padding, same autocast), so policy and reference agree bit for bit at step 0 and the loss starts at
+log 2: in bf16 a sequence's log-prob depends on what it is padded with, and length-sorted reference
+batches put SmolLM2's step-0 loss at 0.7023, a bias the size of the signal DPO learns from.
 The policy is the parent (full fine-tuning) or the parent with a fresh LoRA adapter (merged into the
 saved weights, like the sft stage). The summary reports DPO's implicit-reward accuracy and margins
 ``β[(log π − log π0)(chosen) − (…)(rejected)]`` on held-out pairs.
@@ -21,7 +25,7 @@ from herd.core.registry import STAGES
 from herd.engine.distributed import barrier, map_rows
 from herd.engine.logprobs import batched_logps, pad_right, sequence_logps
 from herd.engine.losses import dpo_loss
-from herd.engine.pair_loop import autocast, pair_loop_config, train_items
+from herd.engine.pair_loop import autocast, forward_layouts, pair_loop_config, train_items
 from herd.engine.training import device, dist_env, full_state_dict
 from herd.stages import StageContext
 from herd.stages.common import finish_artifact
@@ -58,6 +62,35 @@ def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, bat
     return chosen, rejected
 
 
+def _layout_reference(work: Path, model, enc: EncodedPairs, pad_id: int, layouts: list[tuple[int, ...]],
+                      precision: str, key: dict) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """Reference log-probs of the training pairs, one entry per micro-batch of the loop
+    (:func:`herd.engine.pair_loop.forward_layouts`), each computed as the policy's forward will be;
+    cached under ``work`` per rank (trusted only for the same pairs and loop plan)."""
+    rank = dist_env()[0]
+    path = work / f"ref_logps_train.rank{rank}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == repr(key):
+            return {tuple(p): (c, r) for p, c, r in zip(saved["parts"], saved["chosen"], saved["rejected"],
+                                                        strict=True)}
+    out: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+    dev = device()
+    with torch.no_grad():
+        for part in layouts:
+            if part in out:
+                continue
+            ids, att, lab = pad_right([enc.chosen[i] for i in part] + [enc.rejected[i] for i in part], pad_id)
+            with autocast(precision):
+                c, r = sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev)).float().cpu().chunk(2)
+            out[part] = (c, r)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": repr(key), "parts": [list(p) for p in out], "chosen": [v[0] for v in out.values()],
+                "rejected": [v[1] for v in out.values()]}, tmp)
+    tmp.replace(path)
+    return out
+
+
 def dpo_metrics(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> dict:
     """Held-out DPO numbers: loss, implicit-reward accuracy (ties wrong) and margins, log-prob shifts."""
     if pc.numel() == 0:
@@ -85,8 +118,10 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
     work.mkdir(parents=True, exist_ok=True)
     model = load_model(parent).to(device())
     key = {"parent": parent.sha256, "template": template.jinja, "max_len": cfg.max_len, "precision": cfg.precision}
-    ref_c, ref_r = _reference(work, "train", model, train, pad, cfg.eval_batch, cfg.precision,
-                              {**key, "pairs": [p.key() for p in train.pairs]})
+    loop = pair_loop_config(cfg, progress)
+    layouts = forward_layouts(len(train), loop)
+    ref = _layout_reference(work, model, train, pad, layouts, cfg.precision,
+                            {**key, "pairs": [p.key() for p in train.pairs], "layouts": layouts})
     held_ref = _reference(work, "heldout", model, held, pad, cfg.eval_batch, cfg.precision,
                           {**key, "pairs": [p.key() for p in held.pairs]}) if held.pairs else None
     if cfg.method == "lora":
@@ -100,10 +135,11 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
         ids, att, lab = pad_right([train.chosen[i] for i in idx] + [train.rejected[i] for i in idx], pad)
         logps = sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev))
         pc, pr = logps.chunk(2)
-        losses, cr, rr = dpo_loss(pc, pr, ref_c[idx].to(dev), ref_r[idx].to(dev), cfg.beta)
+        ref_c, ref_r = ref[tuple(idx)]
+        losses, cr, rr = dpo_loss(pc, pr, ref_c.to(dev), ref_r.to(dev), cfg.beta)
         return losses.sum(), {"reward_accuracy": float((cr > rr).sum()), "reward_margin": float((cr - rr).sum())}
 
-    result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
+    result = train_items(model, len(train), loss_fn, loop, work, resume=resume,
                          desc=cfg.name)
     if world > 1:  # the trained model is wrapped or sharded: evaluate and save a plain copy of its weights
         state = full_state_dict(model, all_ranks=True)
