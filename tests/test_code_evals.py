@@ -235,8 +235,8 @@ def test_infilling_eval_end_to_end_uses_each_roles_tokenizer(tiny_ref, derived_d
     cfg_cls, fn = _eval("humaneval_infilling")
     cfg = cfg_cls(data=str(INFILLING), n_problems=3, max_new_tokens=6, batch_size=4)
     out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
-    _check_metrics(out.metrics, ["middle_nll_psm", "middle_nll_spm", "exact_match_psm", "pass@1_psm",
-                                 "exact_match_spm", "pass@1_spm"])
+    _check_metrics(out.metrics, ["middle_nll_psm", "middle_nll_spm", "middle_nll_spm_unhealed", "exact_match_psm",
+                                 "pass@1_psm", "exact_match_spm", "pass@1_spm"])
     assert out.extra["humaneval_infilling"]["single_line"] is True
     nll = next(m for m in out.metrics if m["name"] == "middle_nll_spm")
     assert nll["better"] == "lower" and nll["parent"] > 0 and nll["derived"] > 0
@@ -275,3 +275,48 @@ def test_middle_nll_scores_exactly_the_middle_tokens(tiny_model, tokenizer):
             logp = tiny_model(input_ids=torch.tensor([prompt + target])).logits[0].log_softmax(-1)
         want = -sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(target)) / len(target)
         assert got == pytest.approx(float(want), abs=1e-5)
+
+
+def test_spm_token_healing_scores_the_training_layout(tiny_model, tokenizer):
+    """A single-line task's SPM prompt ends with a newline that SmolLM2's BPE merges with the next line's
+    indentation. Healed, prompt + scored tokens are exactly SPM training's joint encoding of prefix +
+    middle, and the NLL is taken over the tokens after the healed prompt."""
+    import torch
+
+    from herd.data.transforms.fim import infill_prompt_ids
+
+    prob = {"prompt": "def f(x):\n", "suffix": "\n    return y\n", "canonical_solution": "    y = x + 1\n"}
+    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pre, joint = enc(prob["prompt"]), enc(prob["prompt"] + prob["canonical_solution"])
+    assert joint[:len(pre)] != pre  # the merge this is about: "\n" + "    " is one token
+    paper = infill_prompt_ids(tokenizer, prob["prompt"], prob["suffix"], "spm")
+    healed, dropped = he.spm_healed_prompt(tokenizer, prob["prompt"], prob["suffix"])
+    assert dropped == "\n" and healed == paper[:-1]
+    target = joint[len(pre) - 1:]
+    assert healed + target == paper[:-len(pre)] + joint  # the training sequence's tokens, <EOT> aside
+    got = he.middle_nll(tiny_model, tokenizer, [prob], "spm", heal=True)[0]
+    with torch.no_grad():
+        logp = tiny_model(input_ids=torch.tensor([healed + target])).logits[0].log_softmax(-1)
+    want = -sum(logp[len(healed) - 1 + i, t] for i, t in enumerate(target)) / len(target)
+    assert got == pytest.approx(float(want), abs=1e-5)
+    assert he.middle_nll(tiny_model, tokenizer, [prob], "psm", heal=True) == \
+        he.middle_nll(tiny_model, tokenizer, [prob], "psm")  # PSM ends with a sentinel: nothing to heal
+
+
+def test_healed_generation_rewrites_the_dropped_text_first(tiny_model, tokenizer):
+    """The first generated token is the most likely among those whose text starts with the dropped
+    text, and the middle is what follows that text."""
+    import torch
+
+    prob = {"prompt": "def f(x):\n", "suffix": "\n    return y\n", "canonical_solution": "    y = x\n"}
+    healed, dropped = he.spm_healed_prompt(tokenizer, prob["prompt"], prob["suffix"])
+    (first,) = he.healed_first_tokens(tiny_model, tokenizer, [(healed, dropped)])
+    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+    allowed = [t for t, v in enumerate(vocab) if v.startswith(dropped)]
+    with torch.no_grad():
+        logits = tiny_model(input_ids=torch.tensor([healed])).logits[0, -1]
+    assert first == max(allowed, key=lambda t: float(logits[t]))
+    assert vocab[first].startswith("\n")
+    (middle,) = he.infill(tiny_model, tokenizer, [prob], "spm", single_line=True, max_new_tokens=4, heal=True)
+    assert middle.endswith("\n") and middle.count("\n") == 1
+    assert middle.startswith(vocab[first][1:]) or "\n" in vocab[first][1:]

@@ -65,6 +65,10 @@ class HumanEvalInfillingConfig(_ExecConfig):
     single_line: bool | None = None  # stop at a newline; None: when the file is the single-line benchmark
     max_new_tokens: int = Field(default=128, gt=0)
     middle_nll: bool = True  # also score the true middle's likelihood (a graded infilling measure)
+    # SPM with a byte-level BPE: the prompt's last token is dropped and written again by the model
+    # (humaneval.spm_healed_prompt: the paper's SentencePiece ends the prompt at a token boundary, a BPE
+    # that merges newline + indentation does not); the middle NLL of the paper's prompt is reported beside
+    token_healing: bool = True
     # "all": every task in file order. "dev"/"test": tasks split BY HumanEval problem (``dev_problems`` of
     # the 164, chosen with ``split_seed``), in a seeded random order so that n_problems samples them;
     # settings are chosen on dev, and a final run scores test once
@@ -252,13 +256,18 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
         for mode in cfg.modes:
             ctx.log(f"HumanEval infilling ({mode.upper()}), {role} ({len(problems)} tasks)")
             desc = f"eval humaneval_infilling {role} {mode}"
+            heal = cfg.token_healing and mode == "spm"
             middles = he.infill(model, tok, problems, mode, single_line=single, max_new_tokens=cfg.max_new_tokens,
-                                batch_size=cfg.batch_size, progress=ctx.progress, desc=desc)
-            nll = he.middle_nll(model, tok, problems, mode, progress=ctx.progress, desc=f"{desc} middle NLL") \
-                if cfg.middle_nll else [None] * len(problems)
+                                batch_size=cfg.batch_size, heal=heal, progress=ctx.progress, desc=desc)
+            nll = he.middle_nll(model, tok, problems, mode, heal=heal, progress=ctx.progress,
+                                desc=f"{desc} middle NLL") if cfg.middle_nll else [None] * len(problems)
+            raw = he.middle_nll(model, tok, problems, mode, progress=ctx.progress,
+                                desc=f"{desc} middle NLL, paper's prompt") if cfg.middle_nll and heal \
+                else [None] * len(problems)
             jobs += [{"task_id": p["task_id"], "role": role, "mode": mode, "middle": m,
                       "exact_match": he.exact_match(m, p["canonical_solution"]), "middle_nll": x,
-                      "program": he.infilling_program(p, m)} for p, m, x in zip(problems, middles, nll)]
+                      "middle_nll_unhealed": r, "program": he.infilling_program(p, m)}
+                     for p, m, x, r in zip(problems, middles, nll, raw)]
         del tok, model  # so that _execute can free it
     _execute(ctx, cfg, jobs, "humaneval_infilling")
     files = [_write(ctx, f"humaneval-infilling-{role}.jsonl", [j for j in jobs if j["role"] == role])
@@ -290,15 +299,20 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
                                         "derived": _pct(he.mean(items["derived"])), "better": "higher"},
                                        items["parent"], items["derived"], scale=100, digits=2))
         if cfg.middle_nll:
-            nll = {role: [j["middle_nll"] for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
-            pairs = [(q, d) for q, d in zip(nll["parent"], nll["derived"]) if q is not None and d is not None]
-            wins = he.mean([float(d < q) for q, d in pairs])
-            nll_rows.append(with_paired(
-                {"task": f"HumanEval {bench} infilling: NLL of the true middle, nats/token ({mode.upper()}, "
-                         f"teacher-forced; derived lower on {_pct(wins)}% of tasks)",
-                 "name": f"middle_nll_{mode}", "dataset": dataset, "parent": round(he.mean([q for q, _ in pairs]), 4),
-                 "derived": round(he.mean([d for _, d in pairs]), 4), "better": "lower"},
-                [q for q, _ in pairs], [d for _, d in pairs]))
+            healed = cfg.token_healing and mode == "spm"
+            for key, name, how in (("middle_nll", f"middle_nll_{mode}", ", token-healed prompt" if healed else ""),
+                                   ("middle_nll_unhealed", f"middle_nll_{mode}_unhealed", ", the paper's prompt")):
+                if key == "middle_nll_unhealed" and not healed:
+                    continue
+                nll = {role: [j[key] for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
+                pairs = [(q, d) for q, d in zip(nll["parent"], nll["derived"]) if q is not None and d is not None]
+                wins = he.mean([float(d < q) for q, d in pairs])
+                nll_rows.append(with_paired(
+                    {"task": f"HumanEval {bench} infilling: NLL of the true middle, nats/token ({mode.upper()}{how}, "
+                             f"teacher-forced; derived lower on {_pct(wins)}% of tasks)",
+                     "name": name, "dataset": dataset, "parent": round(he.mean([q for q, _ in pairs]), 4),
+                     "derived": round(he.mean([d for _, d in pairs]), 4), "better": "lower"},
+                    [q for q, _ in pairs], [d for _, d in pairs]))
     metrics = nll_rows + metrics  # the graded measure first: exact match of a 135M model stays near 0
     statuses = _statuses(jobs)
     extra = {"humaneval_infilling": {"tasks": len(problems), "modes": list(cfg.modes), "single_line": single,

@@ -166,8 +166,9 @@ def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
 
 def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop_ids: Sequence[int] = (),
-                 stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0, progress: bool = False,
-                 desc: str = "generate") -> list[list[list[int]]]:
+                 stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0,
+                 suppress_ids: Sequence[int] = (), progress: bool = False, desc: str = "generate"
+                 ) -> list[list[list[int]]]:
     """``n`` continuations (token ids, cut before EOS/any stop id) of each tokenized prompt, through the
     generation engine (one prefill per prompt for its ``n`` samples).
 
@@ -179,8 +180,8 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
     rows = engine_ids(model, [list(p) for p in prompts], max_new_tokens=max_new_tokens, n=n,
                       temperature=temperature, top_p=top_p, stop_ids=ends, stop_strings=stop_strings,
-                      tokenizer=tokenizer, pad_id=pad, batch_size=batch_size, seed=seed, progress=progress,
-                      desc=desc)
+                      tokenizer=tokenizer, pad_id=pad, batch_size=batch_size, seed=seed, suppress_ids=suppress_ids,
+                      progress=progress, desc=desc)
     return [[s.ids for s in samples] for samples in rows]
 
 
@@ -195,10 +196,52 @@ def complete(model, tokenizer, prompts: Sequence[str], *, stops: Sequence[str] =
     return [[truncate(decode_continuation(tokenizer, ids), stops) for ids in samples] for samples in rows]
 
 
+def spm_healed_prompt(tokenizer, prefix: str, suffix: str) -> tuple[list[int], str]:
+    """The SPM prompt without its last token, and that token's text, which the continuation must start
+    with (token healing); ``(prompt, "")`` where there is nothing to heal.
+
+    Code Llama's SPM prompt ends with ``enc(prefix)``. Its SentencePiece keeps a newline apart from the next
+    line's indentation, so a single-line task's prompt (the prefix ends with a newline) ends at a token
+    boundary of prefix + middle. A byte-level BPE (SmolLM2, Llama 3) merges ``"\n" + "    "`` into one
+    token: the paper's prompt then ends inside a token that training, which encodes prefix and middle
+    together, never splits. Dropping the last token and letting the model write it restores the boundary."""
+    from herd.data.transforms.fim import infill_prompt_ids
+
+    prompt = infill_prompt_ids(tokenizer, prefix, suffix, "spm")
+    if not prefix or not prompt:
+        return prompt, ""
+    text = tokenizer.decode(prompt[-1:], clean_up_tokenization_spaces=False)
+    if not text or "\ufffd" in text or not prefix.endswith(text):  # a special or partial-byte token
+        return prompt, ""
+    return prompt[:-1], text
+
+
+def _vocab_text(tokenizer) -> list[str]:
+    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+
+
+def healed_first_tokens(model, tokenizer, heads: Sequence[tuple[list[int], str]], *, batch_size: int = 8
+                        ) -> list[int]:
+    """Greedy first token of each healed prompt among the tokens whose text starts with the dropped
+    text (token healing's constraint): the continuation re-writes what the prompt lost, then goes on."""
+    vocab = _vocab_text(tokenizer)
+    out = [0] * len(heads)
+    for d in sorted({d for _, d in heads}):
+        idx = [i for i, (_, x) in enumerate(heads) if x == d]
+        banned = [t for t, v in enumerate(vocab) if not v.startswith(d)]
+        rows = generate_ids(model, tokenizer, [heads[i][0] for i in idx], max_new_tokens=1,
+                            batch_size=batch_size, suppress_ids=banned)
+        for i, (ids,) in zip(idx, rows, strict=True):
+            out[i] = ids[0]
+    return out
+
+
 def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line: bool, max_new_tokens: int = 128,
-           batch_size: int = 8, progress: bool = False, desc: str = "infill") -> list[str]:
+           batch_size: int = 8, heal: bool = False, progress: bool = False, desc: str = "infill") -> list[str]:
     """Greedy middles in Code Llama's PSM/SPM inference layout, until <EOT>, EOS or (single-line) a newline.
 
+    With ``heal`` an SPM prompt loses its last token, which the model writes again
+    (:func:`spm_healed_prompt`); the middle is what follows that token's text.
     A tokenizer without the sentinel tokens (the parent) sees them as text; "<EOT>" then stops as text."""
     from herd.data.transforms.fim import SENTINELS, eot_id, infill_prompt_ids
 
@@ -206,26 +249,38 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
     stops = ["\n"] if single_line else []
     if eot is None:
         stops.append(SENTINELS[3])
-    prompts = [infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
+    leads = [""] * len(problems)
+    if heal and mode == "spm":
+        heads = [spm_healed_prompt(tokenizer, p["prompt"], p["suffix"]) for p in problems]
+        todo = [i for i, (_, d) in enumerate(heads) if d]
+        firsts = healed_first_tokens(model, tokenizer, [heads[i] for i in todo], batch_size=batch_size)
+        prompts = [ids for ids, _ in heads]
+        for i, t in zip(todo, firsts, strict=True):
+            prompts[i] = prompts[i] + [t]
+            leads[i] = tokenizer.decode([t], clean_up_tokenization_spaces=False)[len(heads[i][1]):]
+    else:
+        prompts = [infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
     rows = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                         stop_ids=[eot] if eot is not None else [], stop_strings=stops, batch_size=batch_size,
                         progress=progress, desc=desc)
     middles = []
-    for (ids,) in rows:
-        text = decode_continuation(tokenizer, ids)
+    for lead, (ids,) in zip(leads, rows, strict=True):
+        text = lead + decode_continuation(tokenizer, ids)
         if eot is None:
             text = truncate(text, [SENTINELS[3]])
         middles.append(first_line(text) if single_line else text)
     return middles
 
 
-def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, progress: bool = False,
+def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, heal: bool = False, progress: bool = False,
                desc: str = "middle NLL") -> list[float | None]:
     """Mean negative log-likelihood (nats/token) of each problem's true middle after the PSM/SPM infilling
     prompt, teacher-forced: a graded measure of infilling where exact match of a small model is all 0.
 
-    The middle is tokenized on its own (in SPM training it is encoded together with the prefix; the
-    boundary token may differ) and its closing <EOT> is not scored (a parent has no such token)."""
+    PSM, and SPM without ``heal``: the paper's prompt, then the middle tokenized on its own. SPM with
+    ``heal``: the prompt of :func:`spm_healed_prompt`, then the tokens of prefix + middle encoded
+    together (as SPM training encodes them) from there on: the re-written boundary token and the middle.
+    The closing <EOT> is not scored (a parent has no such token)."""
     import torch
 
     from herd.core.progress import Progress
@@ -235,11 +290,21 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, progres
     dev = next(model.parameters()).device
     model.eval()
     for p in Progress(problems, desc=desc, unit="problem", enabled=progress):
-        prompt = infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode)
-        target = tokenizer(p["canonical_solution"], add_special_tokens=False)["input_ids"]
+        middle = p["canonical_solution"]
+        target = tokenizer(middle, add_special_tokens=False)["input_ids"]
         if not target:
             out.append(None)
             continue
+        prompt, dropped = spm_healed_prompt(tokenizer, p["prompt"], p["suffix"]) if heal and mode == "spm" \
+            else (infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode), "")
+        if dropped:
+            pre = tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]
+            joint = tokenizer(p["prompt"] + middle, add_special_tokens=False)["input_ids"]
+            keep = len(pre) - 1  # the prompt holds pre[:keep]; joint shares them unless a merge reaches further
+            while keep > 0 and joint[:keep] != pre[:keep]:
+                keep -= 1
+            prompt = prompt[:len(prompt) - (len(pre) - 1 - keep)]
+            target = joint[keep:]
         ids = torch.tensor([prompt + target], device=dev)
         with torch.no_grad():
             logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1:-1].float()
