@@ -96,9 +96,11 @@ def fim_ids(tokenizer, ids: SentinelIds, prefix: str, middle: str, suffix: str, 
             spm_encoding: str = "joint") -> list[int]:
     """One training sequence in PSM or SPM layout (no BOS/EOS: the packer adds the separator).
 
-    ``spm_encoding="separate"`` encodes SPM's prefix and middle each on its own, so the tokens up to the
-    middle are exactly the SPM inference prompt's (with a byte-level BPE, a split after a newline falls
-    inside a newline+indent token: joint encoding never shows the model the prompt's last token there)."""
+    SPM encodes prefix and middle together, as published (``spm_encoding="joint"``). With a byte-level
+    BPE a split after a newline then falls inside a newline+indent token, so the paper's inference prompt,
+    ``enc(prefix)``, ends in a token training never shows there; the infilling eval heals that token
+    (:func:`herd.evals.humaneval.spm_healed_prompt`). ``"separate"`` encodes prefix and middle each on its
+    own instead, so that training matches the unhealed prompt (measured: it lost SPM middle NLL)."""
     if mode == "psm":
         return ([ids.pre] + _enc(tokenizer, prefix) + [ids.suf] + _enc(tokenizer, suffix) + [ids.mid]
                 + _enc(tokenizer, middle) + [ids.eot])
