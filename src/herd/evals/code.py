@@ -300,10 +300,10 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
                                        items["parent"], items["derived"], scale=100, digits=2))
         if cfg.middle_nll:
             healed = cfg.token_healing and mode == "spm"
-            for key, name, how in (("middle_nll", f"middle_nll_{mode}", ", token-healed prompt" if healed else ""),
-                                   ("middle_nll_unhealed", f"middle_nll_{mode}_unhealed", ", the paper's prompt")):
-                if key == "middle_nll_unhealed" and not healed:
-                    continue
+            rows = [("middle_nll", f"middle_nll_{mode}", ", token-healed prompt" if healed else "")]
+            if healed:
+                rows.append(("middle_nll_unhealed", f"middle_nll_{mode}_unhealed", ", the paper's prompt"))
+            for key, name, how in rows:
                 nll = {role: [j[key] for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
                 pairs = [(q, d) for q, d in zip(nll["parent"], nll["derived"]) if q is not None and d is not None]
                 wins = he.mean([float(d < q) for q, d in pairs])

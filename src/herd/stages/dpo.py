@@ -62,6 +62,14 @@ def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, bat
     return chosen, rejected
 
 
+def _group_logps(model, enc: EncodedPairs, idx, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) log-probs of the pairs ``idx`` in ONE forward, chosen rows then rejected rows
+    padded together: the layout both the policy's step and its reference use."""
+    dev = next(model.parameters()).device
+    ids, att, lab = pad_right([enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx], pad_id)
+    return sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev)).chunk(2)
+
+
 def _layout_reference(work: Path, model, enc: EncodedPairs, pad_id: int, layouts: list[tuple[int, ...]],
                       precision: str, key: dict) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
     """Reference log-probs of the training pairs, one entry per micro-batch of the loop
@@ -75,15 +83,12 @@ def _layout_reference(work: Path, model, enc: EncodedPairs, pad_id: int, layouts
             return {tuple(p): (c, r) for p, c, r in zip(saved["parts"], saved["chosen"], saved["rejected"],
                                                         strict=True)}
     out: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-    dev = device()
     with torch.no_grad():
         for part in layouts:
-            if part in out:
-                continue
-            ids, att, lab = pad_right([enc.chosen[i] for i in part] + [enc.rejected[i] for i in part], pad_id)
-            with autocast(precision):
-                c, r = sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev)).float().cpu().chunk(2)
-            out[part] = (c, r)
+            if part not in out:
+                with autocast(precision):
+                    c, r = _group_logps(model, enc, part, pad_id)
+                out[part] = (c.float().cpu(), r.float().cpu())
     tmp = path.with_suffix(".tmp")
     torch.save({"key": repr(key), "parts": [list(p) for p in out], "chosen": [v[0] for v in out.values()],
                 "rejected": [v[1] for v in out.values()]}, tmp)
@@ -132,9 +137,7 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
 
     def loss_fn(idx: list[int]):
         dev = next(model.parameters()).device
-        ids, att, lab = pad_right([train.chosen[i] for i in idx] + [train.rejected[i] for i in idx], pad)
-        logps = sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev))
-        pc, pr = logps.chunk(2)
+        pc, pr = _group_logps(model, train, idx, pad)
         ref_c, ref_r = ref[tuple(idx)]
         losses, cr, rr = dpo_loss(pc, pr, ref_c.to(dev), ref_r.to(dev), cfg.beta)
         return losses.sum(), {"reward_accuracy": float((cr > rr).sum()), "reward_margin": float((cr - rr).sum())}
