@@ -135,6 +135,55 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients():
         h @ frozen.t(), y, reduction="sum"), (h,))[0], rtol=1e-10)
 
 
+def test_chunked_linear_logprobs_equal_log_softmax_and_its_gradients():
+    """Per-position log-probs (DPO, KL): values and gradients of ``log_softmax(h @ w.T)[i, y_i]`` under
+    any per-position upstream gradient (the backward recomputes each chunk's logits)."""
+    from herd.engine.cross_entropy import linear_logprobs
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    up = torch.randn(37, dtype=torch.float64)  # e.g. DPO's per-sequence sigmoid weights, spread per position
+    ref = torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None]).squeeze(1)
+    gh, gw = torch.autograd.grad((ref * up).sum(), (h, w))
+    got = linear_logprobs(h, w, y, chunk=7)  # 6 chunks, the last one short
+    ch, cw = torch.autograd.grad((got * up).sum(), (h, w))
+    assert torch.allclose(got, ref, rtol=1e-12)
+    assert torch.allclose(ch, gh, rtol=1e-10) and torch.allclose(cw, gw, rtol=1e-10)
+    with torch.no_grad():
+        assert torch.allclose(linear_logprobs(h, w, y, chunk=7), ref, rtol=1e-12)
+    (ch2,) = torch.autograd.grad((linear_logprobs(h, w.detach(), y, chunk=5) * up).sum(), (h,))  # frozen head
+    assert torch.allclose(ch2, gh, rtol=1e-10)
+
+
+def test_sequence_logps_chunked_equal_full_logits_on_the_model(tiny_model, tokenizer):
+    """The model path (tied embedding / LM head, right padding): the chunked head gives the log-probs and
+    gradients of full logits through ``log_softmax``, in fp32."""
+    from herd.engine.logprobs import encode_reply, pad_right, sequence_logps
+    from herd.templates import IGNORE_INDEX
+
+    template = get_template("chatml")
+    enc = [encode_reply(template, tokenizer, [{"role": "user", "content": q}], a) for q, a in
+           [("Name a colour.", "Blue, like the sky on a clear day."), ("Hi", "Hello! How can I help you today?")]]
+    ids, att, lab = pad_right(enc, tokenizer.pad_token_id)
+    weights = torch.tensor([0.7, -1.3])
+    tiny_model.zero_grad(set_to_none=True)
+    got = sequence_logps(tiny_model, ids, att, lab)
+    (got * weights).sum().backward()
+    g_got = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+    tiny_model.zero_grad(set_to_none=True)
+    logp = torch.log_softmax(tiny_model(input_ids=ids, attention_mask=att).logits[:, :-1].float(), -1)
+    target = lab[:, 1:]
+    tok = logp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target != IGNORE_INDEX)
+    want = tok.sum(1)
+    (want * weights).sum().backward()
+    assert torch.allclose(got, want, rtol=1e-5), (got, want)
+    for name, p in tiny_model.named_parameters():
+        assert torch.allclose(g_got[name], p.grad, rtol=1e-4, atol=1e-6), name
+    tiny_model.zero_grad(set_to_none=True)
+
+
 def test_masked_lm_loss_chunked_equals_plain_on_the_model(tiny_model, tokenizer, alpaca_examples):
     """The model path: tied embedding / LM head, packed rows, fp32; and under bf16 autocast within
     bf16's rounding."""

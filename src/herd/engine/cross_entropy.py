@@ -9,6 +9,9 @@ dropped. The backward only scales the saved gradients. The arithmetic is the pla
 the head in the compute dtype, softmax in fp32), so losses and gradients agree with
 ``F.cross_entropy(lm_head(h).float(), y, reduction="sum")`` (tested). Same idea as Liger-Kernel's fused
 linear cross-entropy, written for any device in plain torch ops.
+
+Per-position log-probs (DPO, KL and reply scoring) take the same chunked forward; their gradient
+weights are known only after it, so the backward recomputes a chunk's logits instead of keeping them.
 """
 
 from __future__ import annotations
@@ -68,3 +71,62 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         dtype = torch.promote_types(hidden.dtype, weight.dtype)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, labels, chunk, dtype, torch.is_grad_enabled())
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """Per-position ``log p(label)`` through the LM head in chunks; the backward recomputes each chunk's
+    logits (one more head matmul) instead of keeping them, since its per-position weights (a sequence
+    loss's gradient, e.g. DPO's sigmoid) are known only after the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
+                compute_dtype: torch.dtype) -> torch.Tensor:
+        w = weight.to(compute_dtype)
+        h_all = hidden.to(compute_dtype)
+        acc = torch.promote_types(compute_dtype, torch.float32)
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        lse_all = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = (h_all[s:s + chunk] @ w.t()).to(acc)
+            lse_all[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s:s + chunk] = logits.gather(1, labels[s:s + chunk, None]).squeeze(1) - lse_all[s:s + chunk]
+        ctx.save_for_backward(hidden, weight, labels, lse_all)
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, weight, labels, lse_all = ctx.saved_tensors
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cd, chunk = ctx.compute_dtype, ctx.chunk
+        w = weight.to(cd)
+        h_all = hidden.to(cd)
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_w = torch.zeros_like(weight, dtype=lse_all.dtype) if want_w else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = h_all[s:s + chunk]
+            y = labels[s:s + chunk]
+            g_out = grad_out[s:s + chunk].to(lse_all.dtype)
+            # d logp_y / d logits = onehot(y) - softmax: scaled by each position's incoming gradient
+            p = torch.exp((h @ w.t()).to(lse_all.dtype).sub_(lse_all[s:s + chunk, None]))
+            g = p.mul_(-g_out[:, None])
+            g[torch.arange(y.shape[0], device=y.device), y] += g_out
+            g = g.to(cd)
+            if want_h:
+                grad_h[s:s + chunk] = (g @ w).to(hidden.dtype)
+            if want_w:
+                grad_w += (g.t() @ h).to(lse_all.dtype)
+        return grad_h, grad_w.to(weight.dtype) if want_w else None, None, None, None
+
+
+def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                    chunk: int = CHUNK) -> torch.Tensor:
+    """``log_softmax(hidden @ weight.T)[i, labels[i]]`` for every row of ``hidden`` [n, d] (labelled
+    positions only), never holding more than ``chunk`` rows of logits; the head runs in the autocast
+    dtype when autocast is on, the softmax in fp32, as :func:`linear_cross_entropy`."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    else:
+        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearLogProbs.apply(hidden, weight, labels, chunk, dtype)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from herd.engine.cross_entropy import linear_logprobs
 from herd.templates import IGNORE_INDEX, Template
 
 
@@ -66,6 +67,9 @@ def pad_right(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return ids, att, lab
 
 
+CHUNKED_HEAD = True  # False: full logits through log_softmax, the path before (bench/pair_memory.py's baseline)
+
+
 def _causal_lm(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -73,13 +77,17 @@ def _causal_lm(model: nn.Module) -> nn.Module:
 def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:
     """Sum of ``log p(token | prefix)`` over labelled tokens, per row (differentiable). The LM head runs
-    only on the positions that predict a labelled token, as herd's SFT loss does."""
+    only on the positions that predict a labelled token, in chunks, as herd's SFT loss does: a DPO pair of
+    two 1,024-token replies would otherwise hold ~1 GB of fp32 logits and their gradients."""
     lm = _causal_lm(model)
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     sel = target != IGNORE_INDEX
-    logits = lm.lm_head(hidden[:, :-1][sel]).float()
-    tok_logps = torch.log_softmax(logits, dim=-1).gather(1, target[sel].unsqueeze(1)).squeeze(1)
+    if CHUNKED_HEAD and type(lm.lm_head) is nn.Linear and lm.lm_head.bias is None:  # no [n, vocab] logits
+        tok_logps = linear_logprobs(hidden[:, :-1][sel], lm.lm_head.weight, target[sel])
+    else:
+        logits = lm.lm_head(hidden[:, :-1][sel]).float()
+        tok_logps = torch.log_softmax(logits, dim=-1).gather(1, target[sel].unsqueeze(1)).squeeze(1)
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[sel]
     return torch.zeros(labels.shape[0], dtype=tok_logps.dtype, device=tok_logps.device).index_add(0, rows, tok_logps)
 
