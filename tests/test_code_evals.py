@@ -305,18 +305,26 @@ def test_spm_token_healing_scores_the_training_layout(tiny_model, tokenizer):
 
 def test_healed_generation_rewrites_the_dropped_text_first(tiny_model, tokenizer):
     """The first generated token is the most likely among those whose text starts with the dropped
-    text, and the middle is what follows that text."""
+    text, and the middle is what follows that text: the engine's one-prefill healing gives what
+    prefilling the prompt again with that token and decoding on gives (greedy, fp32)."""
     import torch
 
-    prob = {"prompt": "def f(x):\n", "suffix": "\n    return y\n", "canonical_solution": "    y = x\n"}
-    healed, dropped = he.spm_healed_prompt(tokenizer, prob["prompt"], prob["suffix"])
-    (first,) = he.healed_first_tokens(tiny_model, tokenizer, [(healed, dropped)])
+    probs = [{"prompt": "def f(x):\n", "suffix": "\n    return y\n", "canonical_solution": "    y = x\n"},
+             {"prompt": "def g(a, b):\n    s = a + b\n", "suffix": "    return s\n", "canonical_solution": "    s *= 2\n"},
+             {"prompt": "x = [1, 2,", "suffix": "]\nprint(x)\n", "canonical_solution": " 3"}]
     vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
-    allowed = [t for t, v in enumerate(vocab) if v.startswith(dropped)]
-    with torch.no_grad():
-        logits = tiny_model(input_ids=torch.tensor([healed])).logits[0, -1]
-    assert first == max(allowed, key=lambda t: float(logits[t]))
-    assert vocab[first].startswith("\n")
-    (middle,) = he.infill(tiny_model, tokenizer, [prob], "spm", single_line=True, max_new_tokens=4, heal=True)
-    assert middle.endswith("\n") and middle.count("\n") == 1
-    assert middle.startswith(vocab[first][1:]) or "\n" in vocab[first][1:]
+    want = []
+    for prob in probs:  # the reference: two passes, the healed token appended to the prompt by hand
+        healed, dropped = he.spm_healed_prompt(tokenizer, prob["prompt"], prob["suffix"])
+        assert dropped
+        allowed = [t for t, v in enumerate(vocab) if v.startswith(dropped)]
+        assert he.healing_tokens(tokenizer, [dropped, ""]) == [allowed, None]
+        with torch.no_grad():
+            logits = tiny_model(input_ids=torch.tensor([healed])).logits[0, -1]
+        first = max(allowed, key=lambda t: float(logits[t]))
+        (ids,) = he.generate_ids(tiny_model, tokenizer, [healed + [first]], max_new_tokens=6, stop_strings=["\n"])[0]
+        want.append(he.first_line(vocab[first][len(dropped):] + he.decode_continuation(tokenizer, ids)))
+    got = he.infill(tiny_model, tokenizer, probs, "spm", single_line=True, max_new_tokens=6, heal=True,
+                    batch_size=2)
+    assert got == want
+    assert all(m.endswith("\n") and m.count("\n") == 1 for m in got)

@@ -106,3 +106,21 @@ def test_text_generate_cuts_at_stops_and_reads_like_before(tiny_model, tokenizer
     assert texts == [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ref]
     k = generate(tiny_model, tokenizer, [prompts[0]] * 3, max_new_tokens=6, temperature=1.0, seed=3)
     assert len(k) == 3 and len(set(k)) > 1  # repeated prompts (rejection sampling's K) are distinct samples
+
+
+def test_healing_constrains_only_the_first_token_of_its_prompts(tiny_model, tokenizer):
+    """``heal``: a healed prompt's first token comes from its allowed ids (sampled too), the rest decode
+    freely, that token is not counted in ``max_new_tokens``, and an unhealed prompt is left alone."""
+    prompts = _prompts(tokenizer)[:3]
+    ref = _hf_greedy(tiny_model, prompts, 6)
+    allowed = [sorted({ref[0][0], ref[1][0]} ^ {5, 7, 11}), None, [13]]
+    for temperature in (0.0, 1.0):
+        got = generate_ids(tiny_model, prompts, max_new_tokens=6, temperature=temperature, heal=allowed,
+                           batch_size=3)
+        (a,), (b,), (c,) = got
+        assert a.ids[0] in allowed[0] and c.ids[0] == 13
+        assert len(a.ids) == len(c.ids) == 7  # the healed token and 6 new ones
+        if temperature == 0.0:
+            assert b.ids == ref[1]  # the unhealed prompt decodes as without healing
+            forced = generate_ids(tiny_model, [prompts[2] + [13]], max_new_tokens=6)[0][0]
+            assert c.ids[1:] == forced.ids  # decoding on from the healed token = prefilling it

@@ -95,14 +95,20 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, stop_ids: Sequence[int] = (),
                  stop_strings: Sequence[str] = (), tokenizer=None, pad_id: int = 0, batch_size: int = 8,
                  seed: int = 0, suppress_ids: Sequence[int] = (), presence_penalty: float = 0.0,
+                 heal: Sequence[Sequence[int] | None] | None = None,
                  progress: bool = False, desc: str = "generate") -> list[list[Sample]]:
     """``n`` continuations of each tokenized prompt: ``out[i][j]`` is prompt ``i``'s sample ``j``.
 
     ``batch_size`` sequences decode together (prompts sorted by length, so little padding); identical
     prompts are prefilled once. ``stop_strings`` need ``tokenizer``. ``suppress_ids`` never sampled;
-    ``presence_penalty`` subtracted once from the logit of every token already generated (OpenAI's)."""
+    ``presence_penalty`` subtracted once from the logit of every token already generated (OpenAI's).
+    ``heal[i]`` (token healing): prompt ``i`` lost its last token, and its first new token is drawn from
+    these ids only (those whose text starts with the lost text); that token re-writes the prompt, so it
+    counts toward neither ``max_new_tokens`` nor the stop strings, and the prompt is prefilled once."""
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
+    if heal is not None and len(heal) != len(prompts):
+        raise ValueError(f"heal: {len(heal)} entries for {len(prompts)} prompts")
     dev = next(model.parameters()).device
     stops = set(stop_ids)
     tail = max((len(s) for s in stop_strings), default=0) + 4  # tokens that can hold a stop string
@@ -117,7 +123,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
                                                 temperature=temperature, top_p=top_p, top_k=top_k, stops=stops,
                                                 stop_strings=list(stop_strings), tail=tail, tokenizer=tokenizer,
                                                 pad=pad_id, seed=seed, suppress=list(suppress_ids),
-                                                presence=presence_penalty, dev=dev)):
+                                                presence=presence_penalty, heal=heal, dev=dev)):
                 out[i][j] = s
             bar.update(len(batch))
     finally:
@@ -127,7 +133,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
 
 @torch.no_grad()
 def _decode(model, prompts, batch, *, max_new_tokens, temperature, top_p, top_k, stops, stop_strings, tail, tokenizer,
-            pad, seed, suppress, presence, dev) -> list[Sample]:
+            pad, seed, suppress, presence, heal, dev) -> list[Sample]:
     uniq: dict[tuple[int, ...], int] = {}
     for i, _ in batch:
         uniq.setdefault(tuple(prompts[i]), len(uniq))
@@ -140,7 +146,13 @@ def _decode(model, prompts, batch, *, max_new_tokens, temperature, top_p, top_k,
     gen: list[list[int]] = [[] for _ in batch]
     done: list[Sample | None] = [None] * len(batch)
     live = list(range(len(batch)))  # batch rows still decoding, in cache order
-    for _ in range(max_new_tokens):
+    healed = [heal is not None and heal[i] is not None for i, _ in batch]  # first token re-writes the prompt
+    if any(healed):
+        allowed = torch.zeros_like(logits, dtype=torch.bool)
+        for k, (i, _) in enumerate(batch):
+            allowed[k, list(heal[i]) if healed[k] else slice(None)] = True
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    for _ in range(max_new_tokens + any(healed)):
         if suppress:
             logits[:, suppress] = float("-inf")
         if presence:
@@ -156,9 +168,10 @@ def _decode(model, prompts, batch, *, max_new_tokens, temperature, top_p, top_k,
                 done[k] = Sample(gen[k], "stop")
                 continue
             gen[k].append(t)
-            if stop_strings and any(s in tokenizer.decode(gen[k][-tail:]) for s in stop_strings):
+            new = gen[k][int(healed[k]):]  # what the model added to the prompt's text
+            if stop_strings and new and any(s in tokenizer.decode(new[-tail:]) for s in stop_strings):
                 done[k] = Sample(gen[k], "stop")
-            elif len(gen[k]) == max_new_tokens:
+            elif len(new) == max_new_tokens:
                 done[k] = Sample(gen[k], "length")
             else:
                 keep.append(r)

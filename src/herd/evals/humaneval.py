@@ -167,8 +167,8 @@ def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
 def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop_ids: Sequence[int] = (),
                  stop_strings: Sequence[str] = (), batch_size: int = 8, seed: int = 0,
-                 suppress_ids: Sequence[int] = (), progress: bool = False, desc: str = "generate"
-                 ) -> list[list[list[int]]]:
+                 suppress_ids: Sequence[int] = (), heal: Sequence[Sequence[int] | None] | None = None,
+                 progress: bool = False, desc: str = "generate") -> list[list[list[int]]]:
     """``n`` continuations (token ids, cut before EOS/any stop id) of each tokenized prompt, through the
     generation engine (one prefill per prompt for its ``n`` samples).
 
@@ -181,7 +181,7 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
     rows = engine_ids(model, [list(p) for p in prompts], max_new_tokens=max_new_tokens, n=n,
                       temperature=temperature, top_p=top_p, stop_ids=ends, stop_strings=stop_strings,
                       tokenizer=tokenizer, pad_id=pad, batch_size=batch_size, seed=seed, suppress_ids=suppress_ids,
-                      progress=progress, desc=desc)
+                      heal=heal, progress=progress, desc=desc)
     return [[s.ids for s in samples] for samples in rows]
 
 
@@ -220,20 +220,12 @@ def _vocab_text(tokenizer) -> list[str]:
     return tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
 
 
-def healed_first_tokens(model, tokenizer, heads: Sequence[tuple[list[int], str]], *, batch_size: int = 8
-                        ) -> list[int]:
-    """Greedy first token of each healed prompt among the tokens whose text starts with the dropped
-    text (token healing's constraint): the continuation re-writes what the prompt lost, then goes on."""
-    vocab = _vocab_text(tokenizer)
-    out = [0] * len(heads)
-    for d in sorted({d for _, d in heads}):
-        idx = [i for i, (_, x) in enumerate(heads) if x == d]
-        banned = [t for t, v in enumerate(vocab) if not v.startswith(d)]
-        rows = generate_ids(model, tokenizer, [heads[i][0] for i in idx], max_new_tokens=1,
-                            batch_size=batch_size, suppress_ids=banned)
-        for i, (ids,) in zip(idx, rows, strict=True):
-            out[i] = ids[0]
-    return out
+def healing_tokens(tokenizer, dropped: Sequence[str]) -> list[list[int] | None]:
+    """Per healed prompt, the tokens whose text starts with its dropped text (token healing's constraint
+    on the first generated token); None where nothing was dropped."""
+    vocab = _vocab_text(tokenizer) if any(dropped) else []
+    by_text = {d: [t for t, v in enumerate(vocab) if v.startswith(d)] for d in set(dropped) if d}
+    return [by_text[d] if d else None for d in dropped]
 
 
 def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line: bool, max_new_tokens: int = 128,
@@ -249,22 +241,21 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
     stops = ["\n"] if single_line else []
     if eot is None:
         stops.append(SENTINELS[3])
-    leads = [""] * len(problems)
-    if heal and mode == "spm":
+    if heal and mode == "spm":  # the first token re-writes the dropped text, in the same decode
         heads = [spm_healed_prompt(tokenizer, p["prompt"], p["suffix"]) for p in problems]
-        todo = [i for i, (_, d) in enumerate(heads) if d]
-        firsts = healed_first_tokens(model, tokenizer, [heads[i] for i in todo], batch_size=batch_size)
-        prompts = [ids for ids, _ in heads]
-        for i, t in zip(todo, firsts, strict=True):
-            prompts[i] = prompts[i] + [t]
-            leads[i] = tokenizer.decode([t], clean_up_tokenization_spaces=False)[len(heads[i][1]):]
+        prompts, dropped = [ids for ids, _ in heads], [d for _, d in heads]
     else:
         prompts = [infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
+        dropped = [""] * len(problems)
     rows = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                         stop_ids=[eot] if eot is not None else [], stop_strings=stops, batch_size=batch_size,
+                        heal=healing_tokens(tokenizer, dropped) if any(dropped) else None,
                         progress=progress, desc=desc)
     middles = []
-    for lead, (ids,) in zip(leads, rows, strict=True):
+    for d, (ids,) in zip(dropped, rows, strict=True):
+        lead = ""
+        if d and ids:  # the healed token's text beyond what the prompt lost starts the middle
+            lead, ids = tokenizer.decode(ids[:1], clean_up_tokenization_spaces=False)[len(d):], ids[1:]
         text = lead + decode_continuation(tokenizer, ids)
         if eot is None:
             text = truncate(text, [SENTINELS[3]])
