@@ -61,14 +61,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None, None
 
 
+def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype ``nn.Linear`` would run the head in: autocast's when on, else the inputs' promotion."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        return torch.get_autocast_dtype(hidden.device.type)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                          chunk: int = CHUNK) -> torch.Tensor:
     """``sum(cross_entropy(hidden @ weight.T, labels))`` over rows of ``hidden`` [n, d] (labelled positions
     only), in the autocast dtype when autocast is on (as ``nn.Linear`` would run), softmax in fp32."""
-    if torch.is_autocast_enabled(hidden.device.type):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-    else:
-        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    dtype = _head_dtype(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, labels, chunk, dtype, torch.is_grad_enabled())
 
@@ -124,9 +128,6 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     """``log_softmax(hidden @ weight.T)[i, labels[i]]`` for every row of ``hidden`` [n, d] (labelled
     positions only), never holding more than ``chunk`` rows of logits; the head runs in the autocast
     dtype when autocast is on, the softmax in fp32, as :func:`linear_cross_entropy`."""
-    if torch.is_autocast_enabled(hidden.device.type):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-    else:
-        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    dtype = _head_dtype(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearLogProbs.apply(hidden, weight, labels, chunk, dtype)
