@@ -7,8 +7,9 @@ and memory:
 - ``flash_attention_2``: varlen kernels from the positions, no mask at all (needs the ``flash_attn``
   package and a CUDA GPU);
 - ``flex_attention``: a block mask compiled into the kernel (torch >= 2.5; measured on an H100 with
-  torch.compile: 204,607 useful tokens/s vs 157,511 for SDPA on the same packed rows). On a CPU its
-  first call compiles for ~20 s and it is not faster, so ``auto`` never picks it there;
+  torch.compile: 204,607 useful tokens/s vs 157,511 for SDPA on the same packed rows; checked on an
+  H200: packed = alone to 4.3e-6). On a CPU it is refused: its compiled kernel was wrong on lengths
+  that are not whole 128-token blocks (see :func:`available`), and it was not faster there;
 - ``sdpa``: PyTorch's scaled-dot-product attention with a dense per-record mask, everywhere.
 """
 
@@ -38,6 +39,11 @@ def available(impl: str, device_type: str) -> str | None:
             return "flash-attention runs on CUDA GPUs only"
     if impl == "flex_attention" and not _has_flex():
         return f"torch {torch.__version__} has no flex_attention (needs >= 2.5)"
+    if impl == "flex_attention" and device_type == "cpu":
+        # seen with torch 2.13.0+cpu: two runs of the same compiled flex call on a 40-token document mask
+        # differed by up to 1.8 from the eager result (lengths that are multiples of 128 agreed to 6e-7)
+        return ("PyTorch's compiled CPU flex attention gives wrong, run-to-run different values when a length "
+                "is not a multiple of its 128-token block; on a CPU use sdpa (auto)")
     return None
 
 
