@@ -88,3 +88,28 @@ def test_rows_are_at_least_97_percent_useful_on_alpaca_and_long_documents(tokeni
             if 150 <= len(ids := tokenizer(t)["input_ids"]) <= 2048]
     assert len(docs) >= 100 and max(len(d) for d in docs) > 1000  # documents of 150 to 2,048 tokens
     assert _row_use(docs, LoopConfig(global_batch=16, epochs=1, row_len=2048, micro_batch_rows=4)) >= 0.97
+
+
+def test_flat_micro_batches_give_the_rows_loss_and_keep_every_target(tiny_model, tokenizer, alpaca_examples):
+    """On a GPU with flex/flash attention a micro-batch is one flat row ([1, L], L in steps of an eighth
+    of a full micro-batch): the same records, targets and loss as the packed rows it replaces."""
+    from herd.engine.training import LoopConfig, flat_quantum, micro_batches
+
+    items, _ = tokenize_examples(alpaca_examples[:40], get_template("alpaca"), tokenizer, max_len=512)
+    cfg = LoopConfig(global_batch=40, epochs=1, row_len=512, micro_batch_rows=4)
+    q = flat_quantum(cfg)
+    assert q == 256  # 4 x 512 / 8
+    rows, n_rows = micro_batches(items, cfg, tokenizer.pad_token_id, 0, 1)
+    flat, n_flat = micro_batches(items, cfg, tokenizer.pad_token_id, 0, 1, quantum=q)
+    assert n_rows == n_flat and len(rows) == len(flat) >= 2
+    for r, f in zip(rows, flat):
+        assert f.input_ids.shape[0] == 1 and f.input_ids.shape[1] % q == 0
+        assert f.input_ids.shape[1] - f.n_tokens < q  # only the rounding is padding
+        assert f.n_trained == r.n_trained and f.n_tokens == r.n_tokens
+        real = r.labels[r.labels != -100]
+        assert torch.equal(f.labels[f.labels != -100].sort().values, real.sort().values)
+        starts = (f.position_ids[0] == 0).nonzero().flatten().tolist()
+        assert all(f.labels[0, s - 1] == -100 for s in starts[1:])  # no target crosses a record
+        assert abs(_loss(tiny_model, f) - _loss(tiny_model, r)) < 1e-4
+    shapes = {tuple(f.input_ids.shape) for f in flat}
+    assert all(1 <= w // q <= 8 for _, w in shapes)

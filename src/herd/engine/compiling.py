@@ -59,10 +59,12 @@ def should_compile(setting: str | bool, *, steps: int, world: int, gradient_chec
 
 
 @contextmanager
-def compiled_layers(layers: list[nn.Module], enabled: bool, budget: float = 1.0) -> Iterator[None]:
+def compiled_layers(layers: list[nn.Module], enabled: bool, budget: float = 1.0, shapes: int = 0
+                    ) -> Iterator[None]:
     """Inside: each decoder layer runs compiled (``nn.Module.compile``: parameter names and the state
     dict are unchanged, so checkpoints and the saved artifact are the same files), keeping ``budget``
-    of its activations for the backward. After: eager again."""
+    of its activations for the backward. After: eager again. ``shapes``: how many input shapes the
+    caller may present; dynamo's recompile limit is raised to cover them (past it, a layer runs eager)."""
     layers = list(layers) if enabled else []
     if not layers:
         yield
@@ -75,8 +77,10 @@ def compiled_layers(layers: list[nn.Module], enabled: bool, budget: float = 1.0)
     _compiled_budget = budget
     for layer in layers:
         layer.compile()
+    limit = max(torch._dynamo.config.recompile_limit, shapes + 4)
     try:
-        with functorch_config.patch(activation_memory_budget=float(budget)):
+        with functorch_config.patch(activation_memory_budget=float(budget)), \
+                torch._dynamo.config.patch(recompile_limit=limit):
             yield
     finally:
         for layer in layers:

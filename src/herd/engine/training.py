@@ -226,9 +226,36 @@ def row_width(items: list[Tokenized], cfg: LoopConfig, step: int = TRIM) -> int:
     return width
 
 
+def flat_quantum(cfg: LoopConfig) -> int:
+    """The length step of flat micro-batches: an eighth of a full one (``micro_batch_rows * row_len``),
+    in whole flex-attention blocks of 128, so compiled layers meet at most eight shapes."""
+    return -(-cfg.micro_batch_rows * cfg.row_len // (8 * 128)) * 128
+
+
+def flatten(full: Batch, rows: list[int], fill: list[int], quantum: int, pad_id: int) -> Batch:
+    """The given rows' records laid end to end in ONE row (``[1, L]``), as flash-attention's varlen and
+    flex attention's document mask want them: positions still restart per record, so no record sees
+    another, and rows' pad tails are dropped. ``L`` is the real tokens rounded up to ``quantum``; the pad
+    tail is a record of its own, as in packed rows."""
+    n = sum(fill[r] for r in rows)
+    length = max(quantum, -(-n // quantum) * quantum)
+    ids = torch.full((1, length), pad_id, dtype=full.input_ids.dtype)
+    lab = torch.full((1, length), IGNORE_INDEX, dtype=full.labels.dtype)
+    pos = torch.zeros((1, length), dtype=full.position_ids.dtype)
+    col = 0
+    for r in rows:
+        k = fill[r]
+        ids[0, col:col + k], lab[0, col:col + k], pos[0, col:col + k] = (
+            full.input_ids[r, :k], full.labels[r, :k], full.position_ids[r, :k])
+        col += k
+    pos[0, col:] = torch.arange(length - col)
+    return Batch(ids, lab, pos, torch.tensor([n]), int((lab != IGNORE_INDEX).sum()))
+
+
 def micro_batches(items: list[Tokenized], cfg: LoopConfig, pad_id: int, rank: int, world: int,
-                  width_step: int = TRIM) -> tuple[list[Batch], int]:
-    """This rank's micro-batches for one step, and the trained-token count of the WHOLE step."""
+                  width_step: int = TRIM, quantum: int = 0) -> tuple[list[Batch], int]:
+    """This rank's micro-batches for one step, and the trained-token count of the WHOLE step. With a
+    ``quantum`` (flex or flash attention on a GPU) each micro-batch is one flat row (:func:`flatten`)."""
     n_trained = sum(it.n_targets for it in items)
     full = make_batch(items, row_width(items, cfg, width_step) if cfg.pack else cfg.row_len, pad_id, pack=cfg.pack)
     # fullest rows first, so that a step's partly filled rows share the last micro-batch, whose columns
@@ -237,6 +264,9 @@ def micro_batches(items: list[Tokenized], cfg: LoopConfig, pad_id: int, rank: in
     rows = sorted(range(len(fill)), key=lambda r: (-fill[r], r))[rank::world]
     out = []
     for i in range(0, len(rows), cfg.micro_batch_rows):
+        if quantum:
+            out.append(flatten(full, rows[i:i + cfg.micro_batch_rows], fill, quantum, pad_id))
+            continue
         idx = torch.tensor(rows[i:i + cfg.micro_batch_rows])
         width = min(full.input_ids.shape[1], -(-max(fill[r] for r in idx.tolist()) // width_step) * width_step)
         lab = full.labels[idx, :width]
@@ -513,10 +543,20 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
         print(f"[train] compile: {'on' if compile_on else 'off'} ({why}{kept})", flush=True)
 
     width_step = max(TRIM, cfg.row_len // 4) if compile_on else TRIM  # few shapes for compiled layers
+    # flex/flash attention on a GPU: flat micro-batches, one shape per eighth of a full one. Rows of
+    # varying count and width met a new compiled shape (a 6-20 s recompile on an H200) every few steps,
+    # and dynamo's recompile limit (8) is then soon hit.
+    impl = getattr(causal_lm(model).config, "_attn_implementation", None)
+    quantum = flat_quantum(cfg) if (dev.type == "cuda" and cfg.pack and world == 1
+                                    and impl in ("flex_attention", "flash_attention_2")) else 0
+    if cfg.progress and rank == 0 and quantum:
+        print(f"[train] layout: flat micro-batches of up to {cfg.micro_batch_rows * cfg.row_len} tokens "
+              f"in steps of {quantum} ({impl})", flush=True)
 
     def step_fn(step: int) -> StepOut:
         nonlocal trained
-        mbs, n_trained = micro_batches([data[i] for i in plan[step]], cfg, pad_id, rank, world, width_step)
+        mbs, n_trained = micro_batches([data[i] for i in plan[step]], cfg, pad_id, rank, world, width_step,
+                                       quantum)
         step_loss, step_tokens = _accumulate(loss_mod, mbs, n_trained, cfg, pad_id, amp, dev, world)
         computed = sum(b.input_ids.numel() for b in mbs)  # this rank's row positions, padding included
         row_use = sum(b.n_tokens for b in mbs) / max(1, computed)
@@ -526,7 +566,8 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
                        fields={"tokens": step_tokens, "trained_tokens": n_trained, "row_use": round(row_use, 4)},
                        tokens=step_tokens)
 
-    with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on, budget):
+    with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on, budget,
+                                               shapes=9 if quantum else 0):
         result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
     if recompute_eager:
         causal_lm(model).gradient_checkpointing_disable()
