@@ -6,7 +6,9 @@ groups with the longest members (where a run reaches its peak) are trained with 
 through ``herd.engine.shared_prefix.train_shared_prefix`` (AdamW, bf16 autocast where native), once per
 setting, each in its own process, so that one setting's freed memory cannot hide another's peak.
 Settings: ``rows`` (micro_batch_rows: suffix micro-batches of rows x 2,048 padded tokens), ``recompute``
-(gradient_checkpointing: the prefix pass recomputed for its backward instead of kept) and ``state``
+(0: none; 1: the prefix pass recomputed for its backward instead of kept, as gradient_checkpointing did
+until 2026-12-04; 2: that and the suffixes' decoder layers checkpointed, what gradient_checkpointing does
+now) and ``state``
 (AdamW's moments fp32 or bf16). Prints the machine, each setting's peak RSS above the RSS before the
 weights loaded, seconds per step and the first step's loss (equal across settings up to rounding), and
 each peak's ratio to the first setting's (the baseline).
@@ -28,9 +30,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def one(rows: int, recompute: bool, state: str, groups: int) -> dict:
+def one(rows: int, recompute: int, state: str, groups: int) -> dict:
     """One setting, in this process (the child)."""
     import torch
+
+    from herd.engine import shared_prefix
+
+    shared_prefix.SUFFIX_CHECKPOINT = recompute >= 2
 
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.paths import shared_data_dir
@@ -55,7 +61,7 @@ def one(rows: int, recompute: bool, state: str, groups: int) -> dict:
     torch.manual_seed(0)
     model = load_model(ref)
     cfg = LoopConfig(lr=5e-5, global_batch=16, micro_batch_rows=rows, row_len=2048, precision="auto",
-                     gradient_checkpointing=recompute, optimizer_state=state, progress=False)
+                     gradient_checkpointing=recompute > 0, optimizer_state=state, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         result, report = train_shared_prefix(model, chosen, cfg, Path(tmp), pad_id=tok.pad_token_id)
@@ -74,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         rows, rec, state = args.child.split(":")
-        print(json.dumps(one(int(rows), rec == "1", state, args.groups)))
+        print(json.dumps(one(int(rows), int(rec), state, args.groups)))
         return
     from herd.core.machine import cpu_summary
 

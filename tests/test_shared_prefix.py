@@ -85,3 +85,35 @@ def test_group_step_gradients_equal_whole_examples(tiny_model, tokenizer, with_l
     assert loss_sum == pytest.approx(ref.item(), rel=1e-4)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=2e-3, atol=2e-6)
+
+
+def test_recompute_also_checkpoints_the_suffix_layers(tiny_model, tokenizer, monkeypatch):
+    """With gradient_checkpointing each suffix micro-batch's decoder layers run again in its backward (one
+    more forward per layer and micro-batch, besides the prefix's second pass), and leave eager after."""
+    from herd.engine.shared_prefix import Group, common_prefix, first_target, group_step
+
+    items = _items(tokenizer, SHARED, CASES)
+    p = min([first_target(it) for it in items] + [common_prefix(items[0].input_ids, it.input_ids) for it in items])
+    layer = tiny_model.model.layers[0]
+    cls = type(layer)
+    calls = []
+    real = cls.forward
+
+    def counting(self, *a, **kw):
+        if self is layer:
+            calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cls, "forward", counting)
+    tiny_model.train()
+    counts = {}
+    for recompute in (False, True):
+        calls.clear()
+        tiny_model.zero_grad()
+        group_step(tiny_model, items, Group(tuple(range(len(items))), p), tokenizer.pad_token_id, micro_tokens=40,
+                   recompute_prefix=recompute)
+        counts[recompute] = len(calls)
+    n_micro = counts[False] - 1  # the prefix once, then one forward per micro-batch
+    assert n_micro >= 2
+    assert counts[True] == counts[False] + n_micro + 1  # each micro-batch recomputed, the prefix run again
+    assert "forward" not in vars(layer)  # the wrapper is gone after the step

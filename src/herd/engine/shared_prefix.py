@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +41,8 @@ from herd.engine.training import (
     plan_steps,
 )
 from herd.templates import IGNORE_INDEX
+
+SUFFIX_CHECKPOINT = True  # gradient_checkpointing also checkpoints the suffix layers (False: bench baseline)
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,45 @@ def plan_groups(items: list[Tokenized], group_size: int, *, epochs: float = 1.0,
 
 
 def _cache_from(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, rows: int):
+    """The prefix's keys and values for ``rows`` suffixes, in a cache that suffix layers read but never
+    extend: ``update`` returns prefix + new without storing, so a checkpointed layer's recompute in the
+    backward sees exactly what its first run saw."""
     from transformers import DynamicCache
+
+    class PrefixCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.layers[layer_idx]
+            return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
     cache = DynamicCache(config=config)
     for i, (k, v) in enumerate(keys_values):
         cache.update(k, v, i)
     cache.batch_repeat_interleave(rows)
-    return cache
+    pure = PrefixCache(config=config)
+    pure.layers = cache.layers
+    return pure
+
+
+@contextmanager
+def _checkpointed(layers, enabled: bool) -> Iterator[None]:
+    """Inside: each decoder layer keeps only its inputs and recomputes the rest in the backward
+    (``torch.utils.checkpoint``, non-reentrant: autocast and RNG state are replayed). transformers' own
+    gradient checkpointing cannot be used here: it turns the cache off, and the suffixes need the prefix's."""
+    if not enabled:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    def wrap(fwd):
+        return lambda *a, **kw: checkpoint(fwd, *a, use_reentrant=False, **kw)
+
+    for layer in layers:
+        layer.forward = wrap(layer.forward)  # an instance attribute over the class's method
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def _prefix_kv(lm, ids: torch.Tensor, amp) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -136,9 +172,8 @@ def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micr
 
     ``recompute_prefix`` (the stage's ``gradient_checkpointing``) runs the prefix without a graph and
     again, with one, for its backward at the end: the prefix's activations (and its bf16 weight copies)
-    are not held while the suffixes run, for one more prefix forward per step."""
-    from contextlib import nullcontext
-
+    are not held while the suffixes run, for one more prefix forward per step. It also checkpoints the
+    suffixes' decoder layers: each keeps its input and recomputes the rest in its backward."""
     amp = amp or nullcontext
     lm = causal_lm(model)
     dev = lm.lm_head.weight.device
@@ -176,7 +211,7 @@ def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micr
         if not bool(sel.any()):
             continue
         kw = {"cache": _cache_from(leaves, lm.config, len(batch)), "use_cache": True} if p else {"use_cache": False}
-        with amp():
+        with amp(), _checkpointed(lm.model.layers, recompute_prefix and SUFFIX_CHECKPOINT):
             hidden = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                               position_ids=torch.arange(p, p + width, device=dev)[None].expand(len(batch), -1),
                               **kw).last_hidden_state
