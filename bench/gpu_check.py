@@ -26,6 +26,7 @@ limit still returns what it had. ``--smoke`` runs every code path at toy sizes o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -459,18 +460,17 @@ def main() -> int:
     ceiling = bf16_ceiling(rep, args.smoke)
     steps = 2 if args.smoke else args.steps
     four_layers = TOY if args.smoke else dict(SMOLLM2, num_hidden_layers=4)  # SmolLM2's shape, 4 layers
+    rows_data = functools.cache(lambda: tokenized(tok, records, ROW if not args.smoke else 256))  # once, shared
     sections = [
         ("correctness", lambda: (packed_equals_alone(rep, small), fused_loss_matches(rep),
                                  evals_on_device(rep, tok, records, four_layers),
                                  stages_end_to_end(rep, tok, records, four_layers))),
-        ("throughput", lambda: herd_throughput(rep, tokenized(tok, records, ROW if not args.smoke else 256), small,
-                                               steps, ceiling, rows=16 if not args.smoke else 2, smoke=args.smoke)),
-        ("trl", lambda: trl_throughput(rep, tok, tokenized(tok, records, ROW if not args.smoke else 256), small,
-                                       steps, ceiling, packing=False, batch=24 if not args.smoke else 2,
-                                       smoke=args.smoke)),
-        ("trl_packing", lambda: trl_throughput(rep, tok, tokenized(tok, records, ROW if not args.smoke else 256),
-                                               small, steps, ceiling, packing=True, batch=16 if not args.smoke else 2,
-                                               smoke=args.smoke)),
+        ("throughput", lambda: herd_throughput(rep, rows_data(), small, steps, ceiling,
+                                               rows=16 if not args.smoke else 2, smoke=args.smoke)),
+        ("trl", lambda: trl_throughput(rep, tok, rows_data(), small, steps, ceiling, packing=False,
+                                       batch=24 if not args.smoke else 2, smoke=args.smoke)),
+        ("trl_packing", lambda: trl_throughput(rep, tok, rows_data(), small, steps, ceiling, packing=True,
+                                               batch=16 if not args.smoke else 2, smoke=args.smoke)),
         ("8b", lambda: [big_step(rep, TOY if args.smoke else LLAMA3_8B, m, args.smoke) for m in ("qlora", "lora")]),
     ]
     for name, run in sections:

@@ -123,13 +123,11 @@ def _cache_from(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, ro
             layer = self.layers[layer_idx]
             return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
-    cache = DynamicCache(config=config)
+    cache = PrefixCache(config=config)
     for i, (k, v) in enumerate(keys_values):
-        cache.update(k, v, i)
+        DynamicCache.update(cache, k, v, i)  # the one place the prefix is stored
     cache.batch_repeat_interleave(rows)
-    pure = PrefixCache(config=config)
-    pure.layers = cache.layers
-    return pure
+    return cache
 
 
 @contextmanager

@@ -226,10 +226,13 @@ def row_width(items: list[Tokenized], cfg: LoopConfig, step: int = TRIM) -> int:
     return width
 
 
+FLAT_SHAPES = 8  # flat micro-batch lengths: whole multiples of flat_quantum up to a full micro-batch
+
+
 def flat_quantum(cfg: LoopConfig) -> int:
     """The length step of flat micro-batches: an eighth of a full one (``micro_batch_rows * row_len``),
-    in whole flex-attention blocks of 128, so compiled layers meet at most eight shapes."""
-    return -(-cfg.micro_batch_rows * cfg.row_len // (8 * 128)) * 128
+    in whole flex-attention blocks of 128, so compiled layers meet at most FLAT_SHAPES shapes."""
+    return -(-cfg.micro_batch_rows * cfg.row_len // (FLAT_SHAPES * 128)) * 128
 
 
 def flatten(full: Batch, rows: list[int], fill: list[int], quantum: int, pad_id: int) -> Batch:
@@ -567,7 +570,7 @@ def train(model: nn.Module, data: list[Tokenized], cfg: LoopConfig, run_dir: str
                        tokens=step_tokens)
 
     with record("train loop"), compiled_layers(causal_lm(model).model.layers, compile_on, budget,
-                                               shapes=9 if quantum else 0):
+                                               shapes=FLAT_SHAPES if quantum else 0):
         result = optimise(loss_mod, cfg, Path(run_dir), len(plan), step_fn, resume=resume, on_log=on_log)
     if recompute_eager:
         causal_lm(model).gradient_checkpointing_disable()
