@@ -8,7 +8,7 @@ import pytest
 
 from herd.core.errors import DataError
 from herd.data import load_examples
-from herd.data.split import split
+from herd.data.split import split, split_dev
 from herd.data.tokenize import tokenize_examples
 from herd.templates import get_template
 from tests.conftest import ALPACA_DEMO
@@ -94,3 +94,18 @@ def test_split_is_deterministic_and_order_free():
     assert {e.key() for e in ev1} == {e.key() for e in ev2}
     assert len(tr1) == 90 and not ({e.key() for e in tr1} & {e.key() for e in ev1})
     assert {e.key() for e in split(exs, 10, seed=2)[1]} != {e.key() for e in ev1}
+
+
+def test_dev_split_is_the_earlier_held_out_set_and_test_is_new():
+    exs = load_examples(ALPACA_DEMO, "alpaca")[:200]
+    _, old = split(exs, 20, seed=42)
+    _, held = split(exs, 60, seed=42)
+    dev, test = split_dev(held, 20, seed=42)
+    keys = lambda xs: [e.key() for e in xs]  # noqa: E731
+    assert set(keys(dev)) == set(keys(old))  # growing eval_size keeps the old held-out set as dev
+    assert len(test) == 40 and not set(keys(dev)) & set(keys(test))
+    assert sorted(keys(dev) + keys(test)) == sorted(keys(held))
+    assert keys(test) == [k for k in keys(held) if k not in set(keys(dev))]  # order kept
+    assert split_dev(held, 0) == ([], held)
+    with pytest.raises(ValueError, match="leaves no test records"):
+        split_dev(held, 60)

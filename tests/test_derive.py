@@ -20,7 +20,7 @@ def derived(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("derive")
     raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
-    raw["profiles"]["test"] = {"max_train_records": 24, "eval_size": 6,
+    raw["profiles"]["test"] = {"max_train_records": 24, "eval_size": 10, "dev_size": 4,
                                "stages": {"sft": {"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 256,
                                                   "precision": "fp32"}},
                                "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}, "mtbench_pairwise": {"enabled": False}}}
@@ -44,6 +44,9 @@ def test_artifact_has_lineage_scorecard_and_card(derived):
     # lr 1e-3 on a random model must lower the held-out loss: the stage really trained
     loss = next(m for m in card["metrics"] if m["name"] == "loss")
     assert loss["derived"] < loss["parent"]
+    assert card["extra"]["splits"] == {"held_out": 10, "dev": 4, "test": 6, "scored": "test"}
+    kept = card["extra"]["heldout_data"]["kept"]  # test records within max_len
+    assert 4 <= kept <= 6 and loss["n"] == kept and f"held-out test split ({kept} records" in loss["dataset"]
     assert len(card["samples"]) == 2 and any("setting" in d for d in card["deviations"])
     readme = (model / "README.md").read_text()
     assert readme.startswith("---\n") and "base_model: tiny" in readme and "model-index" in readme
@@ -60,6 +63,24 @@ def test_rerun_skips_finished_stage(derived, capsys):
     derive(str(recipe), base="tiny", profile="test", out=ws, progress=True)
     assert "done already" in capsys.readouterr().out
     assert (res.path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_scoring_the_dev_split_does_not_retrain(derived, capsys):
+    from herd.api import derive
+
+    res, ws = derived
+    before = (res.path / "model.safetensors").stat().st_mtime_ns
+    dev = derive(str(ws.parent / "alpaca.yaml"), base="tiny", profile="test", out=ws, progress=True,
+                 overrides={"eval_split": "dev"})
+    assert "done already" in capsys.readouterr().out
+    assert (res.path / "model.safetensors").stat().st_mtime_ns == before
+    card = json.loads((dev.path / "scorecard.json").read_text())
+    loss = next(m for m in card["metrics"] if m["name"] == "loss")
+    assert loss["n"] == card["extra"]["heldout_data"]["kept"] <= 4 and card["extra"]["splits"]["scored"] == "dev"
+    assert "held-out dev split" in loss["dataset"]
+    assert card["run"]["command"].split("--eval-split ")[1].startswith("dev")
+    # the test scorecard comes back with the default split, so the fixture's artifact is left as it was
+    derive(str(ws.parent / "alpaca.yaml"), base="tiny", profile="test", out=ws, progress=False)
 
 
 def test_loads_in_plain_transformers_without_herd(derived):

@@ -55,6 +55,16 @@ def test_unknown_profile_eval_and_stage(tmp_path):
         load_recipe(_variant(tmp_path, lambda r: r["profiles"]["tiny"]["stages"].update(dpo={"lr": 1})), "tiny")
 
 
+def test_dev_split_settings_are_checked(tmp_path):
+    r = load_recipe("alpaca", "tiny")
+    assert (r.eval_size, r.dev_size, r.eval_split) == (150, 50, "test")
+    assert load_recipe("alpaca", "tiny", {"eval_split": "dev"}).eval_split == "dev"
+    with pytest.raises(ConfigError, match="(?s)r.yaml.*dev_size 150 leaves no test records"):
+        load_recipe(_variant(tmp_path, lambda r: r.update(dev_size=150)), "full")
+    with pytest.raises(ConfigError, match="eval_split: dev needs a dev split"):
+        load_recipe(_variant(tmp_path, lambda r: r.update(dev_size=0, eval_split="dev")), "full")
+
+
 def test_unknown_recipe_lists_known():
     with pytest.raises(ConfigError, match="known: .*alpaca"):
         load_recipe("alpacca")

@@ -30,8 +30,9 @@ def _cmd_derive(args) -> int:
     if args.no_memory_check:  # an environment variable, so torchrun's workers see it too
         os.environ["HERD_NO_MEMORY_CHECK"] = "1"
 
+    overrides = {"eval_split": "dev"} if args.eval_split == "dev" else None
     result = derive(args.recipe, base=args.base, profile=args.profile, data=args.data, out=args.out,
-                    resume=args.resume, max_steps=args.max_steps, report_to=args.report_to)
+                    resume=args.resume, max_steps=args.max_steps, report_to=args.report_to, overrides=overrides)
     print(f"\nartifact: {result.path}")
     if result.scorecard_md:
         print()
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="output folder (default runs/<recipe>-<base>-<profile>)")
     d.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     d.add_argument("--max-steps", type=int, help="stop each training stage after this many optimizer steps")
+    d.add_argument("--eval-split", choices=["test", "dev"], default="test",
+                   help="held-out split the scorecard scores, for recipes with dev_size: dev while choosing "
+                   "settings, test (default) once for the final run")
     d.add_argument("--report-to", metavar="TARGETS",
                    help="also send training metrics to tensorboard,mlflow,wandb (comma-separated; 'none' for "
                    "none; default: the recipe's report_to). metrics.jsonl is always written")

@@ -30,7 +30,7 @@ from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
 from herd.core.run_record import run_args, running_record, write_run_record
 from herd.data import load_examples
-from herd.data.split import dedupe, split
+from herd.data.split import dedupe, split, split_dev
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
 from herd.templates import get_template
 
@@ -157,6 +157,7 @@ class Inputs:
     data_records: list[dict]
     transformed: object  # the transforms' DataReport, or None
     recipe_dir: Path
+    splits: dict | None = None  # held-out sizes when the recipe has a dev split: held_out, dev, test, scored
 
 
 def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", data: list[str] | None = None,
@@ -302,6 +303,11 @@ def _inputs(recipe: Recipe, data: list[str] | None, base_spec: str, workspace: P
     with phase("derive", what, enabled=progress and rank == 0):
         train, evals, data_records, n_dup, transformed = _load_data(recipe, data, built, base_spec,
                                                                     progress=progress and rank == 0)
+    splits = None
+    if recipe.dev_size:
+        dev, test = split_dev(evals, recipe.dev_size, recipe.split_seed)
+        splits = {"held_out": len(evals), "dev": len(dev), "test": len(test), "scored": recipe.eval_split}
+        evals = dev if recipe.eval_split == "dev" else test
     recipe_dir = Path(recipe.source_file).parent if recipe.source_file else Path.cwd()
     for st in recipe.stages:
         if st.kind in STAGE_CHECKS:
@@ -309,9 +315,11 @@ def _inputs(recipe: Recipe, data: list[str] | None, base_spec: str, workspace: P
     if rank == 0:
         if transformed:
             print(f"[data] transforms: {transformed.summary()}")
-        print(f"[data] {len(train)} train / {len(evals)} held-out records from {len(data_records)} file(s)"
+        held = (f"{splits['held_out']} held-out records (dev {splits['dev']}, test {splits['test']}; "
+                f"the evals score {splits['scored']})" if splits else f"{len(evals)} held-out records")
+        print(f"[data] {len(train)} train / {held} from {len(data_records)} file(s)"
               + (f"; {n_dup} exact duplicates dropped" if n_dup else ""))
-    return Inputs(train, evals, data_records, transformed, recipe_dir)
+    return Inputs(train, evals, data_records, transformed, recipe_dir, splits)
 
 
 def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspace: Path, recipe_rec: dict, *,
@@ -385,6 +393,9 @@ def reproduce_command(recipe: str, base: str | None, profile: str, data: list[st
         parts += ["--out", str(out)]
     if max_steps:
         parts += ["--max-steps", str(max_steps)]
+    overrides = dict(overrides or {})
+    if overrides.get("eval_split") == "dev":  # the CLI's --eval-split
+        parts += ["--eval-split", overrides.pop("eval_split")]
     cmd = shlex.join(parts)
     return cmd + (f"  # with API overrides {json.dumps(overrides, sort_keys=True)}" if overrides else "")
 
@@ -398,7 +409,7 @@ def _scorecard(recipe: Recipe, template, ref: BaseRef, final: Path, inputs: Inpu
     # the other ranks are done: evaluation helpers must not wait for them
     with single_rank(), phase("derive", "scorecard", enabled=progress):
         card = evaluate_pair(recipe, template, ref.path, final, inputs.evals, progress=progress,
-                             stages=[(st, d) for st, d, _ in stage_runs])
+                             stages=[(st, d) for st, d, _ in stage_runs], splits=inputs.splits)
     add_stage_results(card, stage_runs)
     transformed = inputs.transformed
     if transformed:

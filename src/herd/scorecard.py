@@ -20,15 +20,16 @@ from herd.templates import Template
 
 
 def evaluate_pair(recipe: Recipe, template: Template, parent_path: Path, derived_path: Path,
-                  eval_examples: list[Example], *, progress: bool = True, stages: list | None = None) -> dict:
+                  eval_examples: list[Example], *, progress: bool = True, stages: list | None = None,
+                  splits: dict | None = None) -> dict:
     """Run the recipe's evals on parent and derived with identical inputs; returns the scorecard dict."""
     from herd.base import load_tokenizer
 
     ctx = EvalContext(recipe=recipe, template=template, tokenizer=load_tokenizer(derived_path),
                       eval_examples=eval_examples, parent_path=Path(parent_path),
                       derived_path=Path(derived_path), out_dir=Path(derived_path), progress=progress,
-                      stages=list(stages or []))
-    metrics, extra, sections, not_run = [], {}, [], []
+                      stages=list(stages or []), splits=splits)
+    metrics, extra, sections, not_run = [], ({"splits": splits} if splits else {}), [], []
     evals = configured_evals(recipe)
     for k, (name, cfg) in enumerate(evals, 1):
         why = cfg.unavailable(_recipe_dir(recipe))
@@ -89,6 +90,10 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
         wall = run.get("wall_seconds")
         lines += [f"Reproduce: `{run['command']}`" + (f" ({wall / 60:.1f} min to this scorecard on {run.get('machine')})"
                                                       if wall else ""), ""]
+    sp = (card.get("extra") or {}).get("splits")
+    if sp:
+        lines += [f"Held-out records: {sp['held_out']}, split into dev ({sp['dev']}, for choosing settings) and "
+                  f"test ({sp['test']}); this scorecard scores the **{sp['scored']}** split.", ""]
     h = card.get("headline")
     if h and h.get("delta") is not None:
         lines += [f"**Headline: {h['name']}**: parent {h['parent']} → derived {h['derived']}, derived − parent "

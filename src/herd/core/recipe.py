@@ -189,6 +189,10 @@ class Recipe(_Strict):
     builds: list[dict] = []  # data builds run before training (see herd.data.builds)
     transforms: list[dict] = []  # applied in order after reading, before dedupe/split (herd.data.transforms)
     eval_size: int = Field(default=50, ge=0)
+    # dev_size of the held-out records (lowest hash rank: a larger eval_size keeps the earlier held-out
+    # set as dev) are for choosing settings; the rest are the test split, scored once per final run
+    dev_size: int = Field(default=0, ge=0)
+    eval_split: Literal["test", "dev"] = "test"  # which held-out split the evals score
     split_seed: int = 42
     max_train_records: int | None = Field(default=None, gt=0)
     stages: list  # one config per stage; validated by recipe_model() against every registered kind
@@ -199,6 +203,15 @@ class Recipe(_Strict):
     profile: str = "full"
     deviations: list[str] = []  # filled in by load_recipe: profile notes + computed differences
     source_file: str | None = None
+
+
+    @model_validator(mode="after")
+    def _splits(self):
+        if self.dev_size and self.dev_size >= self.eval_size:
+            raise ValueError(f"dev_size {self.dev_size} leaves no test records (eval_size {self.eval_size})")
+        if self.eval_split == "dev" and not self.dev_size:
+            raise ValueError("eval_split: dev needs a dev split (dev_size > 0)")
+        return self
 
 
 _RECIPE_MODELS: dict[tuple[str, ...], type[Recipe]] = {}

@@ -35,6 +35,11 @@ def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
                                  progress=ctx.progress, desc=f"eval heldout_loss {role}")
     p, d = res["parent"], res["derived"]
     ds = f"{ctx.recipe.name} held-out split ({p['records']} records, {p['tokens']} response tokens)"
+    if ctx.splits:
+        sp = ctx.splits
+        other = "dev" if sp["scored"] == "test" else "test"
+        ds = (f"{ctx.recipe.name} held-out {sp['scored']} split ({p['records']} records, {p['tokens']} response "
+              f"tokens; {other}: {sp[other]} records; settings are chosen on dev)")
     return EvalOutput(metrics=loss_rows(p, d, ds, "held-out response"), extra={"heldout_data": rep.as_dict()})
 
 

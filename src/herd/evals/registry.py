@@ -52,6 +52,7 @@ class EvalContext:
     progress: bool = True
     stages: list = field(default_factory=list)  # (stage config, artifact folder) of this derivation, in order
     eval_name: str = ""  # the eval running now: names its per-model phases
+    splits: dict | None = None  # held-out / dev / test sizes and the scored split, when the recipe has a dev split
     _cache: dict = field(default_factory=dict)
     _role: str | None = None
     _role_phase: ExitStack = field(default_factory=ExitStack)
