@@ -20,7 +20,7 @@ QUESTIONS = [{"question_id": 1, "category": "writing", "turns": ["Write a haiku 
              {"question_id": 2, "category": "math", "turns": ["What is 2 + 3?"]}]
 
 
-SMALL_EVAL = {"max_train_records": 16, "eval_size": 8, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
+SMALL_EVAL = {"max_train_records": 16, "eval_size": 8, "dev_size": 2, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
                                                                    "mtbench_pairwise": {"enabled": False}}}
 
 
@@ -90,7 +90,7 @@ def test_vicuna_end_to_end_with_transform_report_and_mtbench_pairwise(tmp_path):
 
     qfile = tmp_path / "question.jsonl"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    overrides = {"max_train_records": 16, "eval_size": 8, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
+    overrides = {"max_train_records": 16, "eval_size": 8, "dev_size": 2, "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
                            "mtbench_pairwise": {"enabled": True, "questions": str(qfile), "judge": "tiny",
                                                 "max_new_tokens": 6, "judge_max_new_tokens": 6, "bootstrap": 200,
                                                 "max_turns": None}}}
@@ -135,7 +135,8 @@ def test_alpaca_answers_the_bench_unjudged_and_records_its_command(tmp_path):
         assert [a["model_id"] for a in answers] == [role, role] and len(answers[0]["choices"][0]["turns"]) == 2
     assert "herd eval judge mtbench-answers-derived.jsonl" in (res.path / "scorecard.md").read_text()
     h = card["headline"]
-    assert h["name"] == "held-out response loss" and h["n"] == 8 and h["ci95"][0] <= h["delta"] <= h["ci95"][1]
+    assert card["extra"]["splits"] == {"held_out": 8, "dev": 2, "test": 6, "scored": "test"}
+    assert h["name"] == "held-out response loss" and h["n"] == 6 and h["ci95"][0] <= h["delta"] <= h["ci95"][1]
     assert card["run"]["command"].startswith("herd derive alpaca --profile tiny --base tiny --out ")
     assert "# with API overrides" in card["run"]["command"] and card["run"]["wall_seconds"] > 0
 

@@ -71,7 +71,7 @@ def test_derive_records_phases_in_lineage(tmp_path):
     from herd.core.paths import repo_root
 
     raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
-    raw["profiles"]["test"] = {"max_train_records": 8, "eval_size": 4,
+    raw["profiles"]["test"] = {"max_train_records": 8, "eval_size": 4, "dev_size": 0,
                                "stages": {"sft": {"epochs": 1, "global_batch": 8, "max_len": 256,
                                                   "precision": "fp32"}},
                                "evals": {"side_by_side": {"enabled": False}, "mtbench_pairwise": {"enabled": False}}}

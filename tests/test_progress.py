@@ -270,7 +270,7 @@ def test_derive_reports_phases_training_and_eval_loops(tmp_path, capfd, every_up
     from herd.core.paths import repo_root
 
     raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
-    raw["profiles"]["test"] = {"max_train_records": 12, "eval_size": 4,
+    raw["profiles"]["test"] = {"max_train_records": 12, "eval_size": 4, "dev_size": 0,
                                "stages": {"sft": {"epochs": 1, "global_batch": 4, "max_len": 128,
                                                   "precision": "fp32"}},
                                "evals": {"side_by_side": {"n": 2, "max_new_tokens": 4}, "mtbench_pairwise": {"enabled": False}}}

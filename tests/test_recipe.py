@@ -59,7 +59,7 @@ def test_dev_split_settings_are_checked(tmp_path):
     r = load_recipe("alpaca", "tiny")
     assert (r.eval_size, r.dev_size, r.eval_split) == (150, 50, "test")
     assert load_recipe("alpaca", "tiny", {"eval_split": "dev"}).eval_split == "dev"
-    with pytest.raises(ConfigError, match="(?s)r.yaml.*dev_size 150 leaves no test records"):
+    with pytest.raises(ConfigError, match=r"(?s)r.yaml.*\n  dev_size: 150 leaves no test records"):
         load_recipe(_variant(tmp_path, lambda r: r.update(dev_size=150)), "full")
     with pytest.raises(ConfigError, match="eval_split: dev needs a dev split"):
         load_recipe(_variant(tmp_path, lambda r: r.update(dev_size=0, eval_split="dev")), "full")

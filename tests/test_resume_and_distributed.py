@@ -25,7 +25,7 @@ _NEEDS_BNB = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None
 def _recipe(tmp_path: Path, method: str, **stage) -> Path:
     raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
     raw["profiles"] = {"test": {
-        "max_train_records": 40, "eval_size": 8,
+        "max_train_records": 40, "eval_size": 8, "dev_size": 0,
         "stages": {"sft": {"method": method, "epochs": 1, "global_batch": 4, "micro_batch_rows": 1,
                            "lr": 1e-3, "checkpoint_every": 2, "precision": "fp32", "max_len": 256, **stage}},
         "evals": {"side_by_side": {"enabled": False}, "mtbench_pairwise": {"enabled": False}}}}

@@ -12,7 +12,7 @@ from herd.core.paths import repo_root
 def tiny_alpaca_recipe(folder: Path, **extra) -> Path:
     """``folder/alpaca-test.yaml``: the alpaca recipe plus a ``test`` profile (24 records, 2 samples)."""
     raw = yaml.safe_load((repo_root() / "recipes" / "alpaca.yaml").read_text())
-    raw["profiles"]["test"] = {"max_train_records": 24, "eval_size": 6,
+    raw["profiles"]["test"] = {"max_train_records": 24, "eval_size": 6, "dev_size": 0,
                                "stages": {"sft": {"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 256,
                                                   "precision": "fp32", "compile": "off"}},
                                "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8}, "mtbench_pairwise": {"enabled": False}}}

@@ -208,7 +208,7 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _splits(self):
         if self.dev_size and self.dev_size >= self.eval_size:
-            raise ValueError(f"dev_size {self.dev_size} leaves no test records (eval_size {self.eval_size})")
+            raise ValueError(f"dev_size: {self.dev_size} leaves no test records (eval_size {self.eval_size})")
         if self.eval_split == "dev" and not self.dev_size:
             raise ValueError("eval_split: dev needs a dev split (dev_size > 0)")
         return self
@@ -356,7 +356,8 @@ def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None
         lines = [f"{path}: invalid recipe (profile '{profile}')"]
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")  # a cross-field check names its fields itself
+            lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
         raise ConfigError("\n".join(lines)) from None
     _check_builds(full, path, "full")
     _check_builds(rec, path, profile)
