@@ -178,12 +178,18 @@ def dolly_file(path, n: int = 100):
 
 
 @pytest.mark.slow
-def test_dolly_end_to_end_from_a_user_file(tmp_path):
+def test_dolly_end_to_end_from_a_user_file(tmp_path, capsys):
     data = dolly_file(tmp_path / "dolly.jsonl")
     raw = yaml.safe_load((repo_root() / "recipes" / "dolly.yaml").read_text())
     raw["profiles"]["tiny"]["evals"]["side_by_side"] = SMALL_EVAL["evals"]["side_by_side"]  # fewer, shorter answers
     raw["profiles"]["tiny"]["evals"]["mtbench_pairwise"] = {"enabled": False}  # 80 questions: not the subject here
     recipe = tmp_path / "dolly.yaml"
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the tiny profile holds out 150 records: too many for a 100-record file, said before any model loads
+    assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--out", str(tmp_path / "ws")]) == 2
+    assert "dolly.yaml (profile 'tiny'): eval_size 150 leaves no training records (have 100); lower eval_size" \
+        in capsys.readouterr().err
+    raw["profiles"]["tiny"].update(eval_size=30, dev_size=10)
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--max-steps", "2",
                  "--out", str(tmp_path / "ws")]) == 0

@@ -98,7 +98,11 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
         if not examples:
             raise ConfigError(f"{recipe.source_file}: the transforms dropped every record ({transformed.summary()})")
     examples, n_dup = dedupe(examples)
-    train, evals = split(examples, recipe.eval_size, recipe.split_seed)
+    try:
+        train, evals = split(examples, recipe.eval_size, recipe.split_seed)
+    except ValueError as e:  # too few records for the held-out split: name the recipe setting
+        raise ConfigError(f"{recipe.source_file} (profile '{recipe.profile}'): {e}; lower eval_size "
+                          "(and dev_size) for this data") from None
     if recipe.max_train_records:
         train = train[: recipe.max_train_records]
     return train, evals, records, n_dup, transformed
