@@ -204,9 +204,9 @@ class Recipe(_Strict):
     deviations: list[str] = []  # filled in by load_recipe: profile notes + computed differences
     source_file: str | None = None
 
-
     @model_validator(mode="after")
     def _splits(self):
+        """dev_size and eval_split against eval_size (a cross-field check, so pydantic's loc is empty)."""
         if self.dev_size and self.dev_size >= self.eval_size:
             raise ValueError(f"dev_size: {self.dev_size} leaves no test records (eval_size {self.eval_size})")
         if self.eval_split == "dev" and not self.dev_size:
