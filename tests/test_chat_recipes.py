@@ -187,7 +187,7 @@ def test_dolly_end_to_end_from_a_user_file(tmp_path, capsys):
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     # the tiny profile holds out 150 records: too many for a 100-record file, said before any model loads
     assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--out", str(tmp_path / "ws")]) == 2
-    assert "dolly.yaml (profile 'tiny'): eval_size 150 leaves no training records (have 100); lower eval_size" \
+    assert "dolly.yaml (profile 'tiny'): eval_size 150 leaves no training records (have 100); give more records, or lower eval_size" \
         in capsys.readouterr().err
     raw["profiles"]["tiny"].update(eval_size=30, dev_size=10)
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))

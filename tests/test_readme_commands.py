@@ -222,6 +222,15 @@ def check_resume(ws: Workspace, ran: Ran) -> None:
     assert _line_value(ran.stdout, "artifact:") == _line_value(before.stdout, "artifact:")
 
 
+def check_eval_split_dev(ws: Workspace, ran: Ran) -> None:
+    before = ws.results["herd derive alpaca"]
+    assert "done already" in ran.stdout  # scoring the dev split trains nothing
+    assert _line_value(ran.stdout, "artifact:") == _line_value(before.stdout, "artifact:")
+    card = json.loads(((ws.root / _line_value(ran.stdout, "artifact:")) / "scorecard.json").read_text())
+    assert card["extra"]["splits"] == {"held_out": 150, "dev": 50, "test": 100, "scored": "dev"}
+    assert "--eval-split dev" in card["run"]["command"] and card["headline"]["n"] <= 50
+
+
 def check_bases(ws: Workspace, ran: Ran) -> None:
     names = {ln.split()[0] for ln in ran.stdout.splitlines() if ln.strip()}
     assert {"smollm2", "tiny"} <= names, ran.stdout
@@ -316,7 +325,7 @@ TABLE: dict[str, Entry] = {
          "--max-steps", "1"], subs=PLAIN_HERD, files=("model.gguf", "my_alpaca.jsonl"), needs=("make demo",),
         check=check_derive_gguf,
         why="./model.gguf is the demo's tiny artifact exported with herd.export.export_gguf (f16); my_alpaca.jsonl "
-            "is 80 records of the shared stanford_alpaca_tiny as JSONL; --max-steps 1"),
+            "is 240 records of the shared alpaca_en_demo as JSONL; --max-steps 1"),
     "herd derive alpaca --profile full": Entry(
         ["{herd}", "derive", "alpaca", "--profile", "full", *TINY_FAST], subs=PLAIN_HERD, check=check_derive_full,
         why="--base tiny --max-steps 1: full is 3 epochs at batch 128 x 512 tokens from smollm2 (hours on a "
@@ -326,6 +335,10 @@ TABLE: dict[str, Entry] = {
         check=check_resume,
         why="--base tiny --max-steps 1, as in `herd derive alpaca`, whose run it continues (finished: the stage "
             "is skipped; resuming a killed run is tested in test_resume_and_distributed.py)"),
+    "herd derive alpaca --eval-split dev": Entry(
+        ["{herd}", "derive", "alpaca", "--eval-split", "dev", *TINY_FAST], subs=PLAIN_HERD,
+        needs=("herd derive alpaca",), check=check_eval_split_dev,
+        why="--base tiny --max-steps 1, as in `herd derive alpaca`, whose trained stage it scores on dev"),
     "herd bases": Entry(["{herd}", "bases"], subs=PLAIN_HERD, check=check_bases),
     ".venv/bin/herd ui runs --port 7860": Entry(
         ["{herd}", "ui", "runs", "--port", "{port}"], subs={**VENV_HERD, "7860": ["{port}"]}, needs=("make demo",),
@@ -393,8 +406,9 @@ class Workspace:
         elif name == "my_alpaca.jsonl":
             from herd.core.paths import shared_data_dir
 
-            records = json.loads((shared_data_dir() / "stanford_alpaca_tiny" / "alpaca_tiny.json").read_text())
-            target.write_text("".join(json.dumps(r) + "\n" for r in records[:80]))
+            # more records than the tiny profile holds out (150: dev 50, test 100), so some are left to train on
+            records = json.loads((shared_data_dir() / "llamafactory_alpaca_en_demo" / "alpaca_en_demo.json").read_text())
+            target.write_text("".join(json.dumps(r) + "\n" for r in records[:240]))
         else:
             raise AssertionError(f"no recipe for the placeholder {name!r}")
 

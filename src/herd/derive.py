@@ -101,8 +101,8 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     try:
         train, evals = split(examples, recipe.eval_size, recipe.split_seed)
     except ValueError as e:  # too few records for the held-out split: name the recipe setting
-        raise ConfigError(f"{recipe.source_file} (profile '{recipe.profile}'): {e}; lower eval_size "
-                          "(and dev_size) for this data") from None
+        raise ConfigError(f"{recipe.source_file} (profile '{recipe.profile}'): {e}; give more records, "
+                          "or lower eval_size (and dev_size) in a copy of the recipe") from None
     if recipe.max_train_records:
         train = train[: recipe.max_train_records]
     return train, evals, records, n_dup, transformed
