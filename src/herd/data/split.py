@@ -29,13 +29,10 @@ def split_dev(heldout: list[Example], dev_size: int, seed: int = 42) -> tuple[li
 
     The rank is :func:`split`'s, so growing ``eval_size`` with ``dev_size`` set to the old ``eval_size``
     keeps the earlier held-out set as dev and adds test records nobody has looked at."""
-    if dev_size <= 0:
-        return [], list(heldout)
-    if dev_size >= len(heldout):
+    if 0 < dev_size >= len(heldout):
         raise ValueError(f"dev_size {dev_size} leaves no test records (have {len(heldout)} held out)")
-    chosen = set(sorted(range(len(heldout)), key=lambda i: _rank(heldout[i], seed))[:dev_size])
-    return ([ex for i, ex in enumerate(heldout) if i in chosen],
-            [ex for i, ex in enumerate(heldout) if i not in chosen])
+    test, dev = split(heldout, dev_size, seed)
+    return dev, test
 
 
 def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
