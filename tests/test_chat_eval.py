@@ -264,3 +264,52 @@ def test_heldout_loss_by_category_marks_one_table_per_eval(tmp_path):
     assert [m["category"] for m in rows] == ["brainstorming", "classification", "open_qa"]
     assert {m["group"] for m in rows} == {"held-out response loss per category"}
     assert all(m["parent"] == m["derived"] for m in rows)  # the same model on both sides
+
+
+def test_heldout_loss_by_category_reuses_the_whole_splits_losses(tmp_path, monkeypatch):
+    """After the ``heldout_loss`` eval, the per-category eval scores nothing again, and each category's
+    per-record losses are those of scoring that category alone, in the same order (so its paired CI is too)."""
+    import pytest
+
+    import herd.engine.heldout as heldout
+    import herd.plugins  # noqa: F401  (registers the evals)
+    from herd.base import load_model, load_tokenizer, resolve_base
+    from herd.core.recipe import eval_max_len, load_recipe
+    from herd.core.registry import EVALS
+    from herd.data.records import Example
+    from herd.data.tokenize import tokenize_examples
+    from herd.evals.registry import EvalContext
+    from herd.templates import get_template
+
+    tiny = resolve_base("tiny").path
+    cats = ["open_qa", "brainstorming", "classification"]
+    exs = [Example([{"role": "user", "content": f"Name a {cats[i % 3]} thing, {i}." + " More words." * (i % 5)},
+                    {"role": "assistant", "content": f"A {cats[i % 3]} thing number {i}." + " Yes." * i}],
+                   "t", i, {"category": cats[i % 3]}) for i in range(20)]
+    recipe, template, tok = load_recipe("dolly", "tiny"), get_template("dolly"), load_tokenizer(tiny)
+    ctx = EvalContext(recipe=recipe, template=template, tokenizer=tok, eval_examples=exs, parent_path=tiny,
+                      derived_path=tiny, out_dir=tmp_path, progress=False)
+    calls = []
+    real = heldout.heldout_loss
+    monkeypatch.setattr(heldout, "heldout_loss", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    whole = EVALS["heldout_loss"][1](ctx, EVALS["heldout_loss"][0]()).metrics
+    rows = EVALS["heldout_loss_by_category"][1](ctx, EVALS["heldout_loss_by_category"][0]()).metrics
+    assert calls == [20, 20]  # parent and derived, once each: the per-category eval reused them
+    assert whole[0]["n"] == 20 and sum(m["n"] for m in rows) == 20
+    model, max_len = load_model(tiny), eval_max_len(recipe)
+    for m in rows:
+        items, _ = tokenize_examples([e for e in exs if e.meta["category"] == m["category"]], template, tok, max_len)
+        alone = real(model, items, tok.pad_token_id, row_len=max_len)
+        assert m["parent"] == pytest.approx(round(alone["loss"], 4), abs=1e-4)
+        assert m["n"] == len(items)
+    # the same per-record order as scoring alone: the group's rows, rebuilt, pair up record by record
+    ctx2 = EvalContext(recipe=recipe, template=template, tokenizer=tok, eval_examples=exs, parent_path=tiny,
+                       derived_path=tiny, out_dir=tmp_path, progress=False)
+    items, _ = tokenize_examples(exs, template, tok, max_len)
+    res = ctx2.heldout_loss("parent", items, max_len)
+    by_item = dict(zip(res["order"], res["per_record"]))
+    idx = [i for i, it in enumerate(items) if exs[it.index].meta["category"] == "open_qa"]
+    alone = real(model, [items[i] for i in idx], tok.pad_token_id, row_len=max_len)
+    regrouped = [by_item[idx[j]] for j in heldout.packing_order([items[i] for i in idx], max_len)]
+    assert [c for _, c in regrouped] == [c for _, c in alone["per_record"]]
+    assert [s for s, _ in regrouped] == pytest.approx([s for s, _ in alone["per_record"]], rel=1e-5)

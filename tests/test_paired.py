@@ -101,6 +101,8 @@ def test_heldout_loss_per_record_pairs_and_sums_to_the_total(tiny_model, tokeniz
     res = heldout_loss(tiny_model, items, tokenizer.pad_token_id, row_len=256, rows_per_batch=2)
     assert len(res["per_record"]) == len(items)
     assert sorted(c for _, c in res["per_record"]) == sorted(int(it.n_targets) for it in items)
+    assert sorted(res["order"]) == list(range(len(items)))  # order names each record's item
+    assert [c for _, c in res["per_record"]] == [int(items[i].n_targets) for i in res["order"]]
     batch = make_batch(items, 256, tokenizer.pad_token_id, pack=True)
     with torch.no_grad():
         total = float(MaskedLMLoss(tiny_model, chunked=False)(batch.input_ids, batch.position_ids, batch.labels))

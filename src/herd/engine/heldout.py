@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from herd.core.progress import Progress
-from herd.data.packing import make_batch
+from herd.data.packing import best_fit, make_batch
 from herd.data.tokenize import Tokenized
 from herd.engine.cross_entropy import CHUNK
 from herd.engine.training import causal_lm
@@ -21,7 +21,7 @@ def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, ro
     """Token-weighted loss and perplexity over ``items`` (packed, contamination-free); ``progress``
     reports records scored under ``desc``. ``per_record`` holds ``(loss sum, tokens)`` of every record,
     in a deterministic order (packing is a pure function of the items), so two models scored on the same
-    items pair up record by record."""
+    items pair up record by record; ``order[k]`` is the index in ``items`` of ``per_record[k]``."""
     model.eval()
     lm = causal_lm(model)
     dev = next(model.parameters()).device  # rows go where the model is (a GPU's evals); sums stay on the CPU
@@ -49,4 +49,13 @@ def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, ro
     total, n = sum(x for x, _ in per_record), sum(c for _, c in per_record)
     loss = total / max(1, n)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n, "records": len(items),
-            "per_record": per_record}
+            "per_record": per_record, "order": packing_order(items, row_len, rows_per_batch)}
+
+
+def packing_order(items: list[Tokenized], row_len: int, rows_per_batch: int = 8) -> list[int]:
+    """The item index of each ``per_record`` entry of :func:`heldout_loss`: rows in order, and within a row
+    its records as :func:`make_batch` placed them (a record starts where its position resets to 0)."""
+    step = rows_per_batch * 2
+    lengths = [len(x) for x in items]
+    return [i + j for i in range(0, len(items), step)
+            for group in best_fit(lengths[i:i + step], row_len) for j in group]

@@ -20,9 +20,6 @@ class SideBySideConfig(EvalConfig):
 @register_eval("heldout_loss", HeldoutLossConfig)
 def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
     from herd.core.recipe import eval_max_len
-    from herd.engine.heldout import (
-        heldout_loss,  # torch: only when the eval runs (recipes validate without it)
-    )
 
     max_len = eval_max_len(ctx.recipe)
     items, rep = tokenize_examples(ctx.eval_examples, ctx.template, ctx.tokenizer, max_len)
@@ -31,8 +28,7 @@ def run_heldout_loss(ctx: EvalContext, cfg: HeldoutLossConfig) -> EvalOutput:
     res = {}
     for role in ("parent", "derived"):
         ctx.log(f"held-out response loss, {role} ({len(items)} records)")
-        res[role] = heldout_loss(ctx.model(role), items, ctx.tokenizer.pad_token_id, row_len=max_len,
-                                 progress=ctx.progress, desc=f"eval heldout_loss {role}")
+        res[role] = ctx.heldout_loss(role, items, max_len, progress=ctx.progress, desc=f"eval heldout_loss {role}")
     p, d = res["parent"], res["derived"]
     ds = f"{ctx.recipe.name} held-out split ({p['records']} records, {p['tokens']} response tokens)"
     if ctx.splits:

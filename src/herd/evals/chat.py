@@ -93,25 +93,32 @@ class HeldoutByCategoryConfig(EvalConfig):
 
 @register_eval("heldout_loss_by_category", HeldoutByCategoryConfig)
 def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> EvalOutput:
-    """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived."""
+    """Held-out response loss per group (dossier §10.3, Dolly: per category), parent vs derived.
+
+    The records are scored once, as a whole (the ``heldout_loss`` eval's results when it ran first), and
+    each group takes its records' losses, in the order scoring the group alone would have given them."""
     from herd.core.paired import ratio_stat, with_paired
-    from herd.core.progress import Progress
     from herd.core.recipe import eval_max_len
     from herd.data.tokenize import tokenize_examples
-    from herd.engine.heldout import heldout_loss
+    from herd.engine.heldout import packing_order
 
     max_len = eval_max_len(ctx.recipe)
-    groups = defaultdict(list)
-    for ex in ctx.eval_examples:
-        groups[str(ex.meta.get(cfg.key) or "(none)")].append(ex)
-    items = {g: tokenize_examples(exs, ctx.template, ctx.tokenizer, max_len)[0] for g, exs in sorted(groups.items())}
-    items = {g: it for g, it in items.items() if it}
+    items, _ = tokenize_examples(ctx.eval_examples, ctx.template, ctx.tokenizer, max_len)
+    group_of = {(ex.source, ex.index): str(ex.meta.get(cfg.key) or "(none)") for ex in ctx.eval_examples}
+    members: dict[str, list[int]] = defaultdict(list)  # group → its items' indices, in item order
+    for i, it in enumerate(items):
+        members[group_of[(it.source, it.index)]].append(i)
+    members = dict(sorted(members.items()))
     res: dict[str, dict] = {"parent": {}, "derived": {}}
     for role in ("parent", "derived"):
-        ctx.log(f"held-out loss by {cfg.key}, {role} ({len(items)} groups)")
-        for g, it in Progress(items.items(), desc=f"eval heldout_loss_by_category {role}", unit="group",
-                              enabled=ctx.progress):
-            res[role][g] = heldout_loss(ctx.model(role), it, ctx.tokenizer.pad_token_id, row_len=max_len)
+        ctx.log(f"held-out loss by {cfg.key}, {role} ({len(members)} groups)")
+        whole = ctx.heldout_loss(role, items, max_len, progress=ctx.progress, desc=f"eval heldout_loss {role}")
+        by_item = dict(zip(whole["order"], whole["per_record"]))
+        for g, idx in members.items():
+            per = [by_item[idx[j]] for j in packing_order([items[i] for i in idx], max_len)]
+            tokens = sum(c for _, c in per)
+            res[role][g] = {"loss": sum(s for s, _ in per) / max(1, tokens), "tokens": tokens,
+                            "records": len(per), "per_record": per}
     metrics = [with_paired({"task": f"held-out response loss, {cfg.key} {g}", "name": "loss",
                             "dataset": f"{ctx.recipe.name} held-out split, {cfg.key} {g} "
                                        f"({res['parent'][g]['records']} records, {res['parent'][g]['tokens']} tokens)",
@@ -119,5 +126,5 @@ def run_heldout_by_category(ctx: EvalContext, cfg: HeldoutByCategoryConfig) -> E
                             "derived": round(res["derived"][g]["loss"], 4), "better": "lower", "category": g,
                             "group": f"held-out response loss per {cfg.key}"},
                            res["parent"][g]["per_record"], res["derived"][g]["per_record"], stat=ratio_stat)
-               for g in items]
+               for g in members]
     return EvalOutput(metrics=metrics)

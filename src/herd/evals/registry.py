@@ -54,6 +54,7 @@ class EvalContext:
     eval_name: str = ""  # the eval running now: names its per-model phases
     splits: dict | None = None  # held-out / dev / test sizes and the scored split, when the recipe has a dev split
     _cache: dict = field(default_factory=dict)
+    _heldout: dict = field(default_factory=dict)  # heldout_loss results by (role, row_len, items' digest)
     _role: str | None = None
     _role_phase: ExitStack = field(default_factory=ExitStack)
 
@@ -78,6 +79,25 @@ class EvalContext:
             # on the GPU when there is one: generation, scoring and losses all follow the model's device
             self._cache[role] = load_model(self.parent_path if role == "parent" else self.derived_path).to(device())
         return self._cache[role]
+
+    def heldout_loss(self, role: str, items: list, row_len: int, **kw) -> dict:
+        """``engine.heldout.heldout_loss`` of the parent or derived model on ``items``, computed once per
+        (role, items, row_len): an eval that regroups the held-out records (Dolly's per-category loss)
+        reuses the overall eval's per-record losses instead of scoring the same records again."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        for x in items:
+            h.update(len(x).to_bytes(4, "little"))
+            h.update(x.input_ids.tobytes())
+            h.update(x.labels.tobytes())
+        key = (role, row_len, h.hexdigest())
+        if key not in self._heldout:
+            from herd.engine.heldout import heldout_loss
+
+            self._heldout[key] = heldout_loss(self.model(role), items, self.tokenizer.pad_token_id,
+                                              row_len=row_len, **kw)
+        return self._heldout[key]
 
     def end_model_phase(self) -> None:
         self._role_phase.close()
