@@ -138,7 +138,8 @@ def test_alpaca_answers_the_bench_unjudged_and_records_its_command(tmp_path):
     assert card["extra"]["splits"] == {"held_out": 8, "dev": 2, "test": 6, "scored": "test"}
     assert h["name"] == "held-out response loss" and h["n"] == 6 and h["ci95"][0] <= h["delta"] <= h["ci95"][1]
     assert card["run"]["command"].startswith("herd derive alpaca --profile tiny --base tiny --out ")
-    assert "# with API overrides" in card["run"]["command"] and card["run"]["wall_seconds"] > 0
+    assert " --eval-size 8 --dev-size 2  # with API overrides" in card["run"]["command"]  # flags where there are flags
+    assert '"eval_size"' not in card["run"]["command"] and card["run"]["wall_seconds"] > 0
 
 
 @pytest.mark.slow
@@ -187,12 +188,14 @@ def test_dolly_end_to_end_from_a_user_file(tmp_path, capsys):
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     # the tiny profile holds out 150 records: too many for a 100-record file, said before any model loads
     assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--out", str(tmp_path / "ws")]) == 2
-    assert "dolly.yaml (profile 'tiny'): eval_size 150 leaves no training records (have 100); give more records, or lower eval_size" \
-        in capsys.readouterr().err
-    raw["profiles"]["tiny"].update(eval_size=30, dev_size=10)
-    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert "dolly.yaml (profile 'tiny'): eval_size 150 leaves no training records (have 100); give more records, " \
+        "or hold out fewer: --eval-size 20 --dev-size 6" in capsys.readouterr().err
+    # the flags hold out fewer without a copy of the recipe; a dev split at least as large is refused first
+    assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--eval-size", "30",
+                 "--out", str(tmp_path / "ws")]) == 2
+    assert "dev_size: 50 leaves no test records (eval_size 30)" in capsys.readouterr().err
     assert main(["derive", str(recipe), "--base", "tiny", "--data", str(data), "--max-steps", "2",
-                 "--out", str(tmp_path / "ws")]) == 0
+                 "--eval-size", "30", "--dev-size", "10", "--out", str(tmp_path / "ws")]) == 0
     model = (tmp_path / "ws" / "model").resolve()
     card = json.loads((model / "scorecard.json").read_text())
     per_cat = [m for m in card["metrics"] if m["task"].startswith("held-out response loss, category ")]
@@ -203,6 +206,9 @@ def test_dolly_end_to_end_from_a_user_file(tmp_path, capsys):
     samples = card["samples"]
     assert samples and all("### End" not in s["derived"] for s in samples)  # cut at the template's stop
     assert "data: the recipe's files replaced on the command line by dolly.jsonl" in card["deviations"]
+    assert {"setting eval_size: 30 (published: 200)", "setting dev_size: 10 (published: 0)"} <= set(card["deviations"])
+    assert card["extra"]["splits"] == {"held_out": 30, "dev": 10, "test": 20, "scored": "test"}
+    assert "--eval-size 30 --dev-size 10" in card["run"]["command"]
 
 
 def test_dolly_without_its_file_says_where_to_put_it(tmp_path, capsys):

@@ -30,7 +30,12 @@ def _cmd_derive(args) -> int:
     if args.no_memory_check:  # an environment variable, so torchrun's workers see it too
         os.environ["HERD_NO_MEMORY_CHECK"] = "1"
 
-    overrides = {"eval_split": "dev"} if args.eval_split == "dev" else None
+    overrides = {"eval_split": "dev"} if args.eval_split == "dev" else {}
+    if args.eval_size is not None:
+        overrides["eval_size"] = args.eval_size
+    if args.dev_size is not None:
+        overrides["dev_size"] = args.dev_size
+    overrides = overrides or None
     result = derive(args.recipe, base=args.base, profile=args.profile, data=args.data, out=args.out,
                     resume=args.resume, max_steps=args.max_steps, report_to=args.report_to, overrides=overrides)
     print(f"\nartifact: {result.path}")
@@ -87,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-split", choices=["test", "dev"], default="test",
                    help="held-out split the scorecard scores, for recipes with dev_size: dev while choosing "
                    "settings, test (default) once for the final run")
+    d.add_argument("--eval-size", type=int, metavar="N",
+                   help="hold out N records for the evals instead of the recipe's eval_size (a small --data file); "
+                   "listed in the scorecard's deviations")
+    d.add_argument("--dev-size", type=int, metavar="N",
+                   help="of those, N form the dev split instead of the recipe's dev_size (0: no dev split)")
     d.add_argument("--report-to", metavar="TARGETS",
                    help="also send training metrics to tensorboard,mlflow,wandb (comma-separated; 'none' for "
                    "none; default: the recipe's report_to). metrics.jsonl is always written")

@@ -101,8 +101,10 @@ def _load_data(recipe: Recipe, data_override: list[str] | None, built: list | No
     try:
         train, evals = split(examples, recipe.eval_size, recipe.split_seed)
     except ValueError as e:  # too few records for the held-out split: name the recipe setting
+        low = max(1, len(examples) // 5)
         raise ConfigError(f"{recipe.source_file} (profile '{recipe.profile}'): {e}; give more records, "
-                          "or lower eval_size (and dev_size) in a copy of the recipe") from None
+                          f"or hold out fewer: --eval-size {low}"
+                          + (f" --dev-size {low // 3}" if recipe.dev_size else "")) from None
     if recipe.max_train_records:
         train = train[: recipe.max_train_records]
     return train, evals, records, n_dup, transformed
@@ -400,6 +402,9 @@ def reproduce_command(recipe: str, base: str | None, profile: str, data: list[st
     overrides = dict(overrides or {})
     if overrides.get("eval_split") == "dev":  # the CLI's --eval-split
         parts += ["--eval-split", overrides.pop("eval_split")]
+    for key in ("eval_size", "dev_size"):  # the CLI's --eval-size / --dev-size
+        if isinstance(overrides.get(key), int):
+            parts += [f"--{key.replace('_', '-')}", str(overrides.pop(key))]
     cmd = shlex.join(parts)
     return cmd + (f"  # with API overrides {json.dumps(overrides, sort_keys=True)}" if overrides else "")
 
