@@ -29,7 +29,7 @@ def split_dev(heldout: list[Example], dev_size: int, seed: int = 42) -> tuple[li
 
     The rank is :func:`split`'s, so growing ``eval_size`` with ``dev_size`` set to the old ``eval_size``
     keeps the earlier held-out set as dev and adds test records nobody has looked at."""
-    if 0 < dev_size >= len(heldout):
+    if dev_size > 0 and dev_size >= len(heldout):
         raise ValueError(f"dev_size {dev_size} leaves no test records (have {len(heldout)} held out)")
     test, dev = split(heldout, dev_size, seed)
     return dev, test

@@ -26,7 +26,7 @@ def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, ro
     lm = causal_lm(model)
     dev = next(model.parameters()).device  # rows go where the model is (a GPU's evals); sums stay on the CPU
     per_record: list[tuple[float, int]] = []
-    step = rows_per_batch * 2
+    step = _records_per_call(rows_per_batch)
     with Progress(total=len(items), desc=desc, unit="record", enabled=progress) as bar:
         for i in range(0, len(items), step):
             batch = make_batch(items[i:i + step], row_len, pad_id, pack=True)
@@ -55,7 +55,12 @@ def heldout_loss(model, items: list[Tokenized], pad_id: int, *, row_len: int, ro
 def packing_order(items: list[Tokenized], row_len: int, rows_per_batch: int = 8) -> list[int]:
     """The item index of each ``per_record`` entry of :func:`heldout_loss`: rows in order, and within a row
     its records as :func:`make_batch` placed them (a record starts where its position resets to 0)."""
-    step = rows_per_batch * 2
+    step = _records_per_call(rows_per_batch)
     lengths = [len(x) for x in items]
     return [i + j for i in range(0, len(items), step)
             for group in best_fit(lengths[i:i + step], row_len) for j in group]
+
+
+def _records_per_call(rows_per_batch: int) -> int:
+    """Records handed to one packed forward: twice the rows, so short records fill them."""
+    return rows_per_batch * 2
