@@ -225,6 +225,44 @@ def test_fast_dropout_is_inverted_dropout_with_the_same_p():
     assert torch.equal(a, FastDropout(0.05)(torch.ones(1000)))  # the seed decides the mask
 
 
+def test_fast_dropout_compiles_into_one_graph():
+    """Compiled (as inside a compiled decoder layer) it is inductor's dropout: no graph break, same p,
+    reproducible from the seed."""
+    from herd.engine.lora import FastDropout
+
+    d = FastDropout(0.05)
+    f = torch.compile(d, fullgraph=True)  # fullgraph: a graph break raises
+    x = torch.ones(300_001)
+    torch.manual_seed(0)
+    y = f(x)
+    assert abs(float((y == 0).float().mean()) - 0.05) < 0.003
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - d.p)))
+    torch.manual_seed(0)
+    assert torch.equal(f(x), y)
+
+
+def test_a_compiled_lora_layer_with_dropout_is_one_graph(tiny_model, tokenizer, alpaca_examples):
+    """peft's adapters with dropout inside compiled decoder layers: no graph break in the training step
+    (each one split a layer into pieces with Python between them), and a loss with gradients."""
+    _need_compiler()
+    from torch._dynamo.utils import counters
+
+    from herd.core.recipe import LoraSpec
+    from herd.engine.lora import apply_lora
+
+    model = apply_lora(tiny_model, LoraSpec(r=4, alpha=8, dropout=0.1))
+    model.train()
+    items, _ = tokenize_examples(alpaca_examples[:12], get_template("alpaca"), tokenizer, max_len=256)
+    batch = make_batch(items, 256, tokenizer.pad_token_id)
+    torch._dynamo.reset()
+    counters.clear()
+    with compiled_layers(model.base_model.model.model.layers, True):
+        loss, grads = _loss_and_grads(model, batch)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert loss == loss and any("lora_A" in n for n in grads)
+
+
 def test_lora_uses_fast_dropout(tiny_model):
     from herd.core.recipe import LoraSpec
     from herd.engine.lora import FastDropout, apply_lora
