@@ -228,6 +228,7 @@ def test_fast_dropout_is_inverted_dropout_with_the_same_p():
 def test_fast_dropout_compiles_into_one_graph():
     """Compiled (as inside a compiled decoder layer) it is inductor's dropout: no graph break, same p,
     reproducible from the seed."""
+    _need_compiler()
     from herd.engine.lora import FastDropout
 
     d = FastDropout(0.05)
@@ -250,6 +251,7 @@ def test_a_compiled_lora_layer_with_dropout_is_one_graph(tiny_model, tokenizer, 
 
     from herd.core.recipe import LoraSpec
     from herd.engine.lora import apply_lora
+    from herd.engine.training import causal_lm
 
     model = apply_lora(tiny_model, LoraSpec(r=4, alpha=8, dropout=0.1))
     model.train()
@@ -257,7 +259,7 @@ def test_a_compiled_lora_layer_with_dropout_is_one_graph(tiny_model, tokenizer, 
     batch = make_batch(items, 256, tokenizer.pad_token_id)
     torch._dynamo.reset()
     counters.clear()
-    with compiled_layers(model.base_model.model.model.layers, True):
+    with compiled_layers(causal_lm(model).model.layers, True):
         loss, grads = _loss_and_grads(model, batch)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     assert loss == loss and any("lora_A" in n for n in grads)

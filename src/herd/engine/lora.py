@@ -13,8 +13,8 @@ dynamo cannot trace ``Tensor.random_``, and the graph break it made at each of t
 projections cut every compiled layer into eight graphs with Python between them (and ran out of
 dynamo's recompile budget). Measured, SmolLM2 LoRA r 16 with dropout 0.05, 4 rows x 512, fp32 on the
 2-core AVX2 EPYC (A/B in one process, README's Speed section): 84 -> 114 useful tokens/s and peak RSS
-6.7 -> 4.9 GB. Compiled and eager runs therefore draw different masks
-(same p); each is reproducible from the seed.
+6.7 -> 4.9 GB. Compiled and eager runs therefore draw different masks (same p); each is
+reproducible from the seed.
 """
 
 from __future__ import annotations
