@@ -32,7 +32,7 @@ from herd.evals import humaneval as he  # noqa: E402
 def two_pass(model, tok, problems: list[dict], batch: int) -> list[str]:
     """The eval before the engine's ``heal``: the constrained first token by a one-token generation per
     dropped text, then the prompt with that token prefilled again and decoded on."""
-    heads = [he.spm_healed_prompt(tok, p["prompt"], p["suffix"]) for p in problems]
+    heads = [he.healed_prompt(tok, p["prompt"], p["suffix"], "spm") for p in problems]
     vocab = tok.batch_decode([[i] for i in range(len(tok))], clean_up_tokenization_spaces=False)
     prompts, leads = [ids for ids, _ in heads], [""] * len(heads)
     for d in sorted({d for _, d in heads if d}):

@@ -191,7 +191,8 @@ def test_configs_validate():
         cfg_cls(n_problem=3)  # a typo is an error, not a silent default
     assert "not found" in cfg_cls(data="/nonexistent/HumanEval.jsonl.gz").unavailable(Path.cwd())
     inf_cls, _ = _eval("humaneval_infilling")
-    assert inf_cls().modes == ["psm", "spm"]
+    assert inf_cls().modes == ["psm", "spm"] and inf_cls().token_healing == ["psm", "spm"]
+    assert inf_cls(token_healing=False).token_healing == [] and inf_cls(token_healing=["spm"]).token_healing == ["spm"]
     with pytest.raises(ValidationError):
         inf_cls(modes=["pms"])
     mbpp_cls, _ = _eval("mbpp")
@@ -235,8 +236,10 @@ def test_infilling_eval_end_to_end_uses_each_roles_tokenizer(tiny_ref, derived_d
     cfg_cls, fn = _eval("humaneval_infilling")
     cfg = cfg_cls(data=str(INFILLING), n_problems=3, max_new_tokens=6, batch_size=4)
     out = fn(_ctx(tiny_ref, derived_dir, tmp_path), cfg)
-    _check_metrics(out.metrics, ["middle_nll_psm", "middle_nll_spm", "middle_nll_spm_unhealed", "exact_match_psm",
-                                 "pass@1_psm", "exact_match_spm", "pass@1_spm"])
+    _check_metrics(out.metrics, ["middle_nll_psm", "middle_nll_psm_unhealed", "middle_nll_spm",
+                                 "middle_nll_spm_unhealed", "exact_match_psm", "pass@1_psm", "exact_match_spm",
+                                 "pass@1_spm"])
+    assert all("token-healed" in m["task"] for m in out.metrics if not m["name"].endswith("_unhealed"))
     assert out.extra["humaneval_infilling"]["single_line"] is True
     nll = next(m for m in out.metrics if m["name"] == "middle_nll_spm")
     assert nll["better"] == "lower" and nll["parent"] > 0 and nll["derived"] > 0
@@ -290,7 +293,7 @@ def test_spm_token_healing_scores_the_training_layout(tiny_model, tokenizer):
     pre, joint = enc(prob["prompt"]), enc(prob["prompt"] + prob["canonical_solution"])
     assert joint[:len(pre)] != pre  # the merge this is about: "\n" + "    " is one token
     paper = infill_prompt_ids(tokenizer, prob["prompt"], prob["suffix"], "spm")
-    healed, dropped = he.spm_healed_prompt(tokenizer, prob["prompt"], prob["suffix"])
+    healed, dropped = he.healed_prompt(tokenizer, prob["prompt"], prob["suffix"], "spm")
     assert dropped == "\n" and healed == paper[:-1]
     target = joint[len(pre) - 1:]
     assert healed + target == paper[:-len(pre)] + joint  # the training sequence's tokens, <EOT> aside
@@ -299,11 +302,36 @@ def test_spm_token_healing_scores_the_training_layout(tiny_model, tokenizer):
         logp = tiny_model(input_ids=torch.tensor([healed + target])).logits[0].log_softmax(-1)
     want = -sum(logp[len(healed) - 1 + i, t] for i, t in enumerate(target)) / len(target)
     assert got == pytest.approx(float(want), abs=1e-5)
-    assert he.middle_nll(tiny_model, tokenizer, [prob], "psm", heal=True) == \
-        he.middle_nll(tiny_model, tokenizer, [prob], "psm")  # PSM ends with a sentinel: nothing to heal
 
 
-def test_healed_generation_rewrites_the_dropped_text_first(tiny_model, tokenizer):
+def test_psm_token_healing_drops_the_prefix_newline_and_scores_it_with_the_middle(tiny_model, tokenizer):
+    """PSM's prefix sits before <SUF>: healed, the prompt is the paper's without the prefix's last token
+    (the lone newline), and the scored tokens are the dropped text + middle encoded on their own, as PSM
+    training encodes a middle: the newline then merges with the indentation, as in code written out."""
+    import torch
+
+    from herd.data.transforms.fim import SENTINELS, infill_prompt_ids
+
+    prob = {"prompt": "def f(x):\n", "suffix": "    return y\n", "canonical_solution": "    y = x + 1\n"}
+    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pre, suf = enc(prob["prompt"]), enc(prob["suffix"])
+    paper = infill_prompt_ids(tokenizer, prob["prompt"], prob["suffix"], "psm")
+    healed, dropped = he.healed_prompt(tokenizer, prob["prompt"], prob["suffix"], "psm")
+    tail = enc(SENTINELS[1]) + suf + enc(SENTINELS[2])  # <SUF> suffix <MID>: the parent reads them as text
+    assert paper[-len(tail) - 1:] == pre[-1:] + tail
+    assert dropped == "\n" and healed == paper[:-len(tail) - 1] + tail  # only the prefix's last token goes
+    target = enc(dropped + prob["canonical_solution"])
+    assert target[0] != enc("\n")[0] and tokenizer.decode(target[:1]).startswith("\n ")  # newline + indent
+    got = he.middle_nll(tiny_model, tokenizer, [prob], "psm", heal=True)[0]
+    with torch.no_grad():
+        logp = tiny_model(input_ids=torch.tensor([healed + target])).logits[0].log_softmax(-1)
+    want = -sum(logp[len(healed) - 1 + i, t] for i, t in enumerate(target)) / len(target)
+    assert got == pytest.approx(float(want), abs=1e-5)
+    assert got != pytest.approx(he.middle_nll(tiny_model, tokenizer, [prob], "psm")[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["spm", "psm"])
+def test_healed_generation_rewrites_the_dropped_text_first(tiny_model, tokenizer, mode):
     """The first generated token is the most likely among those whose text starts with the dropped
     text, and the middle is what follows that text: the engine's one-prefill healing gives what
     prefilling the prompt again with that token and decoding on gives (greedy, fp32)."""
@@ -315,7 +343,7 @@ def test_healed_generation_rewrites_the_dropped_text_first(tiny_model, tokenizer
     vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
     want = []
     for prob in probs:  # the reference: two passes, the healed token appended to the prompt by hand
-        healed, dropped = he.spm_healed_prompt(tokenizer, prob["prompt"], prob["suffix"])
+        healed, dropped = he.healed_prompt(tokenizer, prob["prompt"], prob["suffix"], mode)
         assert dropped
         allowed = [t for t, v in enumerate(vocab) if v.startswith(dropped)]
         assert he.healing_tokens(tokenizer, [dropped, ""]) == [allowed, None]
@@ -324,7 +352,7 @@ def test_healed_generation_rewrites_the_dropped_text_first(tiny_model, tokenizer
         first = max(allowed, key=lambda t: float(logits[t]))
         (ids,) = he.generate_ids(tiny_model, tokenizer, [healed + [first]], max_new_tokens=6, stop_strings=["\n"])[0]
         want.append(he.first_line(vocab[first][len(dropped):] + he.decode_continuation(tokenizer, ids)))
-    got = he.infill(tiny_model, tokenizer, probs, "spm", single_line=True, max_new_tokens=6, heal=True,
+    got = he.infill(tiny_model, tokenizer, probs, mode, single_line=True, max_new_tokens=6, heal=True,
                     batch_size=2)
     assert got == want
     assert all(m.endswith("\n") and m.count("\n") == 1 for m in got)

@@ -102,9 +102,10 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
     ``batch_size`` sequences decode together (prompts sorted by length, so little padding); identical
     prompts are prefilled once. ``stop_strings`` need ``tokenizer``. ``suppress_ids`` never sampled;
     ``presence_penalty`` subtracted once from the logit of every token already generated (OpenAI's).
-    ``heal[i]`` (token healing): prompt ``i`` lost its last token, and its first new token is drawn from
-    these ids only (those whose text starts with the lost text); that token re-writes the prompt, so it
-    counts toward neither ``max_new_tokens`` nor the stop strings, and the prompt is prefilled once."""
+    ``heal[i]`` (token healing): prompt ``i`` lost a token (its last, or an infilling prefix's last), and
+    its first new token is drawn from these ids only (those whose text starts with the lost text); that
+    token re-writes the lost text, so it counts toward neither ``max_new_tokens`` nor the stop strings,
+    and the prompt is prefilled once."""
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
     if heal is not None and len(heal) != len(prompts):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from herd.core.paired import with_paired
 from herd.evals import humaneval as he
@@ -65,16 +65,21 @@ class HumanEvalInfillingConfig(_ExecConfig):
     single_line: bool | None = None  # stop at a newline; None: when the file is the single-line benchmark
     max_new_tokens: int = Field(default=128, gt=0)
     middle_nll: bool = True  # also score the true middle's likelihood (a graded infilling measure)
-    # SPM with a byte-level BPE: the prompt's last token is dropped and written again by the model
-    # (humaneval.spm_healed_prompt: the paper's SentencePiece ends the prompt at a token boundary, a BPE
-    # that merges newline + indentation does not); the middle NLL of the paper's prompt is reported beside
-    token_healing: bool = True
+    # modes whose prompt drops the prefix's last token, which the model writes again (humaneval.healed_prompt:
+    # the paper's SentencePiece ends the prefix at a token boundary, a byte-level BPE that merges newline +
+    # indentation does not); the middle NLL of the paper's prompt is reported beside. true: both; false: none
+    token_healing: list[Literal["psm", "spm"]] = Field(default_factory=lambda: ["psm", "spm"])
     # "all": every task in file order. "dev"/"test": tasks split BY HumanEval problem (``dev_problems`` of
     # the 164, chosen with ``split_seed``), in a seeded random order so that n_problems samples them;
     # settings are chosen on dev, and a final run scores test once
     split: Literal["all", "dev", "test"] = "all"
     dev_problems: int = Field(default=40, gt=0, lt=164)
     split_seed: int = 0
+
+    @field_validator("token_healing", mode="before")
+    @classmethod
+    def _all_or_none(cls, v):
+        return (["psm", "spm"] if v else []) if isinstance(v, bool) else v
 
 
 class MBPPConfig(_PassAtKConfig):
@@ -256,7 +261,7 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
         for mode in cfg.modes:
             ctx.log(f"HumanEval infilling ({mode.upper()}), {role} ({len(problems)} tasks)")
             desc = f"eval humaneval_infilling {role} {mode}"
-            heal = cfg.token_healing and mode == "spm"
+            heal = mode in cfg.token_healing
             middles = he.infill(model, tok, problems, mode, single_line=single, max_new_tokens=cfg.max_new_tokens,
                                 batch_size=cfg.batch_size, heal=heal, progress=ctx.progress, desc=desc)
             nll = he.middle_nll(model, tok, problems, mode, heal=heal, progress=ctx.progress,
@@ -293,13 +298,14 @@ def run_humaneval_infilling(ctx: EvalContext, cfg: HumanEvalInfillingConfig) -> 
         for name, key in (("exact_match", "exact_match"), ("pass@1", "passed")):
             items = {role: [float(j[key]) for j in jobs if j["role"] == role and j["mode"] == mode] for role in ROLES}
             label = "exact match" if name == "exact_match" else "pass@1"
-            metrics.append(with_paired({"task": f"HumanEval {bench} infilling {label} % ({mode.upper()}, greedy)",
+            how = ", token-healed prompt" if mode in cfg.token_healing else ""
+            metrics.append(with_paired({"task": f"HumanEval {bench} infilling {label} % ({mode.upper()}{how}, greedy)",
                                         "name": f"{name}_{mode}", "dataset": dataset,
                                         "parent": _pct(he.mean(items["parent"])),
                                         "derived": _pct(he.mean(items["derived"])), "better": "higher"},
                                        items["parent"], items["derived"], scale=100, digits=2))
         if cfg.middle_nll:
-            healed = cfg.token_healing and mode == "spm"
+            healed = mode in cfg.token_healing
             rows = [("middle_nll", f"middle_nll_{mode}", ", token-healed prompt" if healed else "")]
             if healed:
                 rows.append(("middle_nll_unhealed", f"middle_nll_{mode}_unhealed", ", the paper's prompt"))

@@ -196,24 +196,29 @@ def complete(model, tokenizer, prompts: Sequence[str], *, stops: Sequence[str] =
     return [[truncate(decode_continuation(tokenizer, ids), stops) for ids in samples] for samples in rows]
 
 
-def spm_healed_prompt(tokenizer, prefix: str, suffix: str) -> tuple[list[int], str]:
-    """The SPM prompt without its last token, and that token's text, which the continuation must start
-    with (token healing); ``(prompt, "")`` where there is nothing to heal.
+def healed_prompt(tokenizer, prefix: str, suffix: str, mode: str) -> tuple[list[int], str]:
+    """The infilling prompt without the prefix's last token, and that token's text, which the middle must
+    start with (token healing); ``(prompt, "")`` where there is nothing to heal.
 
-    Code Llama's SPM prompt ends with ``enc(prefix)``. Its SentencePiece keeps a newline apart from the next
-    line's indentation, so a single-line task's prompt (the prefix ends with a newline) ends at a token
-    boundary of prefix + middle. A byte-level BPE (SmolLM2, Llama 3) merges ``"\n" + "    "`` into one
-    token: the paper's prompt then ends inside a token that training, which encodes prefix and middle
-    together, never splits. Dropping the last token and letting the model write it restores the boundary."""
+    A single-line task's prefix ends with a newline. Code Llama's SentencePiece keeps a newline apart from
+    the next line's indentation, so the paper's prompts end the prefix at a token boundary of prefix +
+    middle. A byte-level BPE (SmolLM2, Llama 3) merges ``"\n" + "    "`` into one token: ``enc(prefix)``
+    then ends in a lone newline token, and the middle starts with a pure-space token, a pair that text
+    encoded in one piece never holds. SPM training encodes prefix and middle together, so its prompt ends
+    inside a token; PSM training encodes them apart, but a character-level split lands at a line start
+    about once a line (~1 in 40), so the model has rarely seen the pair. Dropping the prefix's last token
+    and letting the model write it (with the middle's indentation, ``"\n    "``) restores the boundary
+    of code as it is written, in both layouts."""
     from herd.data.transforms.fim import infill_prompt_ids
 
-    prompt = infill_prompt_ids(tokenizer, prefix, suffix, "spm")
-    if not prefix or not prompt:
+    pre = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    prompt = infill_prompt_ids(tokenizer, prefix, suffix, mode)
+    if not pre:
         return prompt, ""
-    text = tokenizer.decode(prompt[-1:], clean_up_tokenization_spaces=False)
+    text = tokenizer.decode(pre[-1:], clean_up_tokenization_spaces=False)
     if not text or "\ufffd" in text or not prefix.endswith(text):  # a special or partial-byte token
         return prompt, ""
-    return prompt[:-1], text
+    return infill_prompt_ids(tokenizer, prefix, suffix, mode, prefix_ids=pre[:-1]), text
 
 
 def _vocab_text(tokenizer) -> list[str]:
@@ -232,8 +237,8 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
            batch_size: int = 8, heal: bool = False, progress: bool = False, desc: str = "infill") -> list[str]:
     """Greedy middles in Code Llama's PSM/SPM inference layout, until <EOT>, EOS or (single-line) a newline.
 
-    With ``heal`` an SPM prompt loses its last token, which the model writes again
-    (:func:`spm_healed_prompt`); the middle is what follows that token's text.
+    With ``heal`` the prompt loses the prefix's last token, which the model writes again
+    (:func:`healed_prompt`); the middle is what follows that token's text.
     A tokenizer without the sentinel tokens (the parent) sees them as text; "<EOT>" then stops as text."""
     from herd.data.transforms.fim import SENTINELS, eot_id, infill_prompt_ids
 
@@ -241,8 +246,8 @@ def infill(model, tokenizer, problems: Sequence[dict], mode: str, *, single_line
     stops = ["\n"] if single_line else []
     if eot is None:
         stops.append(SENTINELS[3])
-    if heal and mode == "spm":  # the first token re-writes the dropped text, in the same decode
-        heads = [spm_healed_prompt(tokenizer, p["prompt"], p["suffix"]) for p in problems]
+    if heal:  # the first token re-writes the dropped text, in the same decode
+        heads = [healed_prompt(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
         prompts, dropped = [ids for ids, _ in heads], [d for _, d in heads]
     else:
         prompts = [infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode) for p in problems]
@@ -268,9 +273,10 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, heal: b
     """Mean negative log-likelihood (nats/token) of each problem's true middle after the PSM/SPM infilling
     prompt, teacher-forced: a graded measure of infilling where exact match of a small model is all 0.
 
-    PSM, and SPM without ``heal``: the paper's prompt, then the middle tokenized on its own. SPM with
-    ``heal``: the prompt of :func:`spm_healed_prompt`, then the tokens of prefix + middle encoded
-    together (as SPM training encodes them) from there on: the re-written boundary token and the middle.
+    Without ``heal``: the paper's prompt, then the middle tokenized on its own. With ``heal``: the prompt
+    of :func:`healed_prompt`, then the tokens from the dropped text on, encoded as the layout's training
+    encodes them: PSM the dropped text + middle on its own; SPM prefix + middle together, from the
+    re-written boundary token on.
     The closing <EOT> is not scored (a parent has no such token)."""
     import torch
 
@@ -286,9 +292,11 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, heal: b
         if not target:
             out.append(None)
             continue
-        prompt, dropped = spm_healed_prompt(tokenizer, p["prompt"], p["suffix"]) if heal and mode == "spm" \
+        prompt, dropped = healed_prompt(tokenizer, p["prompt"], p["suffix"], mode) if heal \
             else (infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode), "")
-        if dropped:
+        if dropped and mode == "psm":
+            target = tokenizer(dropped + middle, add_special_tokens=False)["input_ids"]
+        elif dropped:
             pre = tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]
             joint = tokenizer(p["prompt"] + middle, add_special_tokens=False)["input_ids"]
             keep = len(pre) - 1  # the prompt holds pre[:keep]; joint shares them unless a merge reaches further

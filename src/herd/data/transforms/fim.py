@@ -99,7 +99,7 @@ def fim_ids(tokenizer, ids: SentinelIds, prefix: str, middle: str, suffix: str, 
     SPM encodes prefix and middle together, as published (``spm_encoding="joint"``). With a byte-level
     BPE a split after a newline then falls inside a newline+indent token, so the paper's inference prompt,
     ``enc(prefix)``, ends in a token training never shows there; the infilling eval heals that token
-    (:func:`herd.evals.humaneval.spm_healed_prompt`). ``"separate"`` encodes prefix and middle each on its
+    (:func:`herd.evals.humaneval.healed_prompt`). ``"separate"`` encodes prefix and middle each on its
     own instead, so that training matches the unhealed prompt (measured: it lost SPM middle NLL)."""
     if mode == "psm":
         return ([ids.pre] + _enc(tokenizer, prefix) + [ids.suf] + _enc(tokenizer, suffix) + [ids.mid]
@@ -146,15 +146,18 @@ def document_ids(tokenizer, text: str, *, ids: SentinelIds | None, rate: float, 
     return out
 
 
-def infill_prompt_ids(tokenizer, prefix: str, suffix: str, mode: str) -> list[int]:
-    """Code Llama's inference prompt. Without sentinel tokens (a parent) their text is encoded as is."""
+def infill_prompt_ids(tokenizer, prefix: str, suffix: str, mode: str, *,
+                      prefix_ids: list[int] | None = None) -> list[int]:
+    """Code Llama's inference prompt. Without sentinel tokens (a parent) their text is encoded as is.
+    ``prefix_ids`` stand for ``enc(prefix)`` (a token-healed prompt drops the prefix's last token)."""
     ids = sentinel_ids(tokenizer)
+    head = _enc(tokenizer, prefix) if prefix_ids is None else list(prefix_ids)
     if ids is None:
         pre, suf, mid = (_enc(tokenizer, s) for s in SENTINELS[:3])
     else:
         pre, suf, mid = [ids.pre], [ids.suf], [ids.mid]
     if mode == "psm":
-        return _bos(tokenizer) + pre + _enc(tokenizer, prefix) + suf + _enc(tokenizer, suffix) + mid
+        return _bos(tokenizer) + pre + head + suf + _enc(tokenizer, suffix) + mid
     if mode == "spm":
-        return _bos(tokenizer) + pre + suf + _enc(tokenizer, suffix) + mid + _enc(tokenizer, prefix)
+        return _bos(tokenizer) + pre + suf + _enc(tokenizer, suffix) + mid + head
     raise ValueError(f"FIM mode must be 'psm' or 'spm', not {mode!r}")
