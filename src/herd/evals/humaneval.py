@@ -212,12 +212,9 @@ def healed_prompt(tokenizer, prefix: str, suffix: str, mode: str) -> tuple[list[
     from herd.data.transforms.fim import infill_prompt_ids
 
     pre = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    prompt = infill_prompt_ids(tokenizer, prefix, suffix, mode)
-    if not pre:
-        return prompt, ""
-    text = tokenizer.decode(pre[-1:], clean_up_tokenization_spaces=False)
-    if not text or "\ufffd" in text or not prefix.endswith(text):  # a special or partial-byte token
-        return prompt, ""
+    text = tokenizer.decode(pre[-1:], clean_up_tokenization_spaces=False) if pre else ""
+    if not text or "\ufffd" in text or not prefix.endswith(text):  # nothing, a special or partial-byte token
+        return infill_prompt_ids(tokenizer, prefix, suffix, mode, prefix_ids=pre), ""
     return infill_prompt_ids(tokenizer, prefix, suffix, mode, prefix_ids=pre[:-1]), text
 
 
