@@ -209,9 +209,9 @@ def healed_prompt(tokenizer, prefix: str, suffix: str, mode: str) -> tuple[list[
     about once a line (~1 in 40), so the model has rarely seen the pair. Dropping the prefix's last token
     and letting the model write it (with the middle's indentation, ``"\n    "``) restores the boundary
     of code as it is written, in both layouts."""
-    from herd.data.transforms.fim import infill_prompt_ids
+    from herd.data.transforms.fim import infill_prompt_ids, plain_ids
 
-    pre = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    pre = plain_ids(tokenizer, prefix)
     text = tokenizer.decode(pre[-1:], clean_up_tokenization_spaces=False) if pre else ""
     if not text or "\ufffd" in text or not prefix.endswith(text):  # nothing, a special or partial-byte token
         return infill_prompt_ids(tokenizer, prefix, suffix, mode, prefix_ids=pre), ""
@@ -278,24 +278,24 @@ def middle_nll(model, tokenizer, problems: Sequence[dict], mode: str, *, heal: b
     import torch
 
     from herd.core.progress import Progress
-    from herd.data.transforms.fim import infill_prompt_ids
+    from herd.data.transforms.fim import infill_prompt_ids, plain_ids
 
     out = []
     dev = next(model.parameters()).device
     model.eval()
     for p in Progress(problems, desc=desc, unit="problem", enabled=progress):
         middle = p["canonical_solution"]
-        target = tokenizer(middle, add_special_tokens=False)["input_ids"]
+        target = plain_ids(tokenizer, middle)
         if not target:
             out.append(None)
             continue
         prompt, dropped = healed_prompt(tokenizer, p["prompt"], p["suffix"], mode) if heal \
             else (infill_prompt_ids(tokenizer, p["prompt"], p["suffix"], mode), "")
         if dropped and mode == "psm":
-            target = tokenizer(dropped + middle, add_special_tokens=False)["input_ids"]
+            target = plain_ids(tokenizer, dropped + middle)
         elif dropped:
-            pre = tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]
-            joint = tokenizer(p["prompt"] + middle, add_special_tokens=False)["input_ids"]
+            pre = plain_ids(tokenizer, p["prompt"])
+            joint = plain_ids(tokenizer, p["prompt"] + middle)
             keep = len(pre) - 1  # the prompt holds pre[:keep]; joint shares them unless a merge reaches further
             while keep > 0 and joint[:keep] != pre[:keep]:
                 keep -= 1

@@ -77,7 +77,8 @@ def add_sentinels(tokenizer, model) -> SentinelIds:
     return sentinel_ids(tokenizer)
 
 
-def _enc(tokenizer, text: str) -> list[int]:
+def plain_ids(tokenizer, text: str) -> list[int]:
+    """``text`` as token ids with no BOS/EOS added: how FIM pieces, prompts and scored middles are encoded."""
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
@@ -102,12 +103,12 @@ def fim_ids(tokenizer, ids: SentinelIds, prefix: str, middle: str, suffix: str, 
     (:func:`herd.evals.humaneval.healed_prompt`). ``"separate"`` encodes prefix and middle each on its
     own instead, so that training matches the unhealed prompt (measured: it lost SPM middle NLL)."""
     if mode == "psm":
-        return ([ids.pre] + _enc(tokenizer, prefix) + [ids.suf] + _enc(tokenizer, suffix) + [ids.mid]
-                + _enc(tokenizer, middle) + [ids.eot])
+        return ([ids.pre] + plain_ids(tokenizer, prefix) + [ids.suf] + plain_ids(tokenizer, suffix) + [ids.mid]
+                + plain_ids(tokenizer, middle) + [ids.eot])
     if mode == "spm":
-        body = _enc(tokenizer, prefix + middle) if spm_encoding == "joint" \
-            else _enc(tokenizer, prefix) + _enc(tokenizer, middle)
-        return [ids.pre, ids.suf] + _enc(tokenizer, suffix) + [ids.mid] + body + [ids.eot]
+        body = plain_ids(tokenizer, prefix + middle) if spm_encoding == "joint" \
+            else plain_ids(tokenizer, prefix) + plain_ids(tokenizer, middle)
+        return [ids.pre, ids.suf] + plain_ids(tokenizer, suffix) + [ids.mid] + body + [ids.eot]
     raise ValueError(f"FIM mode must be 'psm' or 'spm', not {mode!r}")
 
 
@@ -132,7 +133,7 @@ def document_ids(tokenizer, text: str, *, ids: SentinelIds | None, rate: float, 
     stats.documents += 1
     do_fim, spm = rng.random() < rate, rng.random() < spm_rate
     pre, mid, suf = split_document(text, rng)
-    plain = _enc(tokenizer, text)
+    plain = plain_ids(tokenizer, text)
     if ids is None or not do_fim:
         return plain
     out = fim_ids(tokenizer, ids, pre, mid, suf, "spm" if spm else "psm", spm_encoding)
@@ -151,13 +152,13 @@ def infill_prompt_ids(tokenizer, prefix: str, suffix: str, mode: str, *,
     """Code Llama's inference prompt. Without sentinel tokens (a parent) their text is encoded as is.
     ``prefix_ids`` stand for ``enc(prefix)`` (a token-healed prompt drops the prefix's last token)."""
     ids = sentinel_ids(tokenizer)
-    head = _enc(tokenizer, prefix) if prefix_ids is None else list(prefix_ids)
+    head = plain_ids(tokenizer, prefix) if prefix_ids is None else list(prefix_ids)
     if ids is None:
-        pre, suf, mid = (_enc(tokenizer, s) for s in SENTINELS[:3])
+        pre, suf, mid = (plain_ids(tokenizer, s) for s in SENTINELS[:3])
     else:
         pre, suf, mid = [ids.pre], [ids.suf], [ids.mid]
     if mode == "psm":
-        return _bos(tokenizer) + pre + head + suf + _enc(tokenizer, suffix) + mid
+        return _bos(tokenizer) + pre + head + suf + plain_ids(tokenizer, suffix) + mid
     if mode == "spm":
-        return _bos(tokenizer) + pre + suf + _enc(tokenizer, suffix) + mid + head
+        return _bos(tokenizer) + pre + suf + plain_ids(tokenizer, suffix) + mid + head
     raise ValueError(f"FIM mode must be 'psm' or 'spm', not {mode!r}")
