@@ -129,3 +129,58 @@ def test_tree_command_prints_text_and_writes_pictures(workspace, tmp_path, capsy
     data = json.loads(capsys.readouterr().out)
     assert not any(n["kind"] == "member" for n in data["nodes"])
     assert main(["tree", str(tmp_path / "nowhere"), "--no-files"]) == 2
+
+
+def _scorecard(path, recipe, command, headline):
+    card = {"recipe": recipe, "profile": "tiny", "headline": headline, "run": {"command": command}, "metrics": []}
+    path.write_text(json.dumps(card))
+
+
+def test_committed_scorecards_are_runs_of_their_base_drawn_under_the_paper_they_rederive(tmp_path):
+    head = {"name": "held-out response loss", "parent": 1.8197, "derived": 1.5784, "ci95": [-0.2677, -0.2207],
+            "verdict": "better"}
+    _scorecard(tmp_path / "alpaca-smollm2-tiny.json", "alpaca", "herd derive alpaca --profile tiny", head)
+    _scorecard(tmp_path / "vicuna-mine-tiny.json", "vicuna", "herd derive vicuna --base ./my-llama --profile tiny",
+               head)
+    (tmp_path / "settings.json").write_text('{"recipe": "alpaca"}')  # JSON, but not a scorecard
+    (tmp_path / "cut.json").write_text('{"recipe": ')  # not JSON at all
+    found = {f.path.name: f for f in scan_workspace(tmp_path)}
+    assert set(found) == {"alpaca-smollm2-tiny.json", "vicuna-mine-tiny.json"}
+    assert found["alpaca-smollm2-tiny.json"].lineage["parent"]["name"] == "smollm2"  # from the file name
+    assert found["vicuna-mine-tiny.json"].lineage["parent"]["name"] == "./my-llama"  # --base wins over the name
+
+    tree = build_tree(load_catalogue(), list(found.values()), tmp_path)
+    run = "artifact:alpaca-smollm2-tiny.json"
+    assert {(e.src, e.kind) for e in tree.parents(run)} == {("base:smollm2", "lineage"), ("member:alpaca", "rederives")}
+    assert tree.nodes[run].headline == "held-out response loss: 1.82 → 1.578 (Δ 95% CI [-0.2677, -0.2207]: better)"
+    lines = render_text(tree).splitlines()
+    assert sum("alpaca-smollm2-tiny.json" in line for line in lines) == 1  # listed by lineage, not twice
+    assert lines[next(i for i, x in enumerate(lines) if "alpaca-smollm2-tiny.json" in x) - 1].startswith("smollm2")
+    bare = build_tree(load_catalogue(), list(found.values()), tmp_path, members=False)
+    assert not any(n.kind == "member" for n in bare.nodes.values()) and not any(e.kind == "rederives" for e in bare.edges)
+    assert bare.nodes[run].detail == "re-derives Alpaca"
+
+
+def test_the_readme_picture_draws_every_committed_scorecard():
+    from herd.core.paths import repo_root
+
+    folder = repo_root() / "docs" / "scorecards"
+    cards = sorted(p.name for p in folder.glob("*.json"))
+    tree = build_tree(load_catalogue(), scan_workspace(folder), folder)
+    runs = {n.path: n for n in tree.nodes.values() if n.kind == "artifact"}
+    assert sorted(runs) == cards and len(cards) >= 8
+    for name, node in runs.items():
+        assert node.status == "ok" and node.detail.startswith("re-derives "), name
+        assert " → " in node.headline and node.headline.endswith(("better)", "worse)", "no clear change)")), name
+        assert [e.src for e in tree.parents(f"artifact:{name}") if e.kind == "lineage"] == ["base:smollm2"], name
+
+
+def test_a_long_headline_name_is_shortened_in_a_box_but_never_its_numbers():
+    from herd.family.draw import _headline_lines
+
+    text = ("HumanEval single-line infilling: NLL of the true middle, nats/token (PSM, token-healed prompt): "
+            "2.479 → 2.105 (Δ 95% CI [-0.4526, -0.2926]: better)")
+    lines = _headline_lines(text, 30)
+    assert lines[1].endswith("…") and len(lines[1]) <= 30
+    assert " ".join(lines[2:]) == "2.479 → 2.105 (Δ 95% CI [-0.4526, -0.2926]: better)"
+    assert _headline_lines("loss: 1.2 → 1.1", 30) == ["loss:", "1.2 → 1.1"]

@@ -156,7 +156,7 @@ def cmd_tree(args) -> int:
             raise HerdError(f"{workspace}: no such workspace folder")
         print(f"herd: workspace {workspace}/ not found: showing the catalogue only", file=sys.stderr)
     found = scan_workspace(workspace) if workspace.is_dir() else []
-    tree = build_tree(None if args.no_catalogue else load_catalogue(), found, workspace)
+    tree = build_tree(load_catalogue(), found, workspace, members=not args.no_catalogue)
     if not tree.nodes:
         raise HerdError(f"{workspace}: no artifacts found (and --no-catalogue leaves nothing to draw)")
     print(json.dumps(tree.to_dict(), indent=2, ensure_ascii=False) if args.json else render_text(tree))

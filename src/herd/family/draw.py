@@ -77,12 +77,26 @@ def _box_text(n: Node, width: int = 30) -> str:
     elif n.kind == "external":
         lines.append("(not Llama)")
     if n.headline:
-        lines += textwrap.wrap(n.headline, width)[:3]
+        lines += _headline_lines(n.headline, width)
     if n.detail and n.status not in MARK and n.kind not in ("external",):
         lines += textwrap.wrap(n.detail, width)[:2]
     if n.path and n.path != n.label:  # stages of one recipe share a name; the folder tells them apart
         lines += textwrap.wrap(n.path, width)[:2]
     return "\n".join(lines)
+
+
+def _headline_lines(text: str, width: int, name_lines: int = 2) -> list[str]:
+    """A scorecard headline (``name: parent → derived (Δ 95% CI [..]: verdict)``) in a box: a long
+    name is shortened, the numbers and the verdict never are (they are what the box is for)."""
+    head, arrow, rest = text.partition(" → ")
+    name, colon, parent = head.rpartition(": ")
+    if not arrow or not colon:
+        return textwrap.wrap(text, width)[:3]
+    named = textwrap.wrap(name + ":", width)
+    if len(named) > name_lines:
+        named = named[:name_lines]
+        named[-1] = named[-1][: width - 1] + "…"
+    return named + textwrap.wrap(f"{parent} → {rest}", width)
 
 
 def figure(tree: Tree, title: str = "herd family tree"):
@@ -112,10 +126,11 @@ def figure(tree: Tree, title: str = "herd family tree"):
         (x0, d0), (x1, d1) = pos[e.src], pos[e.dst]
         dashed = e.kind == "external" or tree.nodes[e.src].kind == "missing" or \
             tree.nodes[e.dst].status in ("partial", "corrupt")
+        faint = e.kind == "rederives"  # which paper a run re-derives: a dotted hint, not lineage
         # drawn after the boxes (zorder 4 > 3), so patchA/patchB clip against this render's box positions
         ax.annotate("", xy=(x1, -d1), xytext=(x0, -d0), zorder=4,
-                    arrowprops=dict(arrowstyle="-|>", mutation_scale=12, color="#555555", lw=0.9,
-                                    ls="--" if dashed else "-",
+                    arrowprops=dict(arrowstyle="-|>", mutation_scale=12, color="#9aaec4" if faint else "#555555",
+                                    lw=0.9, ls=":" if faint else "--" if dashed else "-",
                                     patchA=texts[e.src].get_bbox_patch(), patchB=texts[e.dst].get_bbox_patch(),
                                     shrinkA=2, shrinkB=2))
         if e.label:

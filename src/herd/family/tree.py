@@ -11,7 +11,9 @@ The drawing (PNG/HTML) is in :mod:`herd.family.draw`; this module only builds an
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,7 +59,7 @@ class Edge:
     src: str
     dst: str
     label: str
-    kind: Literal["catalogue", "external", "lineage"]
+    kind: Literal["catalogue", "external", "lineage", "rederives"]  # rederives: member → the artifact of its recipe
 
 
 @dataclass
@@ -87,9 +89,10 @@ class Tree:
 # ---- scanning a workspace ----------------------------------------------------------------------
 
 def scan_workspace(root: str | Path, max_depth: int = 6) -> list[Found]:
-    """Every artifact folder under ``root`` (any depth up to ``max_depth``), good or broken."""
+    """Every artifact folder under ``root`` (any depth up to ``max_depth``), good or broken, and the
+    committed scorecards at its top (:func:`scan_scorecards`)."""
     root = Path(root)
-    found: list[Found] = []
+    found: list[Found] = scan_scorecards(root)
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         depth = len(here.relative_to(root).parts)
@@ -103,6 +106,40 @@ def scan_workspace(root: str | Path, max_depth: int = 6) -> list[Found]:
             found.append(Found(here, None, "partial", unfinished))
             dirnames[:] = []
     return found
+
+
+SCORECARD_KEYS = ("recipe", "profile", "headline", "run")  # what a derive's scorecard.json always holds
+
+
+def scan_scorecards(root: Path) -> list[Found]:
+    """Scorecards committed without their artifact (``docs/scorecards/<recipe>-<base>-<profile>.json``):
+    each stands for the run that wrote it, so ``herd tree docs/scorecards`` draws the published runs
+    from the repository alone. The parent is the base named by ``--base`` in the scorecard's command,
+    else by the file name; JSON files that are not scorecards are not artifacts and are left out."""
+    if (root / LINEAGE_FILE).is_file():
+        return []
+    found = []
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(card, dict) or not all(k in card for k in SCORECARD_KEYS):
+            continue
+        recipe, profile = str(card["recipe"]), str(card["profile"])
+        found.append(Found(path, {"name": path.stem, "parent": {"name": _scorecard_base(card, path), "kind": "named"},
+                                  "recipe": {"name": recipe, "profile": profile}, "scorecard": card}, "ok"))
+    return found
+
+
+def _scorecard_base(card: dict, path: Path) -> str:
+    words = shlex.split(str((card.get("run") or {}).get("command") or ""))
+    if "--base" in words[:-1]:
+        return words[words.index("--base") + 1]
+    stem, head, tail = path.stem, f"{card['recipe']}-", f"-{card['profile']}"
+    if stem.startswith(head) and stem.endswith(tail) and len(stem) > len(head) + len(tail):
+        return stem[len(head):-len(tail)]
+    return "unknown base"
 
 
 def _inspect(folder: Path, unfinished: str | None) -> Found:
@@ -121,10 +158,12 @@ def _inspect(folder: Path, unfinished: str | None) -> Found:
 
 # ---- building the graph ------------------------------------------------------------------------
 
-def build_tree(catalogue: Catalogue | None, found: list[Found], workspace: str | Path | None = None) -> Tree:
-    """One graph of the catalogue's members and the found artifacts, linked by lineage."""
+def build_tree(catalogue: Catalogue | None, found: list[Found], workspace: str | Path | None = None, *,
+               members: bool = True) -> Tree:
+    """One graph of the catalogue's members and the found artifacts, linked by lineage. With
+    ``members=False`` the catalogue only names which member each artifact re-derives."""
     tree = Tree(workspace=str(workspace) if workspace is not None else None)
-    if catalogue is not None:
+    if catalogue is not None and members:
         _add_catalogue(tree, catalogue)
     if found:
         _add_artifacts(tree, found, Path(workspace) if workspace is not None else None, catalogue)
@@ -172,6 +211,9 @@ def _add_artifacts(tree: Tree, found: list[Found], root: Path | None, catalogue:
         detail = f.problem or _artifact_detail(f.lineage, catalogue)
         tree.add(Node(nid, label, "artifact", f.status, headline=_scorecard_headline(f.lineage),
                       detail=detail, path=rel(f.path)))
+        member = _rederived_member(f.lineage, catalogue)
+        if member is not None and f"member:{member.id}" in tree.nodes:  # drawn under the paper it re-derives
+            tree.edges.append(Edge(f"member:{member.id}", nid, "", "rederives"))
         if f.lineage and f.lineage.get("id"):
             by_lineage_id.setdefault(f.lineage["id"], nid)
 
@@ -203,16 +245,23 @@ def _edge_label(lineage: dict) -> str:
     return label + (f" ({recipe['profile']})" if recipe.get("profile") else "")
 
 
+def _rederived_member(lineage: dict | None, catalogue: Catalogue | None) -> Member | None:
+    name = ((lineage or {}).get("recipe") or {}).get("name")
+    if not name or catalogue is None:
+        return None
+    try:
+        return catalogue.find(name)
+    except HerdError:
+        return None
+
+
 def _artifact_detail(lineage: dict | None, catalogue: Catalogue | None) -> str | None:
     """Which catalogue member the artifact's recipe re-derives, when there is one."""
     name = ((lineage or {}).get("recipe") or {}).get("name")
     if not name or catalogue is None:
         return None
-    try:
-        member = catalogue.find(name)
-    except HerdError:
-        return f"recipe {name}"
-    return f"re-derives {member.name}"
+    member = _rederived_member(lineage, catalogue)
+    return f"re-derives {member.name}" if member is not None else f"recipe {name}"
 
 
 def _scorecard_headline(lineage: dict | None) -> str | None:
@@ -266,7 +315,7 @@ def _walk(tree: Tree, nid: str, via: Edge | None, lead: str, branch: str, lines:
         return
     seen.add(nid)
     lines.append(f"{lead}{branch}{edge}{_node_text(node)}")
-    kids = tree.children(nid)
+    kids = [e for e in tree.children(nid) if e.kind != "rederives"]  # the text lists artifacts by lineage only
     child_lead = lead + ("" if not branch else ("│   " if branch.startswith("├") else "    "))
     for i, e in enumerate(kids):
         _walk(tree, e.dst, e, child_lead, "└─" if i == len(kids) - 1 else "├─", lines, seen)
