@@ -23,12 +23,15 @@ that multiply: every linear layer and the LM head, not the embedding lookup), 4N
 layer's activations kept for the backward; 0 recomputes them all, engine/compiling.py) and prints each
 run's peak RSS beside its speed: the memory lever and its time cost, measured in one process.
 ``--state fp32,bf16`` does the same for AdamW's moments (bf16: stochastic rounding, engine/optimizers.py).
+``--rounds 3`` runs TRL and each herd configuration three times, alternating, and prints the median
+of the per-round ratios beside each round's: one run's ratio moves with the load of a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections import Counter
 
@@ -193,6 +196,9 @@ def main() -> None:
     ap.add_argument("--lora-dropout", type=float, default=LORA.dropout,
                     help="LoRA input dropout for TRL and herd alike (default 0.05, TRL's demo config; "
                          "LLaMA-Factory, torchtune and Unsloth default to 0)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run TRL and every herd configuration this many times, alternating, and print the "
+                         "median ratio over the rounds (one run's ratio moves with the machine's load)")
     args = ap.parse_args()
     LORA = LoraSpec(r=LORA.r, alpha=LORA.alpha, dropout=args.lora_dropout)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -204,30 +210,54 @@ def main() -> None:
     print(machine())
     print(f"base {ref.name}, {len(items)} records, precision {precision}, {torch.get_num_threads()} threads, "
           f"LoRA r{LORA.r} on {len(LORA.target_modules)} projections, dropout {LORA.dropout:g}")
-    results = [] if args.no_trl else [bench_trl(ref, items, args.trl_steps, precision, args.trl_batch)]
     methods = ["lora", "full"] if args.method == "both" else [args.method]
     compiles = ["off", "on"] if args.compile == "both" else [args.compile]
     budgets = [float(b) for b in args.budget.split(",") if b] or [1.0]
-    for method in methods:
-        for comp in compiles:
-            for budget in (budgets if comp == "on" else [1.0]):
-                for state in args.state.split(","):
-                    results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp,
-                                              budget, state))
+    rounds: list[list[dict]] = []
+    for rnd in range(args.rounds):  # TRL, then each herd configuration, then again: both see the same drift
+        results = [] if args.no_trl else [bench_trl(ref, items, args.trl_steps, precision, args.trl_batch)]
+        for method in methods:
+            for comp in compiles:
+                for budget in (budgets if comp == "on" else [1.0]):
+                    for state in args.state.split(","):
+                        results.append(bench_herd(ref, items, args.steps, precision, args.per_step, method, comp,
+                                                  budget, state))
+        if args.rounds > 1:
+            for r in results:
+                r["system"] += f" [round {rnd + 1}]"
+        rounds.append(results)
     ceiling = matmul_ceiling(load_model(ref), amp)
     print(f"\nmatmul ceiling on the model's shapes ({precision}, 2048 rows, fwd + 2 bwd products): "
           f"{ceiling / 1e9:.0f} GFLOP/s")
-    print(f"\n{'system':<62} {'steps':>5} {'tok/step':>9} {'useful tok/s':>13} {'MFU':>6} {'peak RSS':>9}")
-    for r in results:
-        mfu = f"{r['tokens_per_s'] * r['flops_per_token'] / ceiling:.0%}" if "flops_per_token" in r else "-"
-        peak = f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "-"
-        print(f"{r['system']:<62} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f} {mfu:>6}"
-              f" {peak:>9}")
+    print(f"\n{'system':<72} {'steps':>5} {'tok/step':>9} {'useful tok/s':>13} {'MFU':>6} {'peak RSS':>9}")
+    for results in rounds:
+        for r in results:
+            mfu = f"{r['tokens_per_s'] * r['flops_per_token'] / ceiling:.0%}" if "flops_per_token" in r else "-"
+            peak = f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "-"
+            print(f"{r['system']:<72} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f}"
+                  f" {mfu:>6} {peak:>9}")
     if not args.no_trl:
-        for r in results[1:]:
-            if r["method"] == "lora":
-                print(f"ratio {r['system']} / TRL: {r['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x useful "
-                      "training tokens per second")
+        for line in ratio_lines(rounds):
+            print(line)
+
+
+def ratio_lines(rounds: list[list[dict]]) -> list[str]:
+    """Each LoRA configuration's ratio to TRL, per round (against that round's TRL run) and, over
+    several rounds, the median of those ratios with their range: one run's ratio swings with the
+    machine's load, a median over alternating runs does not hang on one quiet or busy minute."""
+    lines = []
+    for j, first in enumerate(rounds[0][1:], start=1):
+        if first["method"] != "lora":
+            continue
+        ratios = [rs[j]["tokens_per_s"] / rs[0]["tokens_per_s"] for rs in rounds]
+        label = first["system"].split(" [round")[0]
+        if len(ratios) == 1:
+            lines.append(f"ratio {label} / TRL: {ratios[0]:.2f}x useful training tokens per second")
+        else:
+            each = ", ".join(f"{x:.2f}x" for x in ratios)
+            lines.append(f"ratio {label} / TRL over {len(ratios)} alternating rounds: median "
+                         f"{statistics.median(ratios):.2f}x (each round: {each}; min {min(ratios):.2f}x)")
+    return lines
 
 
 def machine() -> str:

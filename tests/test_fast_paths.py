@@ -226,21 +226,47 @@ def test_fast_dropout_is_inverted_dropout_with_the_same_p():
 
 
 def test_fast_dropout_compiles_into_one_graph():
-    """Compiled (as inside a compiled decoder layer) it is inductor's dropout: no graph break, same p,
-    reproducible from the seed."""
+    """Compiled (as inside a compiled decoder layer) the mask is the in-graph hash: no graph break, same
+    p, reproducible from the seed, a new mask each call, and the backward uses the forward's mask."""
     _need_compiler()
     from herd.engine.lora import FastDropout
 
     d = FastDropout(0.05)
     f = torch.compile(d, fullgraph=True)  # fullgraph: a graph break raises
-    x = torch.ones(300_001)
+    x = torch.ones(300_001, requires_grad=True)
     torch.manual_seed(0)
     y = f(x)
     assert abs(float((y == 0).float().mean()) - 0.05) < 0.003
     kept = y[y != 0]
     assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - d.p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d y_i / d x_i is the mask times the scale, and x is all ones
     torch.manual_seed(0)
     assert torch.equal(f(x), y)
+    again = f(x)
+    assert not torch.equal(again, y) and abs(float((again == 0).float().mean()) - 0.05) < 0.003
+
+
+def test_hashed_dropout_masks_are_uniform_independent_and_the_same_compiled():
+    """The in-graph mask (engine/lora.py's ``hashed_keep``): the drop rate is the threshold's, neighbours
+    and masks under keys one bit apart are independent (p^2 both dropped; a plain ``mix(i ^ key)`` would
+    make those two masks permutations of each other), and the compiled kernel computes the eager one."""
+    from herd.engine.lora import hashed_keep
+
+    shape, half = (1000, 1000), 32768
+    key = torch.tensor([0x1234567], dtype=torch.int32)
+    for threshold in (3277, 6554, half):
+        rate = 1 - float(hashed_keep(shape, key, threshold).float().mean())
+        assert abs(rate - threshold / 65536) < 0.0025, threshold  # 1e6 draws: sigma <= 0.0005
+    drop = ~hashed_keep(shape, key, half).view(-1)
+    assert abs(float((drop[1:] & drop[:-1]).float().mean()) - 0.25) < 0.003  # neighbours
+    assert abs(float((drop[1000:] & drop[:-1000]).float().mean()) - 0.25) < 0.003  # one row apart
+    other = ~hashed_keep(shape, key ^ 1, half).view(-1)
+    assert abs(float((drop & other).float().mean()) - 0.25) < 0.003
+    _need_compiler()
+    compiled = torch.compile(hashed_keep, fullgraph=True)
+    for k in (key, torch.tensor([-(2**31)], dtype=torch.int32), torch.tensor([-1], dtype=torch.int32)):
+        assert torch.equal(compiled((777, 513), k, 3277), hashed_keep((777, 513), k, 3277))
 
 
 def test_a_compiled_lora_layer_with_dropout_is_one_graph(tiny_model, tokenizer, alpaca_examples):
