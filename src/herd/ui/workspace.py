@@ -43,7 +43,8 @@ class Workspace:
         from herd.family.draw import _style, layout
         from herd.family.tree import build_tree, scan_workspace
 
-        found = scan_workspace(self.root) if self.root.is_dir() else []
+        # artifact folders only: each node opens its artifact page (a committed scorecard file has none)
+        found = [f for f in scan_workspace(self.root) if f.path.is_dir()] if self.root.is_dir() else []
         tree = build_tree(load_catalogue() if catalogue else None, found, self.root)
         pos = layout(tree)
         data = tree.to_dict()

@@ -113,8 +113,10 @@ function drawTree(tree, onPick) {
     if (!pos[e.src] || !pos[e.dst]) continue;
     const [sx, sy] = pos[e.src], [dx, dy] = pos[e.dst];
     const dashed = e.kind === "external" || byId[e.src].kind === "missing" || ["partial", "corrupt"].includes(byId[e.dst].status);
-    svgEl("line", {x1: sx + BW / 2, y1: sy + BH, x2: dx + BW / 2, y2: dy - 2, stroke: "#555", "stroke-width": 1,
-                   "marker-end": "url(#arrow)", "stroke-dasharray": dashed ? "4 3" : null}, svg);
+    const faint = e.kind === "rederives";  // which paper a run re-derives: a dotted hint, not lineage
+    svgEl("line", {x1: sx + BW / 2, y1: sy + BH, x2: dx + BW / 2, y2: dy - 2, stroke: faint ? "#9aaec4" : "#555",
+                   "stroke-width": 1, "marker-end": "url(#arrow)",
+                   "stroke-dasharray": faint ? "1 3" : dashed ? "4 3" : null}, svg);
     if (e.label) {
       svgEl("text", {x: (sx + dx + BW) / 2 + 4, y: (sy + BH + dy) / 2, "font-size": 9, fill: "#667085"}, svg)
         .textContent = e.label.length > 38 ? e.label.slice(0, 37) + "…" : e.label;
