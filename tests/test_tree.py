@@ -136,7 +136,7 @@ def _scorecard(path, recipe, command, headline):
     path.write_text(json.dumps(card))
 
 
-def test_committed_scorecards_are_runs_of_their_base_drawn_under_the_paper_they_rederive(tmp_path):
+def test_committed_scorecards_are_runs_of_their_base_drawn_under_the_paper_they_rederive(tmp_path, workspace):
     head = {"name": "held-out response loss", "parent": 1.8197, "derived": 1.5784, "ci95": [-0.2677, -0.2207],
             "verdict": "better"}
     _scorecard(tmp_path / "alpaca-smollm2-tiny.json", "alpaca", "herd derive alpaca --profile tiny", head)
@@ -152,6 +152,8 @@ def test_committed_scorecards_are_runs_of_their_base_drawn_under_the_paper_they_
     tree = build_tree(load_catalogue(), list(found.values()), tmp_path)
     run = "artifact:alpaca-smollm2-tiny.json"
     assert {(e.src, e.kind) for e in tree.parents(run)} == {("base:smollm2", "lineage"), ("member:alpaca", "rederives")}
+    chain = build_tree(load_catalogue(), scan_workspace(workspace), workspace)  # a chain hangs by its first artifact
+    assert [e.dst for e in chain.edges if e.kind == "rederives"] == ["artifact:alpaca-smollm2-tiny/01-sft"]
     assert tree.nodes[run].headline == "held-out response loss: 1.82 → 1.578 (Δ 95% CI [-0.2677, -0.2207]: better)"
     lines = render_text(tree).splitlines()
     assert sum("alpaca-smollm2-tiny.json" in line for line in lines) == 1  # listed by lineage, not twice

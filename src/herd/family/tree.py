@@ -3,7 +3,8 @@
 Two sources feed one graph. The catalogue gives the published family (LLaMA → Alpaca, Llama 2 →
 Code Llama → Code Llama - Python, ...); a workspace gives what herd actually derived, linked through
 each artifact's ``lineage.json`` (``parent.lineage_id`` names a parent artifact, otherwise the parent
-is a base such as ``smollm2``). Every folder that looks like an artifact becomes a node, including the
+is a base such as ``smollm2``). A folder of committed scorecards (``docs/scorecards``) stands in for
+the runs that wrote them. Every folder that looks like an artifact becomes a node, including the
 broken ones: a corrupt ``lineage.json`` or an unfinished ``.partial`` staging folder is shown with its
 problem, never dropped, because a silently missing branch is how people lose track of runs.
 The drawing (PNG/HTML) is in :mod:`herd.family.draw`; this module only builds and prints the graph.
@@ -133,7 +134,11 @@ def scan_scorecards(root: Path) -> list[Found]:
 
 
 def _scorecard_base(card: dict, path: Path) -> str:
-    words = shlex.split(str((card.get("run") or {}).get("command") or ""))
+    command = str((card.get("run") or {}).get("command") or "")
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: the words still name the flag
+        words = command.split()
     if "--base" in words[:-1]:
         return words[words.index("--base") + 1]
     stem, head, tail = path.stem, f"{card['recipe']}-", f"-{card['profile']}"
@@ -212,7 +217,9 @@ def _add_artifacts(tree: Tree, found: list[Found], root: Path | None, catalogue:
         tree.add(Node(nid, label, "artifact", f.status, headline=_scorecard_headline(f.lineage),
                       detail=detail, path=rel(f.path)))
         member = _rederived_member(f.lineage, catalogue)
-        if member is not None and f"member:{member.id}" in tree.nodes:  # drawn under the paper it re-derives
+        from_base = f.lineage is not None and not (f.lineage.get("parent") or {}).get("lineage_id")
+        if member is not None and from_base and f"member:{member.id}" in tree.nodes:
+            # drawn under the paper it re-derives; a chain of stages hangs there by its first artifact
             tree.edges.append(Edge(f"member:{member.id}", nid, "", "rederives"))
         if f.lineage and f.lineage.get("id"):
             by_lineage_id.setdefault(f.lineage["id"], nid)
