@@ -115,6 +115,7 @@ def test_png_and_html_are_written_and_self_contained(workspace, tmp_path):
     page = write_html(tree, tmp_path / "tree.html").read_text()
     assert "<svg" in page and "CORRUPT" in page and "child-b" in page
     assert "<script" not in page and "<link" not in page and "src=" not in page
+    assert write_html(tree, tmp_path / "again.html").read_text() == page  # a redraw of the same tree: no diff
 
 
 def test_tree_command_prints_text_and_writes_pictures(workspace, tmp_path, capsys):

@@ -155,8 +155,11 @@ def write_png(tree: Tree, path: str | Path, title: str = "herd family tree") -> 
 
 def write_html(tree: Tree, path: str | Path, title: str = "herd family tree") -> Path:
     """One file with everything inline (SVG picture, text tree, node table): it can be mailed or archived."""
+    import matplotlib
+
     buf = io.StringIO()
-    figure(tree, title).savefig(buf, format="svg")
+    with matplotlib.rc_context({"svg.hashsalt": "herd"}):  # the same tree gives the same file (clip-path ids)
+        figure(tree, title).savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     rows = "\n".join(
