@@ -38,7 +38,7 @@ KINDS = [  # first match wins; names are aten's, inductor's (cpp_fused_*) and he
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn", "aten::_weight_int")),
     ("loss", ("cross_entropy", "log_softmax", "nll_loss", "logsumexp")),
     ("optimizer", ("_foreach", "adam", "Optimizer", "lerp", "addcdiv", "addcmul")),
-    ("random numbers", ("random", "bernoulli", "rand", "philox", "seed")),
+    ("random numbers", ("aten::random", "aten::bernoulli", "aten::rand", "aten::normal", "philox", "seed")),
     ("fused elementwise (inductor)", ("cpp_fused",)),
     ("copies and casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::cat",
                           "aten::contiguous", "aten::fill_", "aten::zero_", "aten::empty")),
