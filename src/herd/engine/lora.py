@@ -25,6 +25,8 @@ were 28 % of a compiled LoRA step, and full fine-tuning, with 1.5x the FLOPs, ra
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -70,9 +72,7 @@ def hashed_keep(shape: torch.Size, key: torch.Tensor, threshold: int, device=Non
     """The keep-mask of inverted dropout with p = threshold/65536: element i is dropped where the low
     16 bits of mix(mix(i) ^ key) fall below ``threshold``. Hashing the index before the key makes masks
     under different keys unrelated (``mix(i ^ key)`` would make them permutations of each other)."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     if n >= 2**31:
         raise ValueError(f"hashed dropout indexes elements as int32: {n} elements is too many")
     i = torch.arange(n, dtype=torch.int32, device=device).view(shape)

@@ -213,10 +213,10 @@ def _add_artifacts(tree: Tree, found: list[Found], root: Path | None, catalogue:
     for f in found:
         nid = f"artifact:{rel(f.path)}"
         label = f.lineage["name"] if f.lineage else f.path.name
-        detail = f.problem or _artifact_detail(f.lineage, catalogue)
+        member = _rederived_member(f.lineage, catalogue)
+        detail = f.problem or _artifact_detail(f.lineage, catalogue, member)
         tree.add(Node(nid, label, "artifact", f.status, headline=_scorecard_headline(f.lineage),
                       detail=detail, path=rel(f.path)))
-        member = _rederived_member(f.lineage, catalogue)
         from_base = f.lineage is not None and not (f.lineage.get("parent") or {}).get("lineage_id")
         if member is not None and from_base and f"member:{member.id}" in tree.nodes:
             # drawn under the paper it re-derives; a chain of stages hangs there by its first artifact
@@ -262,12 +262,12 @@ def _rederived_member(lineage: dict | None, catalogue: Catalogue | None) -> Memb
         return None
 
 
-def _artifact_detail(lineage: dict | None, catalogue: Catalogue | None) -> str | None:
-    """Which catalogue member the artifact's recipe re-derives, when there is one."""
+def _artifact_detail(lineage: dict | None, catalogue: Catalogue | None, member: Member | None) -> str | None:
+    """Which catalogue member (``member``, looked up once by the caller) the artifact's recipe
+    re-derives, when there is one."""
     name = ((lineage or {}).get("recipe") or {}).get("name")
     if not name or catalogue is None:
         return None
-    member = _rederived_member(lineage, catalogue)
     return f"re-derives {member.name}" if member is not None else f"recipe {name}"
 
 
