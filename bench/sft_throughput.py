@@ -59,20 +59,27 @@ def data(tok, n: int):
     return items
 
 
+def herd_setup(ref, method: str, max_steps: int, precision: str, per_step: int, compile_: str = "on", *,
+               budget: float = 1.0, state: str = "fp32"):
+    """(tokenizer, model, loop config) of one herd run of this bench: seed 0, LoRA or full, 4-row micro-batches."""
+    tok = load_tokenizer(ref)
+    torch.manual_seed(0)
+    model = load_model(ref)
+    if method == "lora":
+        model = apply_lora(model, LORA)
+    cfg = LoopConfig(lr=2e-4 if method == "lora" else 2e-5, epochs=1, max_steps=max_steps, global_batch=per_step,
+                     micro_batch_rows=4, row_len=ROW, precision=precision, progress=False, warmup_ratio=0.0,
+                     compile=compile_, activation_budget=budget, optimizer_state=state)
+    return tok, model, cfg
+
+
 def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: str = "lora",
                compile_: str = "on", budget: float = 1.0, state: str = "fp32") -> dict:
     from herd.core.phases import process_peak_mb, reset_peak_rss, trim_heap
 
     trim_heap()
     reset_peak_rss()
-    tok = load_tokenizer(ref)
-    torch.manual_seed(0)
-    model = load_model(ref)
-    if method == "lora":
-        model = apply_lora(model, LORA)
-    cfg = LoopConfig(lr=2e-4 if method == "lora" else 2e-5, epochs=1, max_steps=steps + 2, global_batch=per_step,
-                     micro_batch_rows=4, row_len=ROW, precision=precision, progress=False, warmup_ratio=0.0,
-                     compile=compile_, activation_budget=budget, optimizer_state=state)
+    tok, model, cfg = herd_setup(ref, method, steps + 2, precision, per_step, compile_, budget=budget, state=state)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:

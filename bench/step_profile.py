@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import sft_throughput as sft  # noqa: E402
 
 from herd.base import load_model, load_tokenizer, resolve_base  # noqa: E402
-from herd.engine.training import LoopConfig, resolve_precision, train  # noqa: E402
-from herd.stages.sft import apply_lora  # noqa: E402
+from herd.engine.training import resolve_precision, train  # noqa: E402
 
 KINDS = [  # first match wins; names are aten's, inductor's (cpp_fused_*) and herd's
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
@@ -54,14 +53,7 @@ def kind_of(name: str) -> str:
 
 
 def run(ref, items, method: str, steps: int, precision: str, per_step: int, profile: bool):
-    tok = load_tokenizer(ref)
-    torch.manual_seed(0)
-    model = load_model(ref)
-    if method == "lora":
-        model = apply_lora(model, sft.LORA)
-    cfg = LoopConfig(lr=2e-4 if method == "lora" else 2e-5, epochs=1, max_steps=steps, global_batch=per_step,
-                     micro_batch_rows=4, row_len=sft.ROW, precision=precision, progress=False, warmup_ratio=0.0,
-                     compile="on")
+    tok, model, cfg = sft.herd_setup(ref, method, steps, precision, per_step)  # the SFT bench's run, compiled
     with tempfile.TemporaryDirectory() as d:
         if not profile:
             return train(model, items, cfg, d, pad_id=tok.pad_token_id), None, sft.flops_per_token(model, method)
