@@ -284,3 +284,26 @@ def test_eval_with_a_missing_input_is_announced_before_training_and_listed_as_no
                                                                        "(a FastChat question.jsonl)"}]
     assert any(d.startswith("evals.mtbench_pairwise not run") for d in res.scorecard["deviations"])
     assert [m["name"] for m in res.scorecard["metrics"]] == ["loss", "perplexity"]
+
+
+def test_llama2chat_small_profile_grows_the_stages_the_win_rate_rests_on():
+    """The small profile exists for the helpfulness win rate: rejection sampling on ~10x tiny's prompts, most
+    of them helpfulness prompts (all 2,312 safety transcripts would swamp them), and the helpfulness reward
+    model on every pair within 2,048 tokens, while the stages the win rate does not rest on stay tiny's."""
+    from herd.core.recipe import load_recipe
+    from herd.stages.sampling import load_prompts, split_prompts
+
+    small, tiny = load_recipe("llama2chat", "small"), load_recipe("llama2chat", "tiny")
+    st = {s.name: s for s in small.stages}
+    ti = {s.name: s for s in tiny.stages}
+    counts = {}
+    for label, cfg in (("small", st["rejection"]), ("tiny", ti["rejection"])):
+        prompts, _ = load_prompts(cfg.data, relative_to=repo_root() / "recipes")
+        train, _ = split_prompts(prompts, cfg)
+        counts[label] = (len(train), sum(p["safety"] for p in train))
+    assert counts["tiny"] == (32, 0)
+    assert counts["small"][0] >= 9 * counts["tiny"][0] and counts["small"][1] <= 32, counts
+    assert st["reward_helpful"].max_train_pairs is None and st["reward_helpful"].max_len == 2048
+    for name in ("sft", "reward_safety", "dpo"):
+        assert st[name].model_dump() == ti[name].model_dump(), name
+    assert any(d.startswith("small: the settings were fixed before") for d in small.deviations)

@@ -69,15 +69,16 @@ def test_every_number_in_the_family_table_is_in_the_scorecard_it_cites():
         names = LINK.findall(result)
         assert names, row
         values: list[float] = []
+        walls: list[float] = []
         for name in names:
             path = ROOT / "docs" / "scorecards" / name
             assert path.is_file(), f"README cites {name}, which is not committed"
             card = json.loads(path.read_text())
             values += _numbers(card) + [v * 100 for v in _numbers(card["headline"])]
+            walls.append(card["run"]["wall_seconds"])
             cited.add(name)
-            wall = card["run"]["wall_seconds"]
-            for m, s in re.findall(r"(\d+):(\d\d) wall", result):
-                assert abs(int(m) * 60 + int(s) - wall) < 60, f"{name}: wall {m}:{s} vs {wall} s"
+        for m, s in re.findall(r"(\d+):(\d\d) wall", result):  # a row citing two runs gives each one's wall
+            assert any(abs(int(m) * 60 + int(s) - w) < 60 for w in walls), f"{names}: wall {m}:{s} vs {walls} s"
         text = LINK.sub("", result)
         text = re.sub(r"\d+:\d\d wall", "", text)
         for token in re.findall(r"(?<![\w.])-?\d+\.\d+", text):
