@@ -113,6 +113,30 @@ def test_reward_artifact_loads_in_plain_transformers(reward_artifact, tokenizer)
     assert ours[0] > ours[1]
 
 
+def test_replies_to_one_prompt_score_off_one_prompt_pass_as_if_whole(reward_artifact):
+    """Rejection sampling's K replies share their prompt: scored off one pass of it, each reward is the
+    one the sequence gets scored alone (batch 1, no cache), in input order, across suffix batches."""
+    from herd.engine.logprobs import encode_reply
+    from herd.engine.reward_model import prompt_groups, score_encoded
+    from herd.stages.reward_model import load_reward_model
+
+    rm = load_reward_model(reward_artifact[0])
+    long = [{"role": "system", "content": "Answer briefly and kindly. " * 4},
+            {"role": "user", "content": "Tell me about apple river and the stone table near it"}]
+    other = [{"role": "user", "content": "Which cloud is green, quick or slow, and why would a banana care?"}]
+    alone = [{"role": "user", "content": "Hi"}]
+    prompts = [long, other, long, alone, long, other, long, long]
+    replies = ["stone cloud banana", "green", "stone cloud green quick table apple river stone", "hello there",
+               "", "quick quick slow", "apple", "table table table table table table table table"]
+    seqs = [encode_reply(rm.template, rm.tokenizer, p, r) for p, r in zip(prompts, replies)]
+    groups, singles = prompt_groups(seqs)
+    assert sorted(map(sorted, groups)) == [[0, 2, 4, 6, 7], [1, 5]] and singles == [3]
+    want = torch.cat([score_encoded(rm.model, [s], rm.pad_id, 1) for s in seqs])
+    got = rm.score(prompts, replies, batch_size=2)  # the five replies to `long` take three suffix batches
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-4)
+    assert len(set(round(x, 3) for x in want.tolist())) > 4  # the replies do score differently
+
+
 def _run_killed(kind: str, cfg, out: Path, kill_after: int) -> subprocess.CompletedProcess:
     code = (
         "import sys, torch; torch.set_num_threads(1)\n"

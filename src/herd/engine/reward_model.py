@@ -3,6 +3,11 @@
 A reward is the scalar head's output at the LAST REAL token of ``template(prompt + [reply])``, pooled by
 the attention mask (robust when pad = EOS, as in SmolLM2's tokenizer). Used by the reward-model stage's
 evaluation, rejection sampling, PPO and the reward-judged win rate.
+
+Replies to the same prompt (rejection sampling's K samples, a pair's chosen and rejected) are scored off
+one pass of their shared prompt: its keys and values are computed once and every reply reads them
+(:mod:`herd.engine.kv`), so the prompt's tokens are not recomputed K times. Causal attention makes
+that the same number as scoring each sequence whole (tested to float rounding).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import torch
 from torch import nn
 
 from herd.core.errors import HerdError
-from herd.engine.distributed import map_rows
+from herd.engine.distributed import map_chunks, map_rows
+from herd.engine.kv import PREFIX_MIN, after_prefix, common_prefix_len, prefix_cache
 from herd.engine.logprobs import Encoded, encode_reply, map_batches
 from herd.engine.training import device
-from herd.templates import Template, get_template
+from herd.templates import IGNORE_INDEX, Template, get_template
 
 
 def reward_pad_id(tokenizer) -> int:
@@ -47,6 +53,57 @@ def score_encoded(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size
                     seqs, batch_size, key=len)
 
 
+def prompt_groups(seqs: list[Encoded]) -> tuple[list[list[int]], list[int]]:
+    """(groups, singles): indices of sequences whose tokens before the reply are alike, for groups of two
+    or more whose shared prefix is worth a pass of its own; every other index is a single."""
+    by: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(seqs):
+        first = next((k for k, lab in enumerate(s.labels) if lab != IGNORE_INDEX), len(s))
+        by.setdefault(tuple(s.input_ids[:first]), []).append(i)
+    groups, singles = [], []
+    for key, idx in by.items():
+        (groups if len(idx) > 1 and len(key) >= PREFIX_MIN else singles).append(idx)
+    return groups, [i for part in singles for i in part]
+
+
+@torch.no_grad()
+def score_group(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> list[float]:
+    """Rewards of sequences that share a prompt: the shared prefix (up to each one's second-last token,
+    so every pooled token is in a suffix) runs once; the suffixes run in batches that read its cache."""
+    rows = [s.input_ids for s in seqs]
+    shared = min(common_prefix_len(rows), min(len(r) for r in rows) - 1)
+    dev = next(model.parameters()).device
+    prefix = prefix_cache(model.model, rows[0][:shared])
+    out: list[float] = []
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        hidden = model.model(**after_prefix(part, shared, prefix, pad_id, dev)).last_hidden_state
+        last = torch.tensor([len(r) - shared - 1 for r in part], device=hidden.device)
+        out += model.score(hidden[torch.arange(len(part), device=hidden.device), last]).squeeze(-1).float().tolist()
+    return out
+
+
+def score_shared(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """Rewards of encoded sequences (CPU float32, input order); replies to the same prompt are scored off
+    one pass of it (:func:`score_group`), the rest as :func:`score_encoded` does. Under torchrun the ranks
+    share the groups and the batches."""
+    groups, singles = prompt_groups(seqs)
+    out = torch.zeros(len(seqs), dtype=torch.float32)
+    if singles:
+        out[singles] = score_encoded(model, [seqs[i] for i in singles], pad_id, batch_size)
+    if groups:
+        was_training = model.training
+        model.eval()
+        try:
+            flat = map_chunks(lambda part, _c: [r for g in part for r in score_group(model, [seqs[i] for i in g],
+                                                                                     pad_id, batch_size)],
+                              groups, 1)
+        finally:
+            model.train(was_training)
+        out[[i for g in groups for i in g]] = torch.tensor(flat, dtype=torch.float32)
+    return out
+
+
 @dataclass
 class RewardModel:
     """A loaded reward-model artifact: score (prompt, reply) pairs in the template it was trained with."""
@@ -59,7 +116,7 @@ class RewardModel:
 
     def score(self, prompts: list[list[dict]], replies: list[str], batch_size: int = 8) -> torch.Tensor:
         seqs = [encode_reply(self.template, self.tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
-        return score_encoded(self.model, seqs, self.pad_id, batch_size)
+        return score_shared(self.model, seqs, self.pad_id, batch_size)
 
 
 def check_reward_model(path: str | Path) -> Path:
