@@ -28,7 +28,7 @@ from herd.core.paths import resolve_data_path
 from herd.core.phases import PhaseLog, record, release_memory
 from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
-from herd.core.run_record import run_args, running_record, write_run_record
+from herd.core.run_record import earlier_legs, read_run_record, run_args, running_record, write_run_record
 from herd.data import load_examples
 from herd.data.split import dedupe, split, split_dev
 from herd.scorecard import evaluate_pair, unavailable_evals, write_scorecard
@@ -198,6 +198,9 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
                                           max_steps=max_steps, report_to=report_to, overrides=overrides,
                                           recipe_file=recipe.source_file),
                                  command, recipe_rec["sha256"], started)
+        legs = earlier_legs(read_run_record(workspace)) if resume else []
+        if legs:
+            run_rec["earlier_legs"] = legs
         if rank == 0:  # from here a killed run is found, and resumed, by what derive.json says
             write_run_record(workspace, run_rec)
         try:
@@ -210,6 +213,8 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             _link_model(workspace, final)
             # 3. scorecard: derived vs the recipe's parent, same inputs
             run = {"command": command, "started": started, "machine": cpu_summary()}
+            if legs:  # wall_seconds is this leg's; the stages finished before it ran in the earlier ones
+                run["earlier_legs"] = legs
             card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
             if tracker is not None:
                 tracker.log_scorecard(card, read_lineage(final))

@@ -88,8 +88,13 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
     run = card.get("run")
     if run:
         wall = run.get("wall_seconds")
+        legs = run.get("earlier_legs") or []
         lines += [f"Reproduce: `{run['command']}`" + (f" ({wall / 60:.1f} min to this scorecard on {run.get('machine')})"
                                                       if wall else ""), ""]
+        if legs:
+            lines += [f"This run was resumed (`--resume`): the wall time above is its last leg's, started "
+                      f"{run.get('started')}; stages finished in {len(legs)} earlier leg(s) started "
+                      + ", ".join(leg["started"] for leg in legs) + ".", ""]
     sp = (card.get("extra") or {}).get("splits")
     if sp:
         lines += [f"Held-out records: {sp['held_out']}, split into dev ({sp['dev']}, for choosing settings) and "

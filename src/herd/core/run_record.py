@@ -46,6 +46,15 @@ def running_record(args: dict, command: str, recipe_sha256: str | None, when: st
             "started": when, "pid": os.getpid(), "host": socket.gethostname()}
 
 
+def earlier_legs(previous: dict | None) -> list[dict]:
+    """The legs of a run before this one, when this one resumes it: each earlier start and how it ended
+    (``running`` for one that was killed), so a resumed run's scorecard says its wall time is one leg's."""
+    if not previous or not previous.get("started"):
+        return []
+    return [*previous.get("earlier_legs", []),
+            {"started": previous["started"], "state": previous.get("state"), "finished": previous.get("finished")}]
+
+
 def read_run_record(folder: Path) -> dict | None:
     """``folder/derive.json``, or None when absent or unreadable."""
     try:
