@@ -113,7 +113,7 @@ def test_reward_artifact_loads_in_plain_transformers(reward_artifact, tokenizer)
     assert ours[0] > ours[1]
 
 
-def test_replies_to_one_prompt_score_off_one_prompt_pass_as_if_whole(reward_artifact):
+def test_replies_to_one_prompt_score_off_one_prompt_pass_as_if_whole(reward_artifact, capsys):
     """Rejection sampling's K replies share their prompt: scored off one pass of it, each reward is the
     one the sequence gets scored alone (batch 1, no cache), in input order, across suffix batches."""
     from herd.engine.logprobs import encode_reply
@@ -132,7 +132,8 @@ def test_replies_to_one_prompt_score_off_one_prompt_pass_as_if_whole(reward_arti
     groups, singles = prompt_groups(seqs)
     assert sorted(map(sorted, groups)) == [[0, 2, 4, 6, 7], [1, 5]] and singles == [3]
     want = torch.cat([score_encoded(rm.model, [s], rm.pad_id, 1) for s in seqs])
-    got = rm.score(prompts, replies, batch_size=2)  # the five replies to `long` take three suffix batches
+    got = rm.score(prompts, replies, batch_size=2, desc="rs score")  # `long`'s five replies: three batches
+    assert "[rs score] 8/8" in capsys.readouterr().err  # the count reaches every reply (log-mode line)
     assert got.tolist() == pytest.approx(want.tolist(), abs=1e-4)
     assert len(set(round(x, 3) for x in want.tolist())) > 4  # the replies do score differently
 

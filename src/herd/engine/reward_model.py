@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from herd.core.errors import HerdError
+from herd.core.progress import Progress
 from herd.engine.distributed import map_chunks, map_rows
 from herd.engine.kv import PREFIX_MIN, after_prefix, common_prefix_len, prefix_cache
 from herd.engine.logprobs import Encoded, encode_reply, map_batches
-from herd.engine.training import device
+from herd.engine.training import device, dist_env
 from herd.templates import IGNORE_INDEX, Template, get_template
 
 
@@ -83,24 +84,32 @@ def score_group(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: 
     return out
 
 
-def score_shared(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+def score_shared(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8,
+                 desc: str | None = None) -> torch.Tensor:
     """Rewards of encoded sequences (CPU float32, input order); replies to the same prompt are scored off
     one pass of it (:func:`score_group`), the rest as :func:`score_encoded` does. Under torchrun the ranks
-    share the groups and the batches."""
+    share the groups and the batches. ``desc``: report progress (replies scored) under that name."""
     groups, singles = prompt_groups(seqs)
     out = torch.zeros(len(seqs), dtype=torch.float32)
-    if singles:
-        out[singles] = score_encoded(model, [seqs[i] for i in singles], pad_id, batch_size)
-    if groups:
-        was_training = model.training
-        model.eval()
-        try:
-            flat = map_chunks(lambda part, _c: [r for g in part for r in score_group(model, [seqs[i] for i in g],
-                                                                                     pad_id, batch_size)],
-                              groups, 1)
-        finally:
-            model.train(was_training)
-        out[[i for g in groups for i in g]] = torch.tensor(flat, dtype=torch.float32)
+    bar = Progress(total=len(seqs), desc=desc or "", unit="reply", enabled=desc is not None and dist_env()[0] == 0)
+
+    def one(group: list[int]) -> list[float]:
+        rewards = score_group(model, [seqs[i] for i in group], pad_id, batch_size)
+        bar.update(len(group) * dist_env()[1])  # the ranks score alike: rank 0's count stands for all
+        return rewards
+
+    with bar:
+        if singles:
+            out[singles] = score_encoded(model, [seqs[i] for i in singles], pad_id, batch_size)
+            bar.update(len(singles))
+        if groups:
+            was_training = model.training
+            model.eval()
+            try:
+                flat = map_chunks(lambda part, _c: [r for g in part for r in one(g)], groups, 1)
+            finally:
+                model.train(was_training)
+            out[[i for g in groups for i in g]] = torch.tensor(flat, dtype=torch.float32)
     return out
 
 
@@ -114,9 +123,10 @@ class RewardModel:
     pad_id: int
     path: Path | None = None
 
-    def score(self, prompts: list[list[dict]], replies: list[str], batch_size: int = 8) -> torch.Tensor:
+    def score(self, prompts: list[list[dict]], replies: list[str], batch_size: int = 8,
+              desc: str | None = None) -> torch.Tensor:
         seqs = [encode_reply(self.template, self.tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
-        return score_shared(self.model, seqs, self.pad_id, batch_size)
+        return score_shared(self.model, seqs, self.pad_id, batch_size, desc)
 
 
 def check_reward_model(path: str | Path) -> Path:

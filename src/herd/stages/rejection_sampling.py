@@ -173,7 +173,8 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
     with record("score the samples"):
         scorer = load_scorer()
-        rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety).view(len(train_p), cfg.k)
+        rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety,
+                         f"{cfg.name} score" if progress else None).view(len(train_p), cfg.k)
     best = select_best(rewards)
     kept = rewards.gather(1, best.unsqueeze(1)).squeeze(1)
     with record("held-out greedy reward, parent"):

@@ -30,6 +30,7 @@ from herd.engine.reward_model import (  # noqa: F401  (re-exported: the stage's 
     pooled_rewards,
     reward_pad_id,
     score_encoded,
+    score_shared,
 )
 from herd.engine.training import device, dist_env, full_state_dict
 from herd.stages import StageContext
@@ -67,8 +68,8 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     def held_out() -> tuple[dict, torch.Tensor, torch.Tensor]:
         if not held.pairs:
             return {"pairs": 0}, torch.zeros(0), torch.zeros(0)
-        rc = score_encoded(model, held.chosen, pad, cfg.eval_batch)
-        rr = score_encoded(model, held.rejected, pad, cfg.eval_batch)
+        # a pair's two replies share its prompt: scored off one pass of it
+        rc, rr = score_shared(model, held.chosen + held.rejected, pad, cfg.eval_batch).split(len(held.pairs))
         return pair_metrics(rc, rr, [p.rating for p in held.pairs]), rc, rr
 
     work = out.with_name(out.name + ".work")

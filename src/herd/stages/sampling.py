@@ -111,11 +111,13 @@ class Scorer:
                  batch_size: int = 8):
         self.helpful, self.safety, self.threshold, self.batch_size = helpful, safety, threshold, batch_size
 
-    def __call__(self, prompts: list[list[dict]], replies: list[str], is_safety: list[bool]) -> torch.Tensor:
-        h = self.helpful.score(prompts, replies, self.batch_size)
+    def __call__(self, prompts: list[list[dict]], replies: list[str], is_safety: list[bool],
+                 desc: str | None = None) -> torch.Tensor:
+        """``desc``: report progress under ``<desc> (helpfulness)`` and ``<desc> (safety)``."""
+        h = self.helpful.score(prompts, replies, self.batch_size, desc and f"{desc} (helpfulness)")
         if self.safety is None:
             return h
-        s = self.safety.score(prompts, replies, self.batch_size)
+        s = self.safety.score(prompts, replies, self.batch_size, desc and f"{desc} (safety)")
         return combine_rewards(torch.sigmoid(h), torch.sigmoid(s), torch.tensor(is_safety), self.threshold)
 
 
