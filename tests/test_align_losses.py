@@ -143,5 +143,9 @@ def test_max_of_k_and_selection():
     assert expected_max_of_k(r) == pytest.approx([2.0, (8 / 3 + 4) / 2, 4.5], abs=1e-5)
     assert select_best(r).tolist() == [1, 2]
     assert select_best(torch.tensor([[1.0, 1.0]])).tolist() == [0]  # ties: the first sample
+    # a sample cut at the token cap is not eligible: the best whole one is kept, or none (-1)
+    whole = torch.tensor([[True, False, True], [False, False, False]])
+    assert select_best(r, whole).tolist() == [2, -1]
+    assert select_best(r, torch.ones_like(whole)).tolist() == [1, 2]
     d = distribution(r)
     assert d["n"] == 6 and d["max"] == 6.0 and d["mean"] == pytest.approx(2.0)

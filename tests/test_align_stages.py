@@ -246,6 +246,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
     cfg = RejectionSamplingStage(
         data=[{"name": "toy", "path": str(toy_data), "format": "preference", "max_records": 20}], eval_size=4,
         reward_model=rm_path.name.split("-")[1], k=4, max_new_tokens=8, gen_batch=4,
+        keep_truncated=True,  # 8 tokens of a random model: nearly every reply is cut; keep them here
         sft={"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 128, "precision": "fp32"})
     path, summary = run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
                                            progress=False, workspace=rm_path.parent)  # RM found by stage name
@@ -261,6 +262,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
     assert curve[0] == pytest.approx(summary["reward_sampled"]["mean"], abs=1e-4)
     assert curve[-1] == pytest.approx(summary["reward_kept"]["mean"], abs=1e-4)
     assert summary["heldout_greedy_reward"]["n"] == 4 and summary["sft"]["steps"] == 2
+    assert summary["samples_truncated"] == sum(not f for r in rows for f in r["finished"]) > 0
     lineage = read_lineage(path)
     assert lineage["stage"]["kind"] == "rejection_sampling" and lineage["metrics"]["k"] == 4
     AutoModelForCausalLM.from_pretrained(str(path))
@@ -268,15 +270,18 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
 
 
 def test_rejection_selection_feeds_sft(monkeypatch, tmp_path, toy_data, tiny_ref, reward_artifact):
-    """The SFT engine receives exactly prompt + highest-scored reply for each prompt."""
+    """The SFT engine receives exactly prompt + highest-scored WHOLE reply for each prompt: a reply cut at
+    the token cap is never kept, and a prompt whose replies were all cut gives no record."""
     import herd.stages.rejection_sampling as rej
     import herd.stages.sft as sft
 
     rm_path, _ = reward_artifact
     seen = {}
+    whole = [True, False, True]  # the second reply hit max_new_tokens
 
     def fake_sample(model, tokenizer, template, prompts, cfg, cache, progress=True):
-        return [["plain words", "more words banana", "banana"] for _ in prompts]
+        return ([["plain words", "more words banana", "banana"] for _ in prompts],
+                [[False] * 3] + [whole for _ in prompts[1:]])
 
     def fake_run_sft(cfg, parent, template, examples, out, **kw):
         seen["examples"] = examples
@@ -290,11 +295,16 @@ def test_rejection_selection_feeds_sft(monkeypatch, tmp_path, toy_data, tiny_ref
         rej.run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
                                    progress=False)
     rm = rej.load_reward_model(rm_path)
+    assert len(seen["examples"]) == 5  # 6 prompts, the first one's replies all cut
+    cut_was_best = 0
     for ex in seen["examples"]:
         prompt, kept = ex.messages[:-1], ex.messages[-1]["content"]
         scores = rm.score([prompt] * 3, ["plain words", "more words banana", "banana"])
+        cut_was_best += int(scores.argmax()) == 1
+        scores[1] = float("-inf")
         assert kept == ["plain words", "more words banana", "banana"][int(scores.argmax())]
         assert ex.meta["reward"] == pytest.approx(float(scores.max()), abs=1e-5)
+    assert cut_was_best  # the rule was exercised: the cut reply would have won
 
 
 def test_scorer_combines_helpfulness_and_safety(tmp_path):
@@ -322,17 +332,19 @@ def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer,
 
     calls = []
 
-    def fake_generate(model, tok, texts, **kw):
+    def fake_completions(model, tok, texts, **kw):
         calls.append(kw["seed"])
-        return [f"reply {kw['seed']} {i}" for i in range(len(texts))]
+        return [gen.Completion(f"reply {kw['seed']} {i}", "length" if i % 3 == 0 else "stop")
+                for i in range(len(texts))]
 
-    monkeypatch.setattr(gen, "generate", fake_generate)
+    monkeypatch.setattr(gen, "completions", fake_completions)
     cfg = RejectionSamplingStage(data=[{"name": "t", "path": str(toy_data), "format": "preference"}],
                                  reward_model="rm", k=2, gen_batch=2, seed=5)
     prompts = [{"messages": [{"role": "user", "content": f"q{i}"}], "safety": False} for i in range(5)]
     cache = tmp_path / "samples.jsonl"
     first = sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False)
-    assert len(first) == 5 and all(len(r) == 2 for r in first) and calls == [5, 5 + 7919, 5 + 2 * 7919]
+    assert len(first[0]) == 5 and all(len(r) == 2 for r in first[0]) and calls == [5, 5 + 7919, 5 + 2 * 7919]
+    assert first[1][:2] == [[False, True], [True, False]]  # which replies were cut, kept per prompt
     lines = cache.read_text().splitlines()
     cache.write_text(lines[0] + "\n" + lines[1][:10])  # killed while writing chunk 1
     calls.clear()
@@ -341,6 +353,10 @@ def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer,
     calls.clear()
     assert sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False) == first
     assert calls == [] and len(cache.read_text().splitlines()) == 3
+    # a cache written before finish reasons were recorded reads back as it was used then: all finished
+    cache.write_text("".join(json.dumps({"chunk": c, "replies": first[0][2 * c:2 * c + 2]}) + "\n" for c in range(3)))
+    assert sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False) == (
+        first[0], [[True, True]] * 5) and calls == []
 
 
 @pytest.mark.parametrize("kind", ["reward_model", "dpo"])

@@ -214,6 +214,27 @@ def stop_token_ids(tokenizer, stop: Sequence[str]) -> tuple[list[int], list[str]
     return ids, [s for s in stop if tokenizer.convert_tokens_to_ids(s) not in ids]
 
 
+@dataclass
+class Completion:
+    text: str  # cut at the first stop string, stripped
+    finish: str  # "stop" (a stop token or string ended it) or "length" (cut at max_new_tokens)
+
+
+def completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+                top_p: float = 1.0, top_k: int = 0, stop: list[str] | None = None, batch_size: int = 8,
+                seed: int = 0, progress: bool = False, desc: str = "generate") -> list[Completion]:
+    """:func:`generate` with each completion's finish reason: a reply cut at ``max_new_tokens`` is not a
+    whole reply (rejection sampling must not train one as if it ended there)."""
+    ids, text_stops = stop_token_ids(tokenizer, stop or [])
+    enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ids[0] if ids else 0)
+    rows = generate_ids(model, enc, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                        stop_ids=ids, stop_strings=text_stops, tokenizer=tokenizer, pad_id=pad,
+                        batch_size=batch_size, seed=seed, progress=progress, desc=desc)
+    return [Completion(cut_at_stop(tokenizer.decode(r[0].ids, skip_special_tokens=True), text_stops), r[0].finish)
+            for r in rows]
+
+
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, stop: list[str] | None = None, batch_size: int = 8,
              seed: int = 0, progress: bool = False, desc: str = "generate") -> list[str]:
@@ -221,13 +242,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
 
     ``progress``: report completions done under ``desc`` (off by default: callers that loop over
     chunks report their own progress)."""
-    ids, text_stops = stop_token_ids(tokenizer, stop or [])
-    enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ids[0] if ids else 0)
-    rows = generate_ids(model, enc, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                        stop_ids=ids, stop_strings=text_stops, tokenizer=tokenizer, pad_id=pad,
-                        batch_size=batch_size, seed=seed, progress=progress, desc=desc)
-    return [cut_at_stop(tokenizer.decode(r[0].ids, skip_special_tokens=True), text_stops) for r in rows]
+    return [c.text for c in completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_p=top_p, top_k=top_k, stop=stop,
+                                        batch_size=batch_size, seed=seed, progress=progress, desc=desc)]
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:

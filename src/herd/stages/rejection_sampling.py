@@ -8,6 +8,11 @@ the kept ones and the max-of-K curve (mean best reward as a function of K: what 
 prompt buy), plus the held-out prompts' mean reward of the parent's and the new
 model's greedy replies.
 
+Only whole replies are kept: a sample cut at ``max_new_tokens`` is scored (it counts in the reward
+distribution and the max-of-K curve) but is not eligible, since training it with an end of turn after
+it teaches the policy to stop mid-sentence; a prompt whose K samples were all cut gives no record
+(counted in the summary; ``keep_truncated: true`` restores keeping them).
+
 Resumable: samples are appended per chunk of prompts to ``<out>.rs-work/samples.jsonl`` (a resumed run
 skips finished chunks; generation is seeded per chunk, so the samples are the same either way) and the
 SFT run keeps its own atomic checkpoints.
@@ -61,15 +66,20 @@ from herd.templates import Template
 
 # -- pure pieces ------------------------------------------------------------------------------------
 
-def select_best(rewards: torch.Tensor) -> torch.Tensor:
-    """Index of the highest-reward sample of each prompt (``rewards``: [prompts, K]; ties: the first)."""
-    return rewards.argmax(dim=1)
+def select_best(rewards: torch.Tensor, eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the highest-reward sample of each prompt (``rewards``: [prompts, K]; ties: the first),
+    among the ``eligible`` ones (bool, same shape) when given; a prompt with none eligible gets -1."""
+    if eligible is None:
+        return rewards.argmax(dim=1)
+    best = rewards.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+    return torch.where(eligible.any(dim=1), best, torch.full_like(best, -1))
 
 
 def expected_max_of_k(rewards: torch.Tensor) -> list[float]:
     """Mean over prompts of E[max reward of k samples], k = 1..K, estimated without bias from the K
     samples drawn (each k-subset equally likely): ``Σ_i r_(i)·C(i−1, k−1)/C(K, k)`` over ascending
-    order statistics r_(i). k = 1 is the mean sample reward, k = K the mean kept reward."""
+    order statistics r_(i). k = 1 is the mean sample reward, k = K the mean best reward (the mean kept
+    reward when every sample is eligible)."""
     n, K = rewards.shape
     srt = rewards.double().sort(dim=1).values
     out = []
@@ -79,22 +89,27 @@ def expected_max_of_k(rewards: torch.Tensor) -> list[float]:
     return out
 
 
-def _read_cache(path: Path) -> dict[int, list[list[str]]]:
-    done: dict[int, list[list[str]]] = {}
+Chunk = tuple[list[list[str]], list[list[bool]]]  # per prompt: its K replies, and which of them finished
+
+
+def _read_cache(path: Path) -> dict[int, Chunk]:
+    done: dict[int, Chunk] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             rec = json.loads(line)
         except ValueError:  # a line cut by a kill: that chunk is sampled again
             continue
-        done[rec["chunk"]] = rec["replies"]
+        # caches written before finish reasons were kept: every reply counts as finished, as it did then
+        done[rec["chunk"]] = (rec["replies"], rec.get("finished") or [[True] * len(r) for r in rec["replies"]])
     return done
 
 
 def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cfg: RejectionSamplingStage,
-                   cache: Path, progress: bool = True) -> list[list[str]]:
-    """K samples per prompt, appended per chunk of ``gen_batch`` prompts to ``cache`` (JSON Lines; rank r
-    of a torchrun appends to ``<cache stem>.rank<r>.jsonl``, and every cache file is read on resume)."""
-    from herd.engine.generation import generate
+                   cache: Path, progress: bool = True) -> tuple[list[list[str]], list[list[bool]]]:
+    """K samples per prompt and whether each finished (a stop, not the token cap), appended per chunk of
+    ``gen_batch`` prompts to ``cache`` (JSON Lines; rank r of a torchrun appends to
+    ``<cache stem>.rank<r>.jsonl``, and every cache file is read on resume)."""
+    from herd.engine.generation import completions
 
     rank, world = dist_env()
     own = cache if rank == 0 else cache.with_name(f"{cache.stem}.rank{rank}{cache.suffix}")
@@ -102,28 +117,32 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
     for path in sorted(cache.parent.glob(f"{cache.stem}*{cache.suffix}")):
         done.update(_read_cache(path))
     if own.is_file():  # rewrite without a cut line, so appended chunks start on a line of their own
-        atomic_write_text(own, "".join(json.dumps({"chunk": c, "replies": r}) + "\n"
-                                       for c, r in _read_cache(own).items()))
+        atomic_write_text(own, "".join(json.dumps({"chunk": c, "replies": r, "finished": f}) + "\n"
+                                       for c, (r, f) in _read_cache(own).items()))
     stops = template.stop_strings(tokenizer)
     n_chunks = math.ceil(len(prompts) / cfg.gen_batch)
     mine = range(rank, n_chunks, world)
     bar = Progress(total=len(mine), initial=sum(1 for c in mine if c in done), desc=f"{cfg.name} sample",
                    unit="chunk", enabled=progress and rank == 0)
 
-    def one(part: list[dict], c: int) -> list[list[str]]:
-        if c in done and len(done[c]) == len(part):
-            return done[c]
+    def one(part: list[dict], c: int) -> list[tuple[list[str], list[bool]]]:
+        if c in done and len(done[c][0]) == len(part):
+            return list(zip(*done[c]))
         texts = [template.prompt(p["messages"], tokenizer) for p in part for _ in range(cfg.k)]
-        flat = generate(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        top_p=cfg.top_p, top_k=cfg.top_k, stop=stops, batch_size=cfg.gen_batch * cfg.k, seed=cfg.seed + 7919 * c)
-        replies = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
+        flat = completions(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                           top_p=cfg.top_p, top_k=cfg.top_k, stop=stops, batch_size=cfg.gen_batch * cfg.k,
+                           seed=cfg.seed + 7919 * c)
+        rows = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
+        replies = [[x.text for x in r] for r in rows]
+        finished = [[x.finish == "stop" for x in r] for r in rows]
         with open(own, "a") as f:
-            f.write(json.dumps({"chunk": c, "replies": replies}) + "\n")
+            f.write(json.dumps({"chunk": c, "replies": replies, "finished": finished}) + "\n")
         bar.update(1)
-        return replies
+        return list(zip(replies, finished))
 
     with bar:
-        return map_chunks(one, prompts, cfg.gen_batch)
+        pairs = map_chunks(one, prompts, cfg.gen_batch)
+    return [list(r) for r, _ in pairs], [list(f) for _, f in pairs]
 
 
 def _greedy_reward(model, tokenizer, template: Template, prompts: list[dict], scorer: Scorer,
@@ -165,7 +184,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
         print(f"[{cfg.name}] {len(train_p)} prompts x {cfg.k} samples; {len(held_p)} held-out prompts")
     sampler = sampling_model(model, cfg.sample_precision)
     with record(f"sample {cfg.k} replies per prompt"):
-        samples = sample_replies(sampler, tok, template, train_p, cfg, work / "samples.jsonl", progress)
+        samples, finished = sample_replies(sampler, tok, template, train_p, cfg, work / "samples.jsonl", progress)
     sample_dtype = str(next(sampler.parameters()).dtype).removeprefix("torch.")
     del sampler
     release_memory()
@@ -175,19 +194,24 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
         scorer = load_scorer()
         rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety,
                          f"{cfg.name} score" if progress else None).view(len(train_p), cfg.k)
-    best = select_best(rewards)
-    kept = rewards.gather(1, best.unsqueeze(1)).squeeze(1)
+    # a reply cut at the token cap is scored (the distributions and max-of-K keep every sample) but is
+    # not kept: trained with an end of turn after it, it would teach the policy to stop mid-sentence
+    whole = torch.tensor(finished, dtype=torch.bool)
+    best = select_best(rewards, None if cfg.keep_truncated else whole)
+    has = best >= 0
+    kept = rewards.gather(1, best.clamp(min=0).unsqueeze(1)).squeeze(1)[has]
     with record("held-out greedy reward, parent"):
         held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
     del model, scorer
     release_memory()  # the parent and both reward models: the SFT starts from the floor
     examples = [Example(messages=[*p["messages"], {"role": "assistant", "content": samples[i][int(best[i])]}],
-                        source=p["source"], index=p["index"], meta={"reward": float(kept[i])})
-                for i, p in enumerate(train_p)]
+                        source=p["source"], index=p["index"], meta={"reward": float(rewards[i, int(best[i])])})
+                for i, p in enumerate(train_p) if best[i] >= 0]
     empty = sum(1 for e in examples if not e.messages[-1]["content"].strip())
     examples = [e for e in examples if e.messages[-1]["content"].strip()]
     if not examples:
-        raise HerdError(f"stage {cfg.name}: every kept sample is empty")
+        raise HerdError(f"stage {cfg.name}: no prompt kept a sample (every one empty, or cut at max_new_tokens "
+                        f"{cfg.max_new_tokens}: raise it, or set keep_truncated: true)")
     barrier()  # every rank decides alike whether the SFT run is finished already
     if is_artifact(sft_out):
         sft_summary = read_lineage(sft_out).get("metrics") or {}
@@ -206,6 +230,8 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,
                "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
+               "samples_truncated": int((~whole).sum()), "keep_truncated": cfg.keep_truncated,
+               "prompts_without_a_whole_sample": int((~has).sum()),
                "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,
                "reward_models": [str(p) for p in rm_paths],
                "sft": {k: v for k, v in sft_summary.items() if k not in ("data", "data_report")},
@@ -217,9 +243,9 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     shutil.copytree(sft_out, tmp)  # copy, not move: a kill here leaves the finished SFT run for a resume
     with open(tmp / "rejection_samples.jsonl", "w") as f:
         for i, p in enumerate(train_p):
-            f.write(json.dumps({"prompt": p["messages"], "replies": samples[i],
-                                "rewards": [round(x, 5) for x in rewards[i].tolist()], "kept": int(best[i])},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"prompt": p["messages"], "replies": samples[i], "finished": finished[i],
+                                "rewards": [round(x, 5) for x in rewards[i].tolist()],
+                                "kept": int(best[i]) if best[i] >= 0 else None}, ensure_ascii=False) + "\n")
     lineage = read_lineage(tmp)
     lineage["stage"] = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")}
     lineage["metrics"] = summary
