@@ -71,7 +71,7 @@ def test_llama2chat_stages_under_torchrun_match_one_process(tmp_path):
         {"name": "sft", "kind": "sft", "max_steps": 2, "global_batch": 4, "max_len": 128, "precision": "fp32"},
         {"name": "rm", "kind": "reward_model", **PAIR},
         {"name": "rs", "kind": "rejection_sampling", "data": PAIRS, "reward_model": "rm", "eval_size": 4,
-         "max_prompts": 8, "k": 2, "max_new_tokens": 6, "gen_batch": 2, "score_batch": 4, "keep_truncated": True,
+         "max_prompts": 8, "k": 2, "max_new_tokens": 6, "gen_batch": 2, "score_batch": 4, "truncated": "open",
          "sft": {"max_steps": 2, "global_batch": 4, "lr": 1e-3, "max_len": 128, "precision": "fp32"}},
         {"name": "dpo", "kind": "dpo", **PAIR},
         {"name": "ppo", "kind": "ppo", "data": PAIRS, "reward_model": "rm", "eval_size": 2, "iterations": 2,

@@ -9,7 +9,7 @@ import json
 from herd.artifacts import read_lineage
 
 SMALL = {"max_train_records": 16, "eval_size": 8,
-         "stages": {"rejection": {"max_prompts": 10, "eval_size": 4, "k": 2, "max_new_tokens": 8, "keep_truncated": True},
+         "stages": {"rejection": {"max_prompts": 10, "eval_size": 4, "k": 2, "max_new_tokens": 8, "truncated": "open"},
                     "reward_helpful": {"max_train_pairs": 16, "eval_size": 8},
                     "reward_safety": {"max_train_pairs": 16, "eval_size": 8},
                     "dpo": {"max_train_pairs": 16, "eval_size": 8}},

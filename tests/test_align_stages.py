@@ -246,7 +246,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
     cfg = RejectionSamplingStage(
         data=[{"name": "toy", "path": str(toy_data), "format": "preference", "max_records": 20}], eval_size=4,
         reward_model=rm_path.name.split("-")[1], k=4, max_new_tokens=8, gen_batch=4,
-        keep_truncated=True,  # 8 tokens of a random model: nearly every reply is cut; keep them here
+        truncated="open",  # 8 tokens of a random model: nearly every reply is cut; train them open
         sft={"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 128, "precision": "fp32"})
     path, summary = run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
                                            progress=False, workspace=rm_path.parent)  # RM found by stage name
@@ -263,6 +263,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
     assert curve[-1] == pytest.approx(summary["reward_kept"]["mean"], abs=1e-4)
     assert summary["heldout_greedy_reward"]["n"] == 4 and summary["sft"]["steps"] == 2
     assert summary["samples_truncated"] == sum(not f for r in rows for f in r["finished"]) > 0
+    assert summary["kept_truncated"] == sum(not r["finished"][r["kept"]] for r in rows) > 0
     lineage = read_lineage(path)
     assert lineage["stage"]["kind"] == "rejection_sampling" and lineage["metrics"]["k"] == 4
     AutoModelForCausalLM.from_pretrained(str(path))
@@ -305,6 +306,20 @@ def test_rejection_selection_feeds_sft(monkeypatch, tmp_path, toy_data, tiny_ref
         assert kept == ["plain words", "more words banana", "banana"][int(scores.argmax())]
         assert ex.meta["reward"] == pytest.approx(float(scores.max()), abs=1e-5)
     assert cut_was_best  # the rule was exercised: the cut reply would have won
+    assert not any(ex.messages[-1].get("open") for ex in seen["examples"])
+
+    # truncated: open keeps the best reply, cut or not, and marks a cut one open (no end of turn trained)
+    seen.clear()
+    cfg = cfg.model_copy(update={"truncated": "open"})
+    with pytest.raises(RuntimeError, match="stop after selection"):
+        rej.run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs-open", name="toy",
+                                   progress=False)
+    assert len(seen["examples"]) == 6
+    for i, ex in enumerate(seen["examples"]):
+        scores = rm.score([ex.messages[:-1]] * 3, ["plain words", "more words banana", "banana"])
+        best = int(scores.argmax())
+        assert ex.messages[-1]["content"] == ["plain words", "more words banana", "banana"][best]
+        assert bool(ex.messages[-1].get("open")) == (i == 0 or best == 1)  # the first prompt's are all cut
 
 
 def test_scorer_combines_helpfulness_and_safety(tmp_path):

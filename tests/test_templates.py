@@ -131,3 +131,29 @@ def test_alpaca_refuses_system_role(tokenizer):
 def test_reserved_characters_refused(tokenizer):
     with pytest.raises(TemplateError, match="reserved"):
         get_template("chatml").render([{"role": "user", "content": "a\ue000b"}], tokenizer)
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "llama2_chat", "vicuna_v1.1", "dolly"])
+def test_an_open_reply_ends_with_its_own_text(name, tokenizer):
+    """A reply marked ``"open": true`` (cut at a token cap) renders and trains up to its last character:
+    the template's end of turn is neither in the text nor in the labels, on both tokenization paths."""
+    from herd.data.records import Example
+    from herd.data.tokenize import tokenize_examples
+
+    t = get_template(name)
+    user = {"role": "user", "content": "Name three rivers."}
+    reply = "The Nile, the Amazon and the"
+    whole_text, whole_spans = t.render_text([user, {"role": "assistant", "content": reply}], tokenizer)
+    text, spans = t.render_text([user, {"role": "assistant", "content": reply, "open": True}], tokenizer)
+    assert text.endswith(reply) and whole_text.startswith(text) and len(whole_text) > len(text)
+    assert spans[-1][0] == whole_spans[-1][0] and text[spans[-1][0]:spans[-1][1]].strip() == reply
+    r = t.render([user, {"role": "assistant", "content": reply, "open": True}], tokenizer)
+    trained = [x for x in r.labels if x != IGNORE_INDEX]
+    assert tokenizer.decode(trained).strip() == reply and r.input_ids[-len(trained):] == trained
+    assert tokenizer.eos_token_id not in r.input_ids[-len(trained):]
+    ex = Example(messages=[user, {"role": "assistant", "content": reply, "open": True}], source="t", index=0)
+    fast, _ = tokenize_examples([ex], t, tokenizer, 512, cache=False)
+    slow, _ = tokenize_examples([ex], t, tokenizer, 512, batched=False, cache=False)
+    assert fast[0] == slow[0] and list(fast[0].input_ids) == r.input_ids
+    with pytest.raises(TemplateError, match="open"):
+        t.render_text([{**user, "open": True}], tokenizer)

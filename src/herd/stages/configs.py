@@ -109,9 +109,10 @@ class RejectionSamplingStage(_Strict):
     # before its own engine, silently kept only the 50 most likely tokens
     top_k: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=256, gt=0)
-    # a sample cut at max_new_tokens is not a whole reply: it is scored but never kept (a prompt whose K
-    # samples were all cut yields no record). True keeps it, trained as if it ended there (what herd did before)
-    keep_truncated: bool = False
+    # a sample cut at max_new_tokens is not a whole reply. drop: it is scored but never kept (a prompt whose
+    # K samples were all cut yields no record); open: it may be kept, trained as the beginning of a reply
+    # (its tokens, no end of turn); keep: trained as if it ended there (what herd did before; not advised)
+    truncated: Literal["drop", "open", "keep"] = "drop"
     gen_batch: int = Field(default=8, gt=0)
     # the weights the K samples are drawn with: auto = bf16 where the hardware has it natively (1.4x the
     # fp32 tokens/s in bench/generation.py); held-out rewards are always measured in fp32

@@ -8,10 +8,13 @@ the kept ones and the max-of-K curve (mean best reward as a function of K: what 
 prompt buy), plus the held-out prompts' mean reward of the parent's and the new
 model's greedy replies.
 
-Only whole replies are kept: a sample cut at ``max_new_tokens`` is scored (it counts in the reward
-distribution and the max-of-K curve) but is not eligible, since training it with an end of turn after
-it teaches the policy to stop mid-sentence; a prompt whose K samples were all cut gives no record
-(counted in the summary; ``keep_truncated: true`` restores keeping them).
+A sample cut at ``max_new_tokens`` is never trained as if it ended there (an end of turn after it
+teaches the policy to stop mid-sentence). ``truncated: drop`` (the default, the paper's whole replies):
+it is scored (it counts in the reward distribution and the max-of-K curve) but not eligible, and a
+prompt whose K samples were all cut gives no record. ``truncated: open``: it is eligible, and if kept
+it is trained as the beginning of a reply (its tokens, no end of turn; a message marked ``open``),
+for models whose replies run past any affordable cap, where keeping only whole ones would select for
+short replies. ``keep``: the old rule, kept for comparison.
 
 Resumable: samples are appended per chunk of prompts to ``<out>.rs-work/samples.jsonl`` (a resumed run
 skips finished chunks; generation is seeded per chunk, so the samples are the same either way) and the
@@ -197,21 +200,25 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     # a reply cut at the token cap is scored (the distributions and max-of-K keep every sample) but is
     # not kept: trained with an end of turn after it, it would teach the policy to stop mid-sentence
     whole = torch.tensor(finished, dtype=torch.bool)
-    best = select_best(rewards, None if cfg.keep_truncated else whole)
+    best = select_best(rewards, whole if cfg.truncated == "drop" else None)
     has = best >= 0
     kept = rewards.gather(1, best.clamp(min=0).unsqueeze(1)).squeeze(1)[has]
     with record("held-out greedy reward, parent"):
         held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
     del model, scorer
     release_memory()  # the parent and both reward models: the SFT starts from the floor
-    examples = [Example(messages=[*p["messages"], {"role": "assistant", "content": samples[i][int(best[i])]}],
-                        source=p["source"], index=p["index"], meta={"reward": float(rewards[i, int(best[i])])})
+    def reply(i: int) -> dict:
+        msg = {"role": "assistant", "content": samples[i][int(best[i])]}
+        return {**msg, "open": True} if cfg.truncated == "open" and not finished[i][int(best[i])] else msg
+
+    examples = [Example(messages=[*p["messages"], reply(i)], source=p["source"], index=p["index"],
+                        meta={"reward": float(rewards[i, int(best[i])])})
                 for i, p in enumerate(train_p) if best[i] >= 0]
     empty = sum(1 for e in examples if not e.messages[-1]["content"].strip())
     examples = [e for e in examples if e.messages[-1]["content"].strip()]
     if not examples:
         raise HerdError(f"stage {cfg.name}: no prompt kept a sample (every one empty, or cut at max_new_tokens "
-                        f"{cfg.max_new_tokens}: raise it, or set keep_truncated: true)")
+                        f"{cfg.max_new_tokens}: raise it, or set truncated: open)")
     barrier()  # every rank decides alike whether the SFT run is finished already
     if is_artifact(sft_out):
         sft_summary = read_lineage(sft_out).get("metrics") or {}
@@ -230,8 +237,9 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,
                "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
-               "samples_truncated": int((~whole).sum()), "keep_truncated": cfg.keep_truncated,
-               "prompts_without_a_whole_sample": int((~has).sum()),
+               "samples_truncated": int((~whole).sum()), "truncated": cfg.truncated,
+               "prompts_without_a_whole_sample": int((~whole.any(dim=1)).sum()),
+               "kept_truncated": sum(1 for i in range(len(train_p)) if best[i] >= 0 and not finished[i][int(best[i])]),
                "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,
                "reward_models": [str(p) for p in rm_paths],
                "sft": {k: v for k, v in sft_summary.items() if k not in ("data", "data_report")},

@@ -115,7 +115,10 @@ class Template:
                 else:
                     spans.append((start, pos))
                     start = None
-            return (_MARKER.sub("", raw) if seen else raw), spans
+            text = _MARKER.sub("", raw) if seen else raw
+            if messages and messages[-1].get("open"):
+                return _open_end(text, spans, messages[-1])
+            return text, spans
 
         return render
 
@@ -153,6 +156,22 @@ class Template:
         if tokenizer is not None and tokenizer.eos_token and tokenizer.eos_token not in stops:
             stops.append(tokenizer.eos_token)
         return stops
+
+
+def _open_end(text: str, spans: list[tuple[int, int]], last: dict) -> tuple[str, list[tuple[int, int]]]:
+    """A conversation whose last message is an assistant reply marked ``"open": true`` (a reply cut at a
+    token cap, as rejection sampling may keep one) ends with the reply's own text: what the template
+    writes after it (the end of turn, EOS) is neither rendered nor trained, so the model is not taught
+    to stop where the cap cut it. Works for every template that writes the reply's text verbatim."""
+    reply = str(last.get("content", "")).strip()
+    if last.get("role") != "assistant" or not spans or not reply:
+        raise TemplateError('"open": true marks a trained, non-empty assistant reply, the last message')
+    start, end = spans[-1]
+    at = text.rfind(reply, start, end)
+    if at < 0:
+        raise TemplateError('"open": true needs a template that writes the reply text verbatim')
+    cut = at + len(reply)
+    return text[:cut], [*spans[:-1], (start, cut)]
 
 
 def _special_tokens(tokenizer) -> dict:
