@@ -197,8 +197,8 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
         scorer = load_scorer()
         rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety,
                          f"{cfg.name} score" if progress else None).view(len(train_p), cfg.k)
-    # a reply cut at the token cap is scored (the distributions and max-of-K keep every sample) but is
-    # not kept: trained with an end of turn after it, it would teach the policy to stop mid-sentence
+    # every sample is scored (the distributions and max-of-K keep them all); a reply cut at the token cap
+    # is kept only under `open` (trained without an end of turn) or `keep` (the old rule), never by `drop`
     whole = torch.tensor(finished, dtype=torch.bool)
     best = select_best(rewards, whole if cfg.truncated == "drop" else None)
     has = best >= 0
