@@ -174,8 +174,8 @@ def test_reward_scores_are_probabilities():
     from herd.stages.ppo import reward_scores
     from herd.stages.rejection_sampling import Scorer
 
-    helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, -1.0]))
-    safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([3.0, -3.0]))  # σ: 0.95, 0.047 (< 0.15)
+    helpful = SimpleNamespace(score=lambda p, r, b, desc=None: torch.tensor([2.0, -1.0]))
+    safety = SimpleNamespace(score=lambda p, r, b, desc=None: torch.tensor([3.0, -3.0]))  # σ: 0.95, 0.047 (< 0.15)
     prompts, replies = [[{"role": "user", "content": "x"}]] * 2, ["a", "b"]
     one = reward_scores(Scorer(helpful))(prompts, replies, [False, False])
     close(logit(one), [2.0, -1.0], 1e-5)

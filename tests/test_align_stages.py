@@ -329,8 +329,8 @@ def test_scorer_combines_helpfulness_and_safety(tmp_path):
     from herd.core.errors import ConfigError
     from herd.stages.rejection_sampling import Scorer, resolve_reward_model
 
-    helpful = SimpleNamespace(score=lambda p, r, b: torch.tensor([2.0, 2.0, 2.0]))
-    safety = SimpleNamespace(score=lambda p, r, b: torch.tensor([0.0, -3.0, 1.0]))  # σ: 0.5, 0.047, 0.73
+    helpful = SimpleNamespace(score=lambda p, r, b, desc=None: torch.tensor([2.0, 2.0, 2.0]))
+    safety = SimpleNamespace(score=lambda p, r, b, desc=None: torch.tensor([0.0, -3.0, 1.0]))  # σ: 0.5, 0.047, 0.73
     prompts, replies = [[{"role": "user", "content": "x"}]] * 3, ["a", "b", "c"]
     got = Scorer(helpful, safety)(prompts, replies, [False, False, True])
     s = torch.sigmoid(torch.tensor([0.0, -3.0, 1.0]))
