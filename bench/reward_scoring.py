@@ -40,9 +40,14 @@ def main() -> None:
     from herd.core.machine import cpu_summary
     from herd.core.recipe import load_recipe, recipe_path
     from herd.data.report import DataReport
-    from herd.engine.kv import common_prefix_len
     from herd.engine.logprobs import encode_reply
-    from herd.engine.reward_model import prompt_groups, reward_pad_id, score_encoded, score_shared
+    from herd.engine.reward_model import (
+        group_prefix_len,
+        prompt_groups,
+        reward_pad_id,
+        score_encoded,
+        score_shared,
+    )
     from herd.stages.sampling import load_prompts, split_prompts
     from herd.templates import get_template
 
@@ -74,7 +79,7 @@ def main() -> None:
     shared_tokens = sum(len(seqs[i]) for i in singles)
     for g in groups:
         rows = [seqs[i].input_ids for i in g]
-        p = min(common_prefix_len(rows), min(len(r) for r in rows) - 1)
+        p = group_prefix_len(rows)
         shared_tokens += p + sum(len(r) - p for r in rows)
 
     torch.manual_seed(0)

@@ -67,12 +67,18 @@ def prompt_groups(seqs: list[Encoded]) -> tuple[list[list[int]], list[int]]:
     return groups, [i for part in singles for i in part]
 
 
+def group_prefix_len(rows: list[list[int]]) -> int:
+    """Tokens a group's prefix pass computes: what every row starts with, up to each one's second-last
+    token (so every pooled token is in a suffix)."""
+    return min(common_prefix_len(rows), min(len(r) for r in rows) - 1)
+
+
 @torch.no_grad()
 def score_group(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> list[float]:
-    """Rewards of sequences that share a prompt: the shared prefix (up to each one's second-last token,
-    so every pooled token is in a suffix) runs once; the suffixes run in batches that read its cache."""
+    """Rewards of sequences that share a prompt: the shared prefix (:func:`group_prefix_len`) runs once;
+    the suffixes run in batches that read its cache."""
     rows = [s.input_ids for s in seqs]
-    shared = min(common_prefix_len(rows), min(len(r) for r in rows) - 1)
+    shared = group_prefix_len(rows)
     dev = next(model.parameters()).device
     prefix = prefix_cache(model.model, rows[0][:shared])
     out: list[float] = []

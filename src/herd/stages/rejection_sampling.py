@@ -202,14 +202,16 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     whole = torch.tensor(finished, dtype=torch.bool)
     best = select_best(rewards, whole if cfg.truncated == "drop" else None)
     has = best >= 0
-    kept = rewards.gather(1, best.clamp(min=0).unsqueeze(1)).squeeze(1)[has]
+    pick = best.clamp(min=0).unsqueeze(1)
+    kept = rewards.gather(1, pick).squeeze(1)[has]
+    kept_cut = has & ~whole.gather(1, pick).squeeze(1)  # per prompt: its kept reply hit the cap
     with record("held-out greedy reward, parent"):
         held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
     del model, scorer
     release_memory()  # the parent and both reward models: the SFT starts from the floor
     def reply(i: int) -> dict:
         msg = {"role": "assistant", "content": samples[i][int(best[i])]}
-        return {**msg, "open": True} if cfg.truncated == "open" and not finished[i][int(best[i])] else msg
+        return {**msg, "open": True} if cfg.truncated == "open" and kept_cut[i] else msg
 
     examples = [Example(messages=[*p["messages"], reply(i)], source=p["source"], index=p["index"],
                         meta={"reward": float(rewards[i, int(best[i])])})
@@ -239,7 +241,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
                "samples_truncated": int((~whole).sum()), "truncated": cfg.truncated,
                "prompts_without_a_whole_sample": int((~whole.any(dim=1)).sum()),
-               "kept_truncated": sum(1 for i in range(len(train_p)) if best[i] >= 0 and not finished[i][int(best[i])]),
+               "kept_truncated": int(kept_cut.sum()),
                "heldout_greedy_reward_parent": held_before, "heldout_greedy_reward": held_after,
                "reward_models": [str(p) for p in rm_paths],
                "sft": {k: v for k, v in sft_summary.items() if k not in ("data", "data_report")},
