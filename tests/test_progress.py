@@ -145,7 +145,8 @@ def test_phase_lines_and_helpers():
     assert _lines(buf) == ["[derive] stage 1/2 sft (sft)", "[derive] stage 1/2 sft (sft): done in 1:15",
                            "[derive] scorecard", "[derive] scorecard: failed after 0:03"]
     assert fmt_duration(3725) == "1:02:05" and fmt_duration(59.6) == "1:00"
-    assert [plural(u) for u in ("record", "batch", "files", "step")] == ["records", "batches", "files", "steps"]
+    assert [plural(u) for u in ("record", "batch", "files", "step", "reply", "day")] == \
+        ["records", "batches", "files", "steps", "replies", "days"]
 
 
 def test_no_module_imports_tqdm_but_the_helper():

@@ -41,9 +41,12 @@ def every_seconds() -> float:
 
 
 def plural(unit: str) -> str:
-    """``record`` → ``records``, ``batch`` → ``batches``; a unit already ending in s is kept."""
+    """``record`` → ``records``, ``batch`` → ``batches``, ``reply`` → ``replies``; a unit already ending
+    in s is kept."""
     if unit.endswith("s"):
         return unit
+    if unit.endswith("y") and unit[-2:-1] not in ("a", "e", "o", "u", ""):
+        return unit[:-1] + "ies"
     return unit + ("es" if unit.endswith(("x", "ch", "sh")) else "s")
 
 
