@@ -69,11 +69,12 @@ def _compare(one: Path, two: Path, kinds: list[str]) -> tuple[list[Path], list[P
 def test_llama2chat_stages_under_torchrun_match_one_process(tmp_path):
     stages = [
         {"name": "sft", "kind": "sft", "max_steps": 2, "global_batch": 4, "max_len": 128, "precision": "fp32"},
-        {"name": "rm", "kind": "reward_model", **PAIR},
+        # the pair stages run each pair's prompt once for both replies (shared_prompt) under DDP
+        {"name": "rm", "kind": "reward_model", **PAIR, "shared_prompt": True},
         {"name": "rs", "kind": "rejection_sampling", "data": PAIRS, "reward_model": "rm", "eval_size": 4,
          "max_prompts": 8, "k": 2, "max_new_tokens": 6, "gen_batch": 2, "score_batch": 4, "truncated": "open",
          "sft": {"max_steps": 2, "global_batch": 4, "lr": 1e-3, "max_len": 128, "precision": "fp32"}},
-        {"name": "dpo", "kind": "dpo", **PAIR},
+        {"name": "dpo", "kind": "dpo", **PAIR, "shared_prompt": True},
         {"name": "ppo", "kind": "ppo", "data": PAIRS, "reward_model": "rm", "eval_size": 2, "iterations": 2,
          "batch_size": 6, "mini_batch": 6, "micro_batch": 2, "gen_batch": 2, "max_new_tokens": 6, "lr": 1e-4,
          "precision": "fp32"}]

@@ -72,6 +72,8 @@ def test_configs_are_strict(toy_data):
         rm_config(toy_data, nonsense=1)
     with pytest.raises(ValidationError):
         DPOStage(data=[])
+    with pytest.raises(ValidationError, match="shared_prompt does not support fsdp"):
+        rm_config(toy_data, shared_prompt=True, fsdp=True)
     cfg = RewardModelStage(data=[{"name": "x", "path": "p", "format": "hh_rlhf"}])
     assert (cfg.kind, cfg.lr, cfg.min_lr_ratio, cfg.min_warmup_steps, cfg.global_batch) == \
         ("reward_model", 1e-5, 0.1, 5, 512)
@@ -136,6 +138,49 @@ def test_replies_to_one_prompt_score_off_one_prompt_pass_as_if_whole(reward_arti
     assert "[rs score] 8/8" in capsys.readouterr().err  # the count reaches every reply (log-mode line)
     assert got.tolist() == pytest.approx(want.tolist(), abs=1e-4)
     assert len(set(round(x, 3) for x in want.tolist())) > 4  # the replies do score differently
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_pair_trained_off_one_prompt_pass_gets_the_whole_pairs_loss_and_gradients(reward_artifact, checkpoint):
+    """Training scores a pair's chosen and rejected off one pass of their prompt: the Bradley-Terry loss and
+    every parameter's gradient are those of scoring both sequences whole, with the layers checkpointed too
+    (the prefix's keys and values carry the gradient back into its pass; a recomputed layer reads the same)."""
+    from herd.engine.logprobs import encode_reply, pad_right
+    from herd.engine.losses import bradley_terry_loss
+    from herd.engine.reward_model import group_prefix_len, pooled_rewards, prompt_rewards
+    from herd.stages.reward_model import load_reward_model
+
+    rm = load_reward_model(reward_artifact[0])
+    model = rm.model.float().train()
+    prompt = [{"role": "system", "content": "Answer briefly and kindly. " * 4},
+              {"role": "user", "content": "Tell me about apple river and the stone table near it"}]
+    pairs = [("stone cloud green quick table apple river stone", "apple"), ("green", "table table table table")]
+    seqs = [[encode_reply(rm.template, rm.tokenizer, prompt, r) for r in pair] for pair in pairs]
+    assert all(group_prefix_len([c.input_ids, r.input_ids]) >= 16 for c, r in seqs)  # the shared path runs
+
+    def loss_and_grads(shared: bool):
+        model.zero_grad()
+        if shared:
+            rc, rr = torch.stack([prompt_rewards(model, [c.input_ids, r.input_ids], rm.pad_id, checkpoint=checkpoint)
+                                  for c, r in seqs]).T
+        else:
+            ids, att, _ = pad_right([c for c, _ in seqs] + [r for _, r in seqs], rm.pad_id)
+            rc, rr = pooled_rewards(model, ids, att).chunk(2)
+        loss = bradley_terry_loss(rc, rr, torch.zeros(len(seqs))).sum()
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, g_whole = loss_and_grads(False)
+    shared, g_shared = loss_and_grads(True)
+    assert shared == pytest.approx(whole, abs=1e-5)
+    assert g_shared.keys() == g_whole.keys() and len(g_whole) > 10
+    emb = "model.embed_tokens.weight"
+    prompt_ids = seqs[0][0].input_ids[:group_prefix_len([s.input_ids for s in seqs[0]])]
+    assert float(g_whole[emb][prompt_ids].abs().sum()) > 0  # the prompt's tokens do get a gradient
+    for n in g_whole:
+        scale = float(g_whole[n].abs().max())
+        assert float((g_shared[n] - g_whole[n]).abs().max()) <= 1e-4 * max(scale, 1e-3), n
+    model.zero_grad()
 
 
 def _run_killed(kind: str, cfg, out: Path, kill_after: int) -> subprocess.CompletedProcess:
@@ -209,12 +254,48 @@ def test_dpo_starts_exactly_at_log_2_in_bf16(tmp_path, tiny_ref):
              "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 120)))} for _ in range(24)]
     data = tmp_path / "varied.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    for micro in (1, 3):
+    for micro, shared in ((1, True), (3, True), (3, False)):  # each pair's prompt once, or pairs padded together
         cfg = dpo_config(data, eval_size=4, precision="bf16", micro_batch=micro, global_batch=6, max_steps=1,
-                         max_len=512)
-        _, summary = run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / f"dpo{micro}", name="toy",
+                         max_len=512, shared_prompt=shared)
+        _, summary = run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / f"dpo{micro}{shared}", name="toy",
                              progress=False)
-        assert abs(summary["first_loss"] - math.log(2)) < 2e-7, (micro, summary["first_loss"])
+        assert abs(summary["first_loss"] - math.log(2)) < 2e-7, (micro, shared, summary["first_loss"])
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_dpo_pair_off_one_prompt_pass_gets_the_whole_pairs_logps_and_gradients(tiny_ref, checkpoint):
+    """DPO's policy scores a pair's two replies off one pass of their prompt: each sequence's log-prob of
+    its reply and every parameter's gradient are those of the sequences run whole (layers checkpointed
+    too); the shared part stops before the first trained token's prediction."""
+    from herd.base import load_model, load_tokenizer
+    from herd.engine.logprobs import encode_reply, pad_right, prompt_logps, sequence_logps
+
+    tok, template = load_tokenizer(tiny_ref), get_template(TEMPLATE)
+    torch.manual_seed(0)
+    model = load_model(tiny_ref).float().train()
+    prompt = [{"role": "user", "content": "Which cloud is green, quick or slow, and why would a banana care?"}]
+    pairs = [encode_reply(template, tok, prompt, r) for r in ("stone cloud green quick table", "apple river")]
+    first = min(s.labels.index(next(x for x in s.labels if x != -100)) for s in pairs)
+    assert first > 16  # the prompt is long enough to run once
+
+    def logps_and_grads(shared: bool):
+        model.zero_grad()
+        if shared:
+            lp = prompt_logps(model, pairs, tok.pad_token_id, checkpoint=checkpoint)
+        else:
+            ids, att, lab = pad_right(pairs, tok.pad_token_id)
+            lp = sequence_logps(model, ids, att, lab)
+        (lp * torch.tensor([1.0, -0.5])).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, g_whole = logps_and_grads(False)
+    shared, g_shared = logps_and_grads(True)
+    assert shared.tolist() == pytest.approx(whole.tolist(), abs=1e-4) and float(whole[0] - whole[1]) != 0
+    assert g_shared.keys() == g_whole.keys() and len(g_whole) > 10
+    assert float(g_whole["model.embed_tokens.weight"][pairs[0].input_ids[:first - 1]].abs().sum()) > 0
+    for n in g_whole:
+        scale = float(g_whole[n].abs().max())
+        assert float((g_shared[n] - g_whole[n]).abs().max()) <= 1e-4 * max(scale, 1e-3), n
 
 
 def test_dpo_lora_merges_adapter(tmp_path, toy_data, tiny_ref):

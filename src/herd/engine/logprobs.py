@@ -81,6 +81,34 @@ def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     two 1,024-token replies would otherwise hold ~1 GB of fp32 logits and their gradients."""
     lm = _causal_lm(model)
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return _labelled_logps(lm, hidden, labels)
+
+
+def prompt_logps(model: nn.Module, seqs: list[Encoded], pad_id: int, *, checkpoint: bool = False) -> torch.Tensor:
+    """:func:`sequence_logps` of ``seqs`` that are replies to ONE prompt (a DPO pair's chosen and rejected),
+    with the prompt computed once: its keys and values serve every reply's pass and carry the gradient
+    back into the prompt's, so the values and gradients are those of each sequence whole (tested). The
+    shared part ends before the first position that predicts a labelled token; a common start shorter
+    than ``PREFIX_MIN`` runs whole. ``checkpoint``: the layers recomputed in the backward
+    (:func:`herd.engine.shared_prefix.rows_after_prompt`)."""
+    from herd.engine.kv import PREFIX_MIN, common_prefix_len
+    from herd.engine.shared_prefix import rows_after_prompt
+
+    lm = _causal_lm(model)
+    rows = [s.input_ids for s in seqs]
+    first = min(next((k for k, lab in enumerate(s.labels) if lab != IGNORE_INDEX), len(s)) for s in seqs)
+    shared = min(common_prefix_len(rows), first - 1)
+    shared = shared if shared >= PREFIX_MIN else 0
+    hidden = rows_after_prompt(lm.model, rows, shared, pad_id, checkpoint=checkpoint)
+    labels = torch.full(hidden.shape[:2], IGNORE_INDEX, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        labels[r, : len(s) - shared] = torch.tensor(s.labels[shared:])
+    return _labelled_logps(lm, hidden, labels.to(hidden.device))
+
+
+def _labelled_logps(lm: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed log-probs of the labelled tokens that ``hidden`` (positions aligned with
+    ``labels``) predicts."""
     target = labels[:, 1:]
     sel = target != IGNORE_INDEX
     if CHUNKED_HEAD and type(lm.lm_head) is nn.Linear and lm.lm_head.bias is None:  # no [n, vocab] logits

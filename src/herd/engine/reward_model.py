@@ -73,6 +73,22 @@ def group_prefix_len(rows: list[list[int]]) -> int:
     return min(common_prefix_len(rows), min(len(r) for r in rows) - 1)
 
 
+def prompt_rewards(model: nn.Module, rows: list[list[int]], pad_id: int, *, checkpoint: bool = False) -> torch.Tensor:
+    """Rewards, with their graph, of ``rows`` that are replies to ONE prompt (a training pair's chosen and
+    rejected): the shared prefix (:func:`group_prefix_len`) runs once and each reply's suffix reads its keys
+    and values, which carry the gradient back into the prefix pass, so the loss and the gradients are those
+    of scoring every row whole (tested) for the prompt computed once. Rows with a shorter common start than
+    ``PREFIX_MIN`` run whole. ``checkpoint``: the layers recomputed in the backward
+    (:func:`herd.engine.shared_prefix.rows_after_prompt`)."""
+    from herd.engine.shared_prefix import rows_after_prompt
+
+    shared = group_prefix_len(rows)
+    shared = shared if shared >= PREFIX_MIN else 0
+    hidden = rows_after_prompt(model.model, rows, shared, pad_id, checkpoint=checkpoint)
+    last = torch.tensor([len(r) - shared - 1 for r in rows], device=hidden.device)
+    return model.score(hidden[torch.arange(len(rows), device=hidden.device), last]).squeeze(-1).float()
+
+
 @torch.no_grad()
 def score_group(model: nn.Module, seqs: list[Encoded], pad_id: int, batch_size: int = 8) -> list[float]:
     """Rewards of sequences that share a prompt: the shared prefix (:func:`group_prefix_len`) runs once;

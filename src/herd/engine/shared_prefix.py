@@ -29,7 +29,7 @@ import torch
 
 from herd.data.tokenize import Tokenized
 from herd.engine.cross_entropy import linear_cross_entropy
-from herd.engine.kv import common_prefix  # noqa: F401  (callers import it from here too)
+from herd.engine.kv import CACHE_KW, common_prefix  # noqa: F401  (callers import it from here too)
 from herd.engine.training import (
     LoopConfig,
     LoopResult,
@@ -112,7 +112,7 @@ def plan_groups(items: list[Tokenized], group_size: int, *, epochs: float = 1.0,
     return out
 
 
-def _cache_from(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, rows: int):
+def reading_cache(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, rows: int):
     """The prefix's keys and values for ``rows`` suffixes, in a cache that suffix layers read but never
     extend: ``update`` returns prefix + new without storing, so a checkpointed layer's recompute in the
     backward sees exactly what its first run saw."""
@@ -131,7 +131,7 @@ def _cache_from(keys_values: list[tuple[torch.Tensor, torch.Tensor]], config, ro
 
 
 @contextmanager
-def _checkpointed(layers, enabled: bool) -> Iterator[None]:
+def checkpointed(layers, enabled: bool) -> Iterator[None]:
     """Inside: each decoder layer keeps only its inputs and recomputes the rest in the backward
     (``torch.utils.checkpoint``, non-reentrant: autocast and RNG state are replayed). transformers' own
     gradient checkpointing cannot be used here: it turns the cache off, and the suffixes need the prefix's."""
@@ -150,6 +150,55 @@ def _checkpointed(layers, enabled: bool) -> Iterator[None]:
     finally:
         for layer in layers:
             del layer.forward
+
+
+def recorded_kv(decoder, **inputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's keys and values of a forward of ``decoder`` (a LlamaModel) on ``inputs``
+    (``input_ids`` or ``inputs_embeds``), WITH their graph: a recorder stands in for the cache, so a layer
+    recomputed under :func:`checkpointed` records the same again instead of appending (a DynamicCache
+    would hand the recompute twice the keys)."""
+    from transformers import DynamicCache
+
+    class Recorder(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            kv[layer_idx] = (key_states, value_states)
+            return key_states, value_states
+
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    decoder(**inputs, **{CACHE_KW: Recorder(config=decoder.config)}, use_cache=True)
+    return [kv[i] for i in range(len(kv))]
+
+
+def embedded_once(decoder, prefix: list[int], kw: dict) -> tuple[torch.Tensor, dict]:
+    """The prefix's and the rows' embeddings (``kw``: forward arguments with ``input_ids``) from ONE
+    lookup, so the backward sends the embedding matrix one dense gradient of its full size, not two.
+    Returns (prefix embeddings, ``kw`` with ``inputs_embeds`` instead of ``input_ids``)."""
+    ids = kw["input_ids"]
+    flat = torch.cat([torch.tensor(prefix, dtype=torch.long, device=ids.device), ids.reshape(-1)])
+    emb = decoder.embed_tokens(flat)
+    rest = {k: v for k, v in kw.items() if k != "input_ids"}
+    return emb[: len(prefix)][None], rest | {"inputs_embeds": emb[len(prefix):].view(*ids.shape, -1)}
+
+
+def rows_after_prompt(decoder, rows: list[list[int]], shared: int, pad_id: int, *,
+                      checkpoint: bool = False) -> torch.Tensor:
+    """Last hidden states, WITH their graph, of ``rows`` (right-padded) that start with the same
+    ``shared`` tokens, from positions ``shared`` on: the shared part runs once and every row's rest reads
+    its keys and values, which carry the gradient back into its pass (``shared`` 0: the rows whole).
+    ``checkpoint``: each decoder layer keeps only its input and recomputes the rest in the backward
+    (transformers' own checkpointing would drop the cache)."""
+    from herd.engine.kv import after_prefix
+
+    dev = decoder.embed_tokens.weight.device
+    with checkpointed(decoder.layers, checkpoint):
+        kw = after_prefix(rows, shared, None, pad_id, dev)
+        if shared:
+            width = kw["input_ids"].shape[1]
+            prefix, kw = embedded_once(decoder, list(rows[0][:shared]), kw)
+            kv = recorded_kv(decoder, inputs_embeds=prefix)
+            kw |= {CACHE_KW: reading_cache(kv, decoder.config, len(rows)), "use_cache": True,
+                   "position_ids": torch.arange(shared, shared + width, device=dev)[None].expand(len(rows), -1)}
+        return decoder(**kw).last_hidden_state
 
 
 def _prefix_kv(lm, ids: torch.Tensor, amp) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -208,8 +257,8 @@ def group_step(model, items: list[Tokenized], group: Group, pad_id: int, *, micr
         sel = labels != IGNORE_INDEX
         if not bool(sel.any()):
             continue
-        kw = {"cache": _cache_from(leaves, lm.config, len(batch)), "use_cache": True} if p else {"use_cache": False}
-        with amp(), _checkpointed(lm.model.layers, recompute_prefix and SUFFIX_CHECKPOINT):
+        kw = {"cache": reading_cache(leaves, lm.config, len(batch)), "use_cache": True} if p else {"use_cache": False}
+        with amp(), checkpointed(lm.model.layers, recompute_prefix and SUFFIX_CHECKPOINT):
             hidden = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                               position_ids=torch.arange(p, p + width, device=dev)[None].expand(len(batch), -1),
                               **kw).last_hidden_state

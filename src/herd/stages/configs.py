@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from herd.core.recipe import DataSource, LoraSpec, SFTStage
 from herd.core.registry import STAGE_CONFIGS
@@ -38,6 +38,10 @@ class _PairTraining(_Strict):
     # a micro-batch's activations drop from every layer's to one layer's (bench/pair_memory.py: 2.7x less
     # memory for 10-19 % more time per step)
     gradient_checkpointing: bool = False
+    # a pair's chosen and rejected share their prompt: run it once per pair in training, both replies
+    # reading its keys and values (the same loss and gradients, tested). Off by default: with
+    # gradient_checkpointing a step took 1.07-1.18x less time but peaked 1.33x higher (bench/pair_memory.py)
+    shared_prompt: bool = False
     # glibc's M_MMAP_THRESHOLD for the run, in MB (0: glibc's adaptive default; core/recipe.py TrainStage)
     heap_mmap_threshold_mb: int = Field(default=0, ge=0, le=32)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
@@ -52,6 +56,13 @@ class _PairTraining(_Strict):
     eval_batch: int = Field(default=8, gt=0)  # pairs per scoring forward on held-out data
     seed: int = 42
     fsdp: bool = False  # under torchrun: shard with FSDP2 instead of replicating with DDP
+
+    @model_validator(mode="after")
+    def _shared_prompt_unsharded(self):
+        if self.shared_prompt and self.fsdp:  # FSDP2 frees the gathered weights between the two passes
+            raise ValueError("shared_prompt does not support fsdp (the prompt's pass and the replies' would each "
+                             "gather the sharded layers before one backward); use DDP or shared_prompt: false")
+        return self
 
 
 class RewardModelStage(_PairTraining):

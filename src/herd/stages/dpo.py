@@ -15,6 +15,7 @@ saved weights, like the sft stage). The summary reports DPO's implicit-reward ac
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from herd.artifacts import save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.core.registry import STAGES
 from herd.engine.distributed import barrier, map_rows
-from herd.engine.logprobs import batched_logps, pad_right, sequence_logps
+from herd.engine.logprobs import batched_logps, pad_right, prompt_logps, sequence_logps
 from herd.engine.losses import dpo_loss
 from herd.engine.pair_loop import autocast, forward_layouts, pair_loop_config, train_items
 from herd.engine.training import device, dist_env, full_state_dict
@@ -62,16 +63,23 @@ def _reference(work: Path, name: str, model, enc: EncodedPairs, pad_id: int, bat
     return chosen, rejected
 
 
-def _group_logps(model, enc: EncodedPairs, idx, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) log-probs of the pairs ``idx`` in ONE forward, chosen rows then rejected rows
-    padded together: the layout both the policy's step and its reference use."""
+def _group_logps(model, enc: EncodedPairs, idx, pad_id: int, *, shared: bool = False,
+                 checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) log-probs of the pairs ``idx``: the layout both the policy's step and its
+    reference use. ``shared``: each pair's prompt once, its two replies off its keys and values
+    (:func:`herd.engine.logprobs.prompt_logps`); else ONE forward, chosen rows then rejected rows padded
+    together."""
+    if shared:
+        return torch.stack([prompt_logps(model, [enc.chosen[i], enc.rejected[i]], pad_id, checkpoint=checkpoint)
+                            for i in idx]).T
     dev = next(model.parameters()).device
     ids, att, lab = pad_right([enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx], pad_id)
     return sequence_logps(model, ids.to(dev), att.to(dev), lab.to(dev)).chunk(2)
 
 
 def _layout_reference(work: Path, model, enc: EncodedPairs, pad_id: int, layouts: list[tuple[int, ...]],
-                      precision: str, key: dict) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
+                      precision: str, key: dict, shared: bool = False
+                      ) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
     """Reference log-probs of the training pairs, one entry per micro-batch of the loop
     (:func:`herd.engine.pair_loop.forward_layouts`), each computed as the policy's forward will be;
     cached under ``work`` per rank (trusted only for the same pairs and loop plan)."""
@@ -87,7 +95,7 @@ def _layout_reference(work: Path, model, enc: EncodedPairs, pad_id: int, layouts
         for part in layouts:
             if part not in out:
                 with autocast(precision):
-                    c, r = _group_logps(model, enc, part, pad_id)
+                    c, r = _group_logps(model, enc, part, pad_id, shared=shared)
                 out[part] = (c.float().cpu(), r.float().cpu())
     tmp = path.with_suffix(".tmp")
     torch.save({"key": repr(key), "parts": [list(p) for p in out], "chosen": [v[0] for v in out.values()],
@@ -124,9 +132,12 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
     model = load_model(parent).to(device())
     key = {"parent": parent.sha256, "template": template.jinja, "max_len": cfg.max_len, "precision": cfg.precision}
     loop = pair_loop_config(cfg, progress)
+    if cfg.shared_prompt:  # layers checkpointed by prompt_logps: transformers' own would drop the prompt's cache
+        loop = replace(loop, gradient_checkpointing=False)
     layouts = forward_layouts(len(train), loop)
     ref = _layout_reference(work, model, train, pad, layouts, cfg.precision,
-                            {**key, "pairs": [p.key() for p in train.pairs], "layouts": layouts})
+                            {**key, "pairs": [p.key() for p in train.pairs], "layouts": layouts,
+                             "shared_prompt": cfg.shared_prompt}, shared=cfg.shared_prompt)
     held_ref = _reference(work, "heldout", model, held, pad, cfg.eval_batch, cfg.precision,
                           {**key, "pairs": [p.key() for p in held.pairs]}) if held.pairs else None
     if cfg.method == "lora":
@@ -137,7 +148,7 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
 
     def loss_fn(idx: list[int]):
         dev = next(model.parameters()).device
-        pc, pr = _group_logps(model, train, idx, pad)
+        pc, pr = _group_logps(model, train, idx, pad, shared=cfg.shared_prompt, checkpoint=cfg.gradient_checkpointing)
         ref_c, ref_r = ref[tuple(idx)]
         losses, cr, rr = dpo_loss(pc, pr, ref_c.to(dev), ref_r.to(dev), cfg.beta)
         return losses.sum(), {"reward_accuracy": float((cr > rr).sum()), "reward_margin": float((cr - rr).sum())}

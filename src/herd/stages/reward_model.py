@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from herd.engine.reward_model import (  # noqa: F401  (re-exported: the stage's 
     load_reward_model,
     pair_metrics,
     pooled_rewards,
+    prompt_rewards,
     reward_pad_id,
     score_encoded,
     score_shared,
@@ -56,12 +58,19 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     model.config.pad_token_id = pad
     model.to(device())
 
+    loop = pair_loop_config(cfg, progress)
+    if cfg.shared_prompt:  # layers checkpointed by prompt_rewards: transformers' own would drop the prompt's cache
+        loop = replace(loop, gradient_checkpointing=False)
+
     def loss_fn(idx: list[int]):
         dev = next(model.parameters()).device
-        seqs = [train.chosen[i] for i in idx] + [train.rejected[i] for i in idx]
-        ids, att, _ = pad_right(seqs, pad)
-        rewards = pooled_rewards(model, ids.to(dev), att.to(dev))
-        rc, rr = rewards.chunk(2)
+        if cfg.shared_prompt:  # each pair's prompt once, both replies off its keys and values
+            rc, rr = torch.stack([prompt_rewards(model, [train.chosen[i].input_ids, train.rejected[i].input_ids],
+                                                 pad, checkpoint=cfg.gradient_checkpointing) for i in idx]).T
+        else:
+            seqs = [train.chosen[i] for i in idx] + [train.rejected[i] for i in idx]
+            ids, att, _ = pad_right(seqs, pad)
+            rc, rr = pooled_rewards(model, ids.to(dev), att.to(dev)).chunk(2)
         losses = bradley_terry_loss(rc, rr, margins[idx].to(dev))
         return losses.sum(), {"accuracy": float((rc > rr).sum()), "margin": float((rc - rr).detach().sum())}
 
@@ -76,7 +85,7 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     before, rc0, rr0 = held_out()
-    result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
+    result = train_items(model, len(train), loss_fn, loop, work, resume=resume,
                          desc=cfg.name)
     if world > 1:  # the trained model is wrapped or sharded: score with a plain copy of its weights
         state = full_state_dict(model, all_ranks=True)
