@@ -33,6 +33,11 @@ class Encoded:
     def n_reply(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
+    @property
+    def reply_start(self) -> int:
+        """The first labelled position (the length when nothing is labelled): the tokens before it are the prompt."""
+        return next((k for k, lab in enumerate(self.labels) if lab != IGNORE_INDEX), len(self.labels))
+
 
 def last_run_only(labels: list[int]) -> list[int]:
     """Keep the last contiguous run of labelled positions (the final reply), mask the rest."""
@@ -91,15 +96,13 @@ def prompt_logps(model: nn.Module, seqs: list[Encoded], pad_id: int, *, checkpoi
     shared part ends before the first position that predicts a labelled token; a common start shorter
     than ``PREFIX_MIN`` runs whole. ``checkpoint``: the layers recomputed in the backward
     (:func:`herd.engine.shared_prefix.rows_after_prompt`)."""
-    from herd.engine.kv import PREFIX_MIN, common_prefix_len
+    from herd.engine.kv import common_prefix_len
     from herd.engine.shared_prefix import rows_after_prompt
 
     lm = _causal_lm(model)
     rows = [s.input_ids for s in seqs]
-    first = min(next((k for k, lab in enumerate(s.labels) if lab != IGNORE_INDEX), len(s)) for s in seqs)
-    shared = min(common_prefix_len(rows), first - 1)
-    shared = shared if shared >= PREFIX_MIN else 0
-    hidden = rows_after_prompt(lm.model, rows, shared, pad_id, checkpoint=checkpoint)
+    upto = min(common_prefix_len(rows), min(s.reply_start for s in seqs) - 1)
+    hidden, shared = rows_after_prompt(lm.model, rows, upto, pad_id, checkpoint=checkpoint)
     labels = torch.full(hidden.shape[:2], IGNORE_INDEX, dtype=torch.long)
     for r, s in enumerate(seqs):
         labels[r, : len(s) - shared] = torch.tensor(s.labels[shared:])

@@ -120,12 +120,14 @@ def train_items(model: nn.Module, n_items: int, loss_fn: LossFn, cfg: LoopConfig
 
 
 def pair_loop_config(cfg, progress: bool) -> LoopConfig:
-    """A pair stage's settings (reward model, DPO: the shared ``_PairTraining`` fields) for the loop."""
+    """A pair stage's settings (reward model, DPO: the shared ``_PairTraining`` fields) for the loop. With
+    ``shared_prompt`` the stage checkpoints the layers itself (:func:`herd.engine.shared_prefix.rows_after_prompt`):
+    the loop's, transformers' checkpointing, would drop the prompt's cache."""
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, global_batch=cfg.global_batch,
                           micro_batch=cfg.micro_batch, warmup_ratio=cfg.warmup_ratio,
                           min_warmup_steps=cfg.min_warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
                           weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                           grad_clip=cfg.grad_clip, seed=cfg.seed, precision=cfg.precision,
                           checkpoint_every=cfg.checkpoint_every, fsdp=cfg.fsdp, progress=progress,
-                          gradient_checkpointing=cfg.gradient_checkpointing,
+                          gradient_checkpointing=cfg.gradient_checkpointing and not cfg.shared_prompt,
                           heap_mmap_threshold_mb=cfg.heap_mmap_threshold_mb)

@@ -25,7 +25,7 @@ from herd.engine.distributed import map_chunks, map_rows
 from herd.engine.kv import PREFIX_MIN, after_prefix, common_prefix_len, prefix_cache
 from herd.engine.logprobs import Encoded, encode_reply, map_batches
 from herd.engine.training import device, dist_env
-from herd.templates import IGNORE_INDEX, Template, get_template
+from herd.templates import Template, get_template
 
 
 def reward_pad_id(tokenizer) -> int:
@@ -59,8 +59,7 @@ def prompt_groups(seqs: list[Encoded]) -> tuple[list[list[int]], list[int]]:
     or more whose shared prefix is worth a pass of its own; every other index is a single."""
     by: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(seqs):
-        first = next((k for k, lab in enumerate(s.labels) if lab != IGNORE_INDEX), len(s))
-        by.setdefault(tuple(s.input_ids[:first]), []).append(i)
+        by.setdefault(tuple(s.input_ids[:s.reply_start]), []).append(i)
     groups, singles = [], []
     for key, idx in by.items():
         (groups if len(idx) > 1 and len(key) >= PREFIX_MIN else singles).append(idx)
@@ -82,9 +81,7 @@ def prompt_rewards(model: nn.Module, rows: list[list[int]], pad_id: int, *, chec
     (:func:`herd.engine.shared_prefix.rows_after_prompt`)."""
     from herd.engine.shared_prefix import rows_after_prompt
 
-    shared = group_prefix_len(rows)
-    shared = shared if shared >= PREFIX_MIN else 0
-    hidden = rows_after_prompt(model.model, rows, shared, pad_id, checkpoint=checkpoint)
+    hidden, shared = rows_after_prompt(model.model, rows, group_prefix_len(rows), pad_id, checkpoint=checkpoint)
     last = torch.tensor([len(r) - shared - 1 for r in rows], device=hidden.device)
     return model.score(hidden[torch.arange(len(rows), device=hidden.device), last]).squeeze(-1).float()
 

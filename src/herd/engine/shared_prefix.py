@@ -180,15 +180,17 @@ def embedded_once(decoder, prefix: list[int], kw: dict) -> tuple[torch.Tensor, d
     return emb[: len(prefix)][None], rest | {"inputs_embeds": emb[len(prefix):].view(*ids.shape, -1)}
 
 
-def rows_after_prompt(decoder, rows: list[list[int]], shared: int, pad_id: int, *,
-                      checkpoint: bool = False) -> torch.Tensor:
-    """Last hidden states, WITH their graph, of ``rows`` (right-padded) that start with the same
-    ``shared`` tokens, from positions ``shared`` on: the shared part runs once and every row's rest reads
-    its keys and values, which carry the gradient back into its pass (``shared`` 0: the rows whole).
-    ``checkpoint``: each decoder layer keeps only its input and recomputes the rest in the backward
-    (transformers' own checkpointing would drop the cache)."""
-    from herd.engine.kv import after_prefix
+def rows_after_prompt(decoder, rows: list[list[int]], upto: int, pad_id: int, *,
+                      checkpoint: bool = False) -> tuple[torch.Tensor, int]:
+    """(last hidden states WITH their graph, ``shared``) of ``rows`` (right-padded) that start with the
+    same ``upto`` tokens, from position ``shared`` on: that shared part runs once and every row's rest
+    reads its keys and values, which carry the gradient back into its pass. ``shared`` is ``upto``, or 0
+    (the rows whole) when ``upto`` is below ``PREFIX_MIN``. ``checkpoint``: each decoder layer keeps only
+    its input and recomputes the rest in the backward (transformers' own checkpointing would drop the
+    cache)."""
+    from herd.engine.kv import PREFIX_MIN, after_prefix
 
+    shared = upto if upto >= PREFIX_MIN else 0
     dev = decoder.embed_tokens.weight.device
     with checkpointed(decoder.layers, checkpoint):
         kw = after_prefix(rows, shared, None, pad_id, dev)
@@ -198,7 +200,7 @@ def rows_after_prompt(decoder, rows: list[list[int]], shared: int, pad_id: int, 
             kv = recorded_kv(decoder, inputs_embeds=prefix)
             kw |= {CACHE_KW: reading_cache(kv, decoder.config, len(rows)), "use_cache": True,
                    "position_ids": torch.arange(shared, shared + width, device=dev)[None].expand(len(rows), -1)}
-        return decoder(**kw).last_hidden_state
+        return decoder(**kw).last_hidden_state, shared
 
 
 def _prefix_kv(lm, ids: torch.Tensor, amp) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -40,7 +40,7 @@ class _PairTraining(_Strict):
     gradient_checkpointing: bool = False
     # a pair's chosen and rejected share their prompt: run it once per pair in training, both replies
     # reading its keys and values (the same loss and gradients, tested). Off by default: with
-    # gradient_checkpointing a step took 1.07-1.18x less time but peaked 1.33x higher (bench/pair_memory.py)
+    # gradient_checkpointing a step took 1.07-1.18x less time but peaked 1.34x higher (bench/pair_memory.py)
     shared_prompt: bool = False
     # glibc's M_MMAP_THRESHOLD for the run, in MB (0: glibc's adaptive default; core/recipe.py TrainStage)
     heap_mmap_threshold_mb: int = Field(default=0, ge=0, le=32)

@@ -15,7 +15,6 @@ saved weights, like the sft stage). The summary reports DPO's implicit-reward ac
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -132,8 +131,6 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
     model = load_model(parent).to(device())
     key = {"parent": parent.sha256, "template": template.jinja, "max_len": cfg.max_len, "precision": cfg.precision}
     loop = pair_loop_config(cfg, progress)
-    if cfg.shared_prompt:  # layers checkpointed by prompt_logps: transformers' own would drop the prompt's cache
-        loop = replace(loop, gradient_checkpointing=False)
     layouts = forward_layouts(len(train), loop)
     ref = _layout_reference(work, model, train, pad, layouts, cfg.precision,
                             {**key, "pairs": [p.key() for p in train.pairs], "layouts": layouts,

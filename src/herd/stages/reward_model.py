@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -58,10 +57,6 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     model.config.pad_token_id = pad
     model.to(device())
 
-    loop = pair_loop_config(cfg, progress)
-    if cfg.shared_prompt:  # layers checkpointed by prompt_rewards: transformers' own would drop the prompt's cache
-        loop = replace(loop, gradient_checkpointing=False)
-
     def loss_fn(idx: list[int]):
         dev = next(model.parameters()).device
         if cfg.shared_prompt:  # each pair's prompt once, both replies off its keys and values
@@ -85,7 +80,7 @@ def run_reward_model(cfg: RewardModelStage, parent: BaseRef, template: Template,
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     before, rc0, rr0 = held_out()
-    result = train_items(model, len(train), loss_fn, loop, work, resume=resume,
+    result = train_items(model, len(train), loss_fn, pair_loop_config(cfg, progress), work, resume=resume,
                          desc=cfg.name)
     if world > 1:  # the trained model is wrapped or sharded: score with a plain copy of its weights
         state = full_state_dict(model, all_ranks=True)
