@@ -12,7 +12,8 @@ SMALL = {"max_train_records": 16, "eval_size": 8,
          "stages": {"rejection": {"max_prompts": 10, "eval_size": 4, "k": 2, "max_new_tokens": 8, "truncated": "open"},
                     "reward_helpful": {"max_train_pairs": 16, "eval_size": 8},
                     "reward_safety": {"max_train_pairs": 16, "eval_size": 8},
-                    "dpo": {"max_train_pairs": 16, "eval_size": 8}},
+                    # the human pairs and the rejection stage's own samples, best vs worst by its reward
+                    "dpo": {"max_train_pairs": 16, "eval_size": 8, "pairs_from": "rejection"}},
          "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
                    "reward_win_rate": {"n": 4, "max_new_tokens": 8}}}
 
@@ -32,6 +33,9 @@ def test_llama2chat_pipeline_end_to_end(tmp_path):
     # the policy chain skips the reward models: rejection sampling starts from the SFT model, DPO from it
     sft_id, rs_lin, dpo_lin = (read_lineage(dirs[0])["id"], read_lineage(dirs[3]), read_lineage(dirs[4]))
     assert rs_lin["parent"]["lineage_id"] == sft_id and dpo_lin["parent"]["lineage_id"] == rs_lin["id"]
+    files = {f["name"]: f for f in dpo_lin["data"]}
+    assert files["rejection samples"]["path"] == str(dirs[3] / "rejection_samples.jsonl")
+    assert files["rejection samples"]["records"] > 0 and dpo_lin["metrics"]["pairs_from"]["train_pairs"] > 0
     cfg = json.loads((dirs[1] / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForSequenceClassification"] and len(cfg.get("id2label", {0: 0})) == 1
     names = {m["name"] for m in res.scorecard["metrics"]}

@@ -70,7 +70,7 @@ def reward_artifact(tmp_path_factory, toy_data, tiny_ref):
 def test_configs_are_strict(toy_data):
     with pytest.raises(ValidationError):
         rm_config(toy_data, nonsense=1)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="a dpo stage needs pairs"):
         DPOStage(data=[])
     with pytest.raises(ValidationError, match="shared_prompt does not support fsdp"):
         rm_config(toy_data, shared_prompt=True, fsdp=True)
@@ -237,6 +237,85 @@ def test_dpo_prefers_chosen_on_heldout(tmp_path, toy_data, tiny_ref):
     assert read_lineage(path)["stage"]["kind"] == "dpo"
     AutoModelForCausalLM.from_pretrained(str(path))  # plain transformers loads the artifact
     assert not list(tmp_path.glob("*.work"))
+
+
+def _rejection_artifact(folder: Path, n: int = 48, seed: int = 0) -> Path:
+    """A rejection stage's ``rejection_samples.jsonl``: 4 samples a prompt, the reward highest for the one
+    ending in "banana"; sample 3 is cut at the cap. Plus one prompt whose best sample is empty and one
+    whose samples are all alike (neither gives a pair)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        replies = [" ".join(rng.choice(WORDS) for _ in range(5)) for _ in range(4)]
+        good = i % 4
+        replies[good] += " banana"
+        rewards = [round(0.2 + 0.1 * rng.random(), 5) for _ in range(4)]
+        rewards[good] = round(0.6 + 0.3 * rng.random(), 5)
+        rows.append({"prompt": [{"role": "user", "content": f"Tell me about {' '.join(rng.sample(WORDS, 4))} {i}"}],
+                     "replies": replies, "finished": [True, True, True, False], "rewards": rewards, "kept": good})
+    rows.append({"prompt": [{"role": "user", "content": "empty best"}], "replies": ["", "a", "b", "c"],
+                 "finished": [True] * 4, "rewards": [0.9, 0.1, 0.2, 0.3], "kept": 0})
+    rows.append({"prompt": [{"role": "user", "content": "all alike"}], "replies": ["same"] * 4,
+                 "finished": [True] * 4, "rewards": [0.5, 0.4, 0.3, 0.2], "kept": 0})
+    folder.mkdir(parents=True)
+    (folder / "rejection_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_sampled_pairs_are_each_prompts_best_against_its_worst(tmp_path):
+    from herd.data.report import DataReport
+    from herd.stages.pairs import sample_pairs
+
+    folder = _rejection_artifact(tmp_path / "04-rejection-x")
+    rows = [json.loads(x) for x in (folder / "rejection_samples.jsonl").read_text().splitlines()]
+    report = DataReport()
+    pairs = sample_pairs(folder / "rejection_samples.jsonl", report=report)
+    assert len(pairs) == 48 and report.count("dropped") == 2
+    gaps = [p.meta["reward_gap"] for p in pairs]
+    assert gaps == sorted(gaps, reverse=True)  # largest gap first: max_train_pairs keeps the clearest
+    for p in pairs:
+        row = rows[p.index]
+        hi, lo = row["rewards"].index(max(row["rewards"])), row["rewards"].index(min(row["rewards"]))
+        assert (p.prompt, p.chosen, p.rejected) == (row["prompt"], row["replies"][hi], row["replies"][lo])
+        assert (p.chosen_open, p.rejected_open) == (hi == 3, lo == 3)
+        assert p.meta["reward_gap"] == pytest.approx(row["rewards"][hi] - row["rewards"][lo], abs=1e-5)
+    assert any(p.chosen_open for p in pairs) and any(p.rejected_open for p in pairs)
+    assert len(sample_pairs(folder / "rejection_samples.jsonl", min_gap=0.5)) < 48
+
+
+def test_an_open_pair_side_is_trained_without_an_end_of_turn(tokenizer):
+    from herd.engine.logprobs import encode_reply
+
+    prompt = [{"role": "user", "content": "Tell me about clouds"}]
+    whole = encode_reply(get_template(TEMPLATE), tokenizer, prompt, "green quick table")
+    cut = encode_reply(get_template(TEMPLATE), tokenizer, prompt, "green quick table", open_end=True)
+    trained = [[t for t in e.labels if t != -100] for e in (whole, cut)]
+    assert cut.input_ids == whole.input_ids[: len(cut)] and trained[0][: len(trained[1])] == trained[1]
+    assert len(trained[1]) < len(trained[0])  # the end of turn is the difference
+    assert tokenizer.decode(trained[1]).strip() == "green quick table"
+
+
+def test_dpo_learns_the_rejection_stages_own_preferences(tmp_path, tiny_ref):
+    """``pairs_from``: DPO on an earlier rejection stage's samples, best vs worst by its reward; the
+    held-out pairs (by content hash) are that stage's prompts too, and the policy learns their order."""
+    import math
+
+    from herd.core.errors import HerdError
+    from herd.stages.dpo import run_dpo
+
+    folder = _rejection_artifact(tmp_path / "04-rejection-x")
+    cfg = DPOStage(data=[], pairs_from="rejection", eval_size=12, global_batch=6, micro_batch=3, lr=1e-3,
+                   precision="fp32", max_len=128, epochs=3, shared_prompt=True)
+    path, summary = run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "dpo", name="toy", progress=False,
+                            earlier={"rejection": folder})
+    assert summary["train_pairs"] == 36 and summary["heldout"]["pairs"] == 12
+    assert summary["pairs_from"]["train_pairs"] == 36 and summary["pairs_from"]["chosen_open"] > 0
+    assert abs(summary["first_loss"] - math.log(2)) < 1e-6
+    assert summary["heldout"]["reward_accuracy"] > 0.8, summary["heldout"]
+    files = read_lineage(path)["data"]
+    assert files[0]["name"] == "rejection samples" and files[0]["records"] == 48
+    with pytest.raises(HerdError, match="has not run before it"):
+        run_dpo(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "dpo2", name="toy", progress=False)
 
 
 def test_dpo_starts_exactly_at_log_2_in_bf16(tmp_path, tiny_ref):

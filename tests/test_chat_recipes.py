@@ -304,6 +304,31 @@ def test_llama2chat_small_profile_grows_the_stages_the_win_rate_rests_on():
     assert counts["tiny"] == (32, 0)
     assert counts["small"][0] >= 9 * counts["tiny"][0] and counts["small"][1] <= 32, counts
     assert st["reward_helpful"].max_train_pairs is None and st["reward_helpful"].max_len == 2048
-    for name in ("sft", "reward_safety", "dpo"):
+    for name in ("sft", "reward_safety"):
         assert st[name].model_dump() == ti[name].model_dump(), name
+    # DPO stands in for PPO on the policy's own samples, ranked by the reward model
+    assert (st["dpo"].pairs_from, st["dpo"].data, st["dpo"].shared_prompt) == ("rejection", [], True)
+    assert ti["dpo"].pairs_from is None and ti["dpo"].data
     assert any(d.startswith("small: the settings were fixed before") for d in small.deviations)
+
+
+def test_pairs_from_must_name_an_earlier_rejection_stage(tmp_path):
+    """A DPO stage's pairs_from is checked at recipe load, before any model: a later stage, or one that is
+    not a rejection_sampling stage, is refused with the stage and profile named."""
+    from herd.core.recipe import load_recipe
+
+    pairs = [{"name": "p", "path": "pairs.jsonl", "format": "preference"}]
+    base = {"name": "t", "title": "t", "method": "m", "dossier": "d", "paper_base": "b", "template": "chatml",
+            "data": [{"name": "sft", "path": "sft.json", "format": "alpaca"}]}
+    rs = {"name": "rs", "kind": "rejection_sampling", "data": pairs, "reward_model": "rm"}
+    for stages, bad in (([{"name": "dpo", "kind": "dpo", "pairs_from": "rs"}, rs], "not an earlier"),
+                        ([{"name": "rm", "kind": "reward_model", "data": pairs},
+                          {"name": "dpo", "kind": "dpo", "pairs_from": "rm"}], "not an earlier"),
+                        ([rs, {"name": "dpo", "kind": "dpo", "pairs_from": "rs"}], None)):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({**base, "stages": stages}))
+        if bad:
+            with pytest.raises(ConfigError, match=r"stages\.dpo \(profile 'full'\): pairs_from: '\w+' is not an earlier"):
+                load_recipe(str(path), "full")
+        else:
+            assert load_recipe(str(path), "full").stages[1].pairs_from == "rs"

@@ -361,7 +361,8 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
                 set_stage(stage.name)
                 ctx = StageContext(parent=parent, template=template, out=stage_dir, name=name, recipe=recipe_rec,
                                    resume=resume, progress=progress, workspace=workspace,
-                                   recipe_dir=inputs.recipe_dir, train=inputs.train, data=inputs.data_records)
+                                   recipe_dir=inputs.recipe_dir, train=inputs.train, data=inputs.data_records,
+                                   earlier={st.name: d for st, d, _ in stage_runs})
                 _, training = STAGES[stage.kind](stage, ctx)
                 release_memory()  # the stage's model and optimizer are garbage now
         stage_runs.append((stage, stage_dir, training))

@@ -309,6 +309,14 @@ def _check_evals(rec: Recipe, path: Path, profile: str) -> None:
             raise ConfigError(f"{path}: evals.{name} (profile '{profile}'): {msgs}") from None
 
 
+def _check_stage_order(rec: Recipe, path: Path, profile: str) -> None:
+    """A stage that reads an earlier stage's output (``check_earlier`` on its config) names one."""
+    for i, st in enumerate(rec.stages):
+        problem = st.check_earlier(rec.stages[:i]) if hasattr(st, "check_earlier") else None
+        if problem:
+            raise ConfigError(f"{path}: stages.{st.name} (profile '{profile}'): {problem}")
+
+
 def _check_kinds(entries: list[dict], registry: dict, field: str, noun: str, path: Path, profile: str) -> None:
     """Validate a list of ``{kind: …, …}`` entries in place against a registry of (config, fn)."""
     for i, entry in enumerate(entries):
@@ -365,6 +373,8 @@ def load_recipe(name_or_path: str, profile: str = "tiny", overrides: dict | None
     _check_transforms(rec, path, profile)
     _check_evals(full, path, "full")
     _check_evals(rec, path, profile)
+    _check_stage_order(full, path, "full")
+    _check_stage_order(rec, path, profile)
     computed = _diff(full.model_dump(), rec.model_dump())
     rec.deviations = list(rec.notes) + list(prof_notes) + [f"setting {d}" for d in computed]
     return rec

@@ -51,9 +51,11 @@ def last_run_only(labels: list[int]) -> list[int]:
     return out
 
 
-def encode_reply(template: Template, tokenizer, prompt: list[dict], reply: str) -> Encoded:
-    """Render ``prompt + [assistant reply]``; labels cover the reply's tokens only."""
-    r = template.render([*prompt, {"role": "assistant", "content": reply}], tokenizer)
+def encode_reply(template: Template, tokenizer, prompt: list[dict], reply: str, open_end: bool = False) -> Encoded:
+    """Render ``prompt + [assistant reply]``; labels cover the reply's tokens only. ``open_end``: the reply is
+    the beginning of one (no end of turn after it)."""
+    msg = {"role": "assistant", "content": reply, **({"open": True} if open_end else {})}
+    r = template.render([*prompt, msg], tokenizer)
     return Encoded(r.input_ids, last_run_only(r.labels))
 
 

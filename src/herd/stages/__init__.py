@@ -23,3 +23,4 @@ class StageContext:
     recipe_dir: Path | None = None  # relative data paths resolve against it
     train: list = field(default_factory=list)  # the recipe's SFT records (train split)
     data: list[dict] = field(default_factory=list)  # the recipe's data files as lineage records
+    earlier: dict[str, Path] = field(default_factory=dict)  # this run's finished stages: name -> folder

@@ -97,6 +97,30 @@ class DPOStage(_PairTraining):
     global_batch: int = Field(default=64, gt=0)
     micro_batch: int = Field(default=2, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    data: list[DataSource] = Field(default_factory=list)  # preference files; may be empty with pairs_from
+    # pairs from an earlier rejection_sampling stage of this derivation (its name), before any from `data`:
+    # each of its training prompts' highest- and lowest-reward samples, as chosen and rejected (a cut one
+    # rendered open, as that stage trains it). PPO, which DPO stands in for, learns from the reward
+    # model's scores of the policy's own samples; human pairs of other models' replies carry no such
+    # signal. Largest reward gap first (so max_train_pairs keeps the clearest); a prompt whose two
+    # differ by less than min_reward_gap, or whose best sample is empty, gives none
+    pairs_from: str | None = None
+    min_reward_gap: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_pairs(self):
+        if not self.data and not self.pairs_from:
+            raise ValueError("a dpo stage needs pairs: data (preference files), pairs_from (an earlier "
+                             "rejection_sampling stage's name), or both")
+        return self
+
+    def check_earlier(self, earlier: list) -> str | None:
+        """Cross-stage check at recipe load: ``pairs_from`` names an EARLIER rejection_sampling stage."""
+        if self.pairs_from and not any(s.name == self.pairs_from and s.kind == "rejection_sampling"
+                                       for s in earlier):
+            return (f"pairs_from: '{self.pairs_from}' is not an earlier rejection_sampling stage (earlier: "
+                    f"{[s.name for s in earlier] or 'none'})")
+        return None
 
 
 class RejectionSamplingStage(_Strict):

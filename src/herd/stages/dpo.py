@@ -117,12 +117,14 @@ def dpo_metrics(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.
 
 
 def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, name: str, resume: bool = False,
-            recipe: dict | None = None, progress: bool = True, workspace: Path | None = None) -> tuple[Path, dict]:
-    """Train the parent with DPO on ``cfg.data`` and write the artifact at ``out``; returns (path, summary)."""
+            recipe: dict | None = None, progress: bool = True, workspace: Path | None = None,
+            earlier: dict[str, Path] | None = None) -> tuple[Path, dict]:
+    """Train the parent with DPO on ``cfg.data`` (and ``cfg.pairs_from``'s samples, a stage of ``earlier``)
+    and write the artifact at ``out``; returns (path, summary)."""
     rank, world = dist_env()
     tok = load_tokenizer(parent)
     pad = tok.pad_token_id
-    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress and rank == 0)
+    data, train, held = load_encoded_pairs(cfg, recipe, template, tok, progress and rank == 0, earlier)
     work = out.with_name(out.name + ".work")
     if not resume and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
@@ -172,6 +174,12 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
                "data": {"read": data.report.as_dict(), "duplicates": data.duplicates,
                         "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)},
                "world_size": world}
+    if cfg.pairs_from:  # how the sampled pairs the policy trained on look
+        ps = [p for p in train.pairs if "reward_gap" in p.meta]
+        summary["pairs_from"] = {"stage": cfg.pairs_from, "train_pairs": len(ps),
+                                 "mean_reward_gap": round(sum(p.meta["reward_gap"] for p in ps) / max(len(ps), 1), 5),
+                                 "chosen_open": sum(p.chosen_open for p in ps),
+                                 "rejected_open": sum(p.rejected_open for p in ps)}
     if rank != 0:
         return out, summary
     tmp = staging_dir(out)
@@ -192,4 +200,4 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
 def run(cfg: DPOStage, ctx: StageContext) -> tuple[Path, dict]:
     """The registered entry point: ``herd derive`` calls every stage kind this way."""
     return run_dpo(cfg, ctx.parent, ctx.template, ctx.out, name=ctx.name, resume=ctx.resume, recipe=ctx.recipe,
-                   progress=ctx.progress, workspace=ctx.workspace)
+                   progress=ctx.progress, workspace=ctx.workspace, earlier=ctx.earlier)

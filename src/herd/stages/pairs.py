@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,61 @@ class PairData:
     duplicates: int = 0
 
 
-def load_pair_data(cfg, recipe: dict | None) -> PairData:
-    """A pairwise stage's data: read + validate, dedupe, deterministic held-out split, optional cap."""
+SAMPLES_FILE = "rejection_samples.jsonl"  # what a rejection_sampling artifact records of every prompt
+
+
+def sample_pairs(path: Path, min_gap: float = 0.0, report: DataReport | None = None) -> list[PreferencePair]:
+    """Preference pairs from a rejection-sampling stage's samples: per prompt, the highest-reward sample
+    chosen and the lowest rejected (a sample cut at the token cap is marked open). Largest gap first.
+    Skipped, and counted in ``report``: a prompt whose best sample is empty, whose two are the same
+    text, or whose reward gap is below ``min_gap``."""
+    report = report if report is not None else DataReport()
+    out, lines = [], path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        row = json.loads(line)
+        replies, rewards, finished = row["replies"], row["rewards"], row.get("finished") or [True] * len(row["replies"])
+        hi = max(range(len(rewards)), key=lambda i: (rewards[i], -i))  # ties: the first, as select_best
+        lo = min(range(len(rewards)), key=lambda i: (rewards[i], i))
+        place = f"{path}:{n}"
+        gap = rewards[hi] - rewards[lo]
+        if not replies[hi].strip():
+            report.dropped("pairs_from", "best sample empty", place)
+        elif replies[hi] == replies[lo]:
+            report.dropped("pairs_from", "best and worst sample alike", place)
+        elif gap < min_gap:
+            report.dropped("pairs_from", f"reward gap below {min_gap}", place)
+        else:
+            out.append(PreferencePair(prompt=row["prompt"], chosen=replies[hi], rejected=replies[lo], source=str(path),
+                                      index=n - 1, line=n, meta={"reward_gap": round(gap, 5)},
+                                      chosen_open=not finished[hi], rejected_open=not finished[lo]))
+    report.size("pairs_from", n_in=len(lines), n_out=len(out))
+    return sorted(out, key=lambda p: -p.meta["reward_gap"])
+
+
+def _earlier_samples(cfg, earlier: dict[str, Path] | None) -> Path:
+    folder = (earlier or {}).get(cfg.pairs_from)
+    if folder is None:
+        raise HerdError(f"stage {cfg.name}: pairs_from '{cfg.pairs_from}' has not run before it in this derivation")
+    path = Path(folder) / SAMPLES_FILE
+    if not path.is_file():
+        raise HerdError(f"stage {cfg.name}: pairs_from '{cfg.pairs_from}': {path} not found (is it a "
+                        "rejection_sampling stage's artifact?)")
+    return path
+
+
+def load_pair_data(cfg, recipe: dict | None, earlier: dict[str, Path] | None = None) -> PairData:
+    """A pairwise stage's data: read + validate, dedupe, deterministic held-out split, optional cap.
+    ``earlier`` (this run's finished stages by name) serves a DPO stage's ``pairs_from``."""
     report = DataReport()
     items, records = load_sources(cfg.data, relative_to=recipe_dir(recipe), report=report)
+    if getattr(cfg, "pairs_from", None):
+        from herd.core.hashing import sha256_file
+
+        path = _earlier_samples(cfg, earlier)
+        sampled = sample_pairs(path, cfg.min_reward_gap, report)
+        items = sampled + items
+        records.insert(0, {"name": f"{cfg.pairs_from} samples", "path": str(path), "sha256": sha256_file(path),
+                           "records": len(sampled)})
     bad = [x for x in items if not isinstance(x, PreferencePair)]
     if bad:
         raise ConfigError(f"stage {cfg.name}: needs preference pairs, but {bad[0].source} holds labelled "
@@ -60,8 +112,8 @@ def encode_pairs(pairs: list[PreferencePair], template: Template, tokenizer, max
     out = EncodedPairs()
     for p in pairs:
         try:
-            c = encode_reply(template, tokenizer, p.prompt, p.chosen)
-            r = encode_reply(template, tokenizer, p.prompt, p.rejected)
+            c = encode_reply(template, tokenizer, p.prompt, p.chosen, p.chosen_open)
+            r = encode_reply(template, tokenizer, p.prompt, p.rejected, p.rejected_open)
         except TemplateError as e:
             out.dropped[f"template refused it ({e})"] += 1
             continue
@@ -82,10 +134,10 @@ def require_pairs(enc: EncodedPairs, stage: str, what: str) -> None:
         raise HerdError(f"stage {stage}: no usable {what} pairs (dropped: {dict(enc.dropped) or 'none'})")
 
 
-def load_encoded_pairs(cfg, recipe: dict | None, template: Template, tokenizer, progress: bool
-                       ) -> tuple[PairData, EncodedPairs, EncodedPairs]:
+def load_encoded_pairs(cfg, recipe: dict | None, template: Template, tokenizer, progress: bool,
+                       earlier: dict[str, Path] | None = None) -> tuple[PairData, EncodedPairs, EncodedPairs]:
     """A pair stage's data, read, split and encoded (reward model, DPO), with the one-line report."""
-    data = load_pair_data(cfg, recipe)
+    data = load_pair_data(cfg, recipe, earlier)
     train = encode_pairs(data.train, template, tokenizer, cfg.max_len)
     held = encode_pairs(data.evals, template, tokenizer, cfg.max_len)
     require_pairs(train, cfg.name, "training")

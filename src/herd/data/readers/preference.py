@@ -65,10 +65,15 @@ class PreferencePair:
     rating: str | None = None  # one of RATING_LEVELS, when the data says how much better
     margin: float | None = None  # an explicit margin (overrides the rating's)
     meta: dict = field(default_factory=dict)
+    # a side that is the beginning of a reply (a sample cut at a token cap): rendered without an end of
+    # turn, as a message marked "open" (herd.templates.base)
+    chosen_open: bool = False
+    rejected_open: bool = False
 
     def key(self) -> str:
         """A stable content key (deterministic splits, dedup); independent of file and position."""
-        return json.dumps([self.prompt, self.chosen, self.rejected], sort_keys=True, ensure_ascii=False)
+        opened = [[self.chosen_open, self.rejected_open]] if self.chosen_open or self.rejected_open else []
+        return json.dumps([self.prompt, self.chosen, self.rejected, *opened], sort_keys=True, ensure_ascii=False)
 
     @property
     def where(self) -> str:
