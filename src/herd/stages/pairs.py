@@ -29,7 +29,7 @@ class PairData:
     duplicates: int = 0
 
 
-SAMPLES_FILE = "rejection_samples.jsonl"  # what a rejection_sampling artifact records of every prompt
+SAMPLES_FILE = "rejection_samples.jsonl"  # a rejection_sampling artifact's record of every prompt (written there, read by pairs_from)
 
 
 def sample_pairs(path: Path, min_gap: float = 0.0, report: DataReport | None = None) -> list[PreferencePair]:

@@ -56,7 +56,7 @@ from herd.engine.reward_model import check_reward_model, load_reward_model
 from herd.engine.training import device, dist_env
 from herd.stages import StageContext
 from herd.stages.configs import RejectionSamplingStage
-from herd.stages.pairs import recipe_dir
+from herd.stages.pairs import SAMPLES_FILE, recipe_dir
 from herd.stages.sampling import (  # noqa: F401  (re-exported for callers of this module)
     Scorer,
     distribution,
@@ -251,7 +251,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     tmp = staging_dir(out)
     tmp.rmdir()
     shutil.copytree(sft_out, tmp)  # copy, not move: a kill here leaves the finished SFT run for a resume
-    with open(tmp / "rejection_samples.jsonl", "w") as f:
+    with open(tmp / SAMPLES_FILE, "w") as f:
         for i, p in enumerate(train_p):
             f.write(json.dumps({"prompt": p["messages"], "replies": samples[i], "finished": finished[i],
                                 "rewards": [round(x, 5) for x in rewards[i].tolist()],
