@@ -1,0 +1,83 @@
+"""Score a llama2chat run's policies on DEV: the rejection stage's held-out prompts, never the Vicuna test.
+
+How the small profile's DPO learning rate was chosen (recipes/llama2chat.yaml, its deviations): each
+policy answers the rejection stage's held-out prompts greedily (``eval_size`` of them, which no stage
+trains on), and the run's own reward models score the replies with the rejection stage's combined
+reward. ``--dpo-lr`` first trains a DPO variant from the run's rejection stage at that learning rate
+(the profile's DPO otherwise) into ``--out``, and scores it beside the run's stages.
+
+    flock /tmp/herd-heavy.lock python bench/chat_dev.py --run runs/l2c-small --profile small \
+        --dpo-lr 5e-5 --out /tmp/chat-dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _stage_dir(run: Path, name: str) -> Path | None:
+    """The finished folder of stage ``name`` in a derive workspace (``NN-name-hash``; the newest wins)."""
+    from herd.core.errors import ConfigError
+    from herd.stages.sampling import resolve_reward_model
+
+    try:
+        return resolve_reward_model(name, run, None)
+    except ConfigError:
+        return None
+
+
+def main() -> int:
+    from herd.base import load_model, load_tokenizer, resolve_base
+    from herd.core.paths import repo_root
+    from herd.core.recipe import load_recipe
+    from herd.engine.reward_model import load_reward_model
+    from herd.stages.dpo import run_dpo
+    from herd.stages.rejection_sampling import _greedy_reward
+    from herd.stages.sampling import Scorer, load_prompts, resolve_reward_model, split_prompts
+    from herd.templates import get_template
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, type=Path, help="a finished llama2chat derive workspace (--out)")
+    p.add_argument("--profile", default="small")
+    p.add_argument("--recipe", default="llama2chat")
+    p.add_argument("--stages", default="sft,rejection,dpo", help="the run's stages to score, by name")
+    p.add_argument("--dpo-lr", type=float, help="also train DPO at this learning rate and score it")
+    p.add_argument("--out", type=Path, help="where the DPO variant goes (with --dpo-lr)")
+    args = p.parse_args()
+
+    rec = load_recipe(args.recipe, args.profile)
+    st = {s.name: s for s in rec.stages}
+    rs = next(s for s in rec.stages if s.kind == "rejection_sampling")
+    template = get_template(rec.template)
+    recipe = {"file": str(repo_root() / "recipes" / f"{args.recipe}.yaml"), "name": args.recipe,
+              "profile": args.profile}
+    rs_dir = _stage_dir(args.run, rs.name)
+    if rs_dir is None:
+        p.error(f"{args.run}: no finished {rs.name} stage")
+    models = {n: d for n in args.stages.split(",") if (d := _stage_dir(args.run, n))}
+    if args.dpo_lr is not None:
+        if args.out is None:
+            p.error("--dpo-lr needs --out")
+        dpo = next(s for s in rec.stages if s.kind == "dpo")
+        cfg = dpo.model_copy(update={"lr": args.dpo_lr})
+        out = args.out / f"dpo-lr{args.dpo_lr:g}"
+        run_dpo(cfg, resolve_base(rs_dir), template, out, name=dpo.name, resume=True, recipe=recipe,
+                earlier={n: d for n in st if (d := _stage_dir(args.run, n))})
+        models[f"dpo lr {args.dpo_lr:g}"] = out
+
+    prompts, _ = load_prompts(rs.data, relative_to=repo_root() / "recipes")
+    _, held = split_prompts(prompts, rs)
+    rms = [load_reward_model(resolve_reward_model(n, args.run, None), template) for n in (rs.reward_model, rs.safety_reward_model) if n]
+    scorer = Scorer(rms[0], rms[1] if len(rms) > 1 else None, rs.safety_threshold, rs.score_batch)
+    print(f"dev: the {len(held)} held-out prompts of stage {rs.name}; greedy, {rs.max_new_tokens} new tokens")
+    for label, d in models.items():
+        ref = resolve_base(d)
+        print(label, json.dumps(_greedy_reward(load_model(ref), load_tokenizer(ref), template, held, scorer, rs)),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
