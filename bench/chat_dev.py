@@ -4,7 +4,8 @@ How the small profile's DPO learning rate was chosen (recipes/llama2chat.yaml, i
 policy answers the rejection stage's held-out prompts greedily (``eval_size`` of them, which no stage
 trains on), and the run's own reward models score the replies with the rejection stage's combined
 reward. ``--dpo-lr`` first trains a DPO variant from the run's rejection stage at that learning rate
-(the profile's DPO otherwise) into ``--out``, and scores it beside the run's stages.
+(the profile's DPO otherwise) into ``--out``, and scores it beside the run's stages. A DPO stage with
+``pairs_from`` reports the same figure for its own policy (``heldout_greedy_reward`` in its summary).
 
     flock /tmp/herd-heavy.lock python bench/chat_dev.py --run runs/l2c-small --profile small \
         --dpo-lr 5e-5 --out /tmp/chat-dev
@@ -32,10 +33,8 @@ def main() -> int:
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.paths import repo_root
     from herd.core.recipe import load_recipe
-    from herd.engine.reward_model import load_reward_model
     from herd.stages.dpo import run_dpo
-    from herd.stages.rejection_sampling import _greedy_reward
-    from herd.stages.sampling import Scorer, load_prompts, resolve_reward_model, split_prompts
+    from herd.stages.rejection_sampling import later_policy_greedy_reward
     from herd.templates import get_template
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -67,15 +66,12 @@ def main() -> int:
                 earlier={n: d for n in st if (d := _stage_dir(args.run, n))})
         models[f"dpo lr {args.dpo_lr:g}"] = out
 
-    prompts, _ = load_prompts(rs.data, relative_to=repo_root() / "recipes")
-    _, held = split_prompts(prompts, rs)
-    rms = [load_reward_model(resolve_reward_model(n, args.run, None), template) for n in (rs.reward_model, rs.safety_reward_model) if n]
-    scorer = Scorer(rms[0], rms[1] if len(rms) > 1 else None, rs.safety_threshold, rs.score_batch)
-    print(f"dev: the {len(held)} held-out prompts of stage {rs.name}; greedy, {rs.max_new_tokens} new tokens")
+    print(f"dev: the {rs.eval_size} held-out prompts of stage {rs.name}; greedy, {rs.max_new_tokens} new tokens")
     for label, d in models.items():
         ref = resolve_base(d)
-        print(label, json.dumps(_greedy_reward(load_model(ref), load_tokenizer(ref), template, held, scorer, rs)),
-              flush=True)
+        score = later_policy_greedy_reward(load_model(ref), load_tokenizer(ref), template, rs_dir, recipe=recipe,
+                                           workspace=args.run)
+        print(label, json.dumps(score), flush=True)
     return 0
 
 

@@ -5,15 +5,19 @@ never a later stage's parent) and the scorecard rows the issue asks for."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from herd.artifacts import read_lineage
+from herd.templates import get_template
 
 SMALL = {"max_train_records": 16, "eval_size": 8,
-         "stages": {"rejection": {"max_prompts": 10, "eval_size": 4, "k": 2, "max_new_tokens": 8, "truncated": "open"},
+         # learning rates high enough that each policy's greedy replies to the dev prompts change
+         "stages": {"rejection": {"max_prompts": 10, "eval_size": 4, "k": 2, "max_new_tokens": 8, "truncated": "open",
+                                  "sft": {"lr": 3e-3}},
                     "reward_helpful": {"max_train_pairs": 16, "eval_size": 8},
                     "reward_safety": {"max_train_pairs": 16, "eval_size": 8},
                     # the human pairs and the rejection stage's own samples, best vs worst by its reward
-                    "dpo": {"max_train_pairs": 16, "eval_size": 8, "pairs_from": "rejection"}},
+                    "dpo": {"max_train_pairs": 16, "eval_size": 8, "pairs_from": "rejection", "lr": 3e-3}},
          "evals": {"side_by_side": {"n": 2, "max_new_tokens": 8},
                    "reward_win_rate": {"n": 4, "max_new_tokens": 8}}}
 
@@ -36,6 +40,22 @@ def test_llama2chat_pipeline_end_to_end(tmp_path):
     files = {f["name"]: f for f in dpo_lin["data"]}
     assert files["rejection samples"]["path"] == str(dirs[3] / "rejection_samples.jsonl")
     assert files["rejection samples"]["records"] > 0 and dpo_lin["metrics"]["pairs_from"]["train_pairs"] > 0
+    # DPO scores its policy on the rejection stage's held-out prompts (its dev), beside that stage's policy
+    m = dpo_lin["metrics"]
+    assert m["heldout_greedy_reward"]["n"] == 4, m
+    assert m["heldout_greedy_reward_parent"] == rs_lin["metrics"]["heldout_greedy_reward"]
+    means = {m["heldout_greedy_reward"]["mean"], rs_lin["metrics"]["heldout_greedy_reward"]["mean"],
+             rs_lin["metrics"]["heldout_greedy_reward_parent"]["mean"]}
+    assert len(means) == 3  # SFT, rejection and DPO answer differently, so the checks below can fail
+    from herd.base import load_model, load_tokenizer, resolve_base
+    from herd.stages.dpo import _dev_greedy_reward
+
+    recipe = {"file": str(Path(__file__).parents[1] / "recipes" / "llama2chat.yaml"), "name": "llama2chat"}
+    dpo_ref, sft_ref = resolve_base(dirs[4]), resolve_base(dirs[0])
+    again = _dev_greedy_reward(load_model(dpo_ref), load_tokenizer(dpo_ref), get_template("llama2_chat"), sft_ref,
+                               "rejection", recipe, tmp_path / "ws", {"rejection": dirs[3]})
+    assert again["heldout_greedy_reward"] == m["heldout_greedy_reward"]  # the saved policy, scored again
+    assert again["heldout_greedy_reward_parent"] == rs_lin["metrics"]["heldout_greedy_reward_parent"]  # SFT's
     cfg = json.loads((dirs[1] / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForSequenceClassification"] and len(cfg.get("id2label", {0: 0})) == 1
     names = {m["name"] for m in res.scorecard["metrics"]}

@@ -103,7 +103,9 @@ class DPOStage(_PairTraining):
     # rendered open, as that stage trains it). PPO, which DPO stands in for, learns from the reward
     # model's scores of the policy's own samples; human pairs of other models' replies carry no such
     # signal. Largest reward gap first (so max_train_pairs keeps the clearest); a prompt whose two
-    # differ by less than min_reward_gap, or whose best sample is empty, gives none
+    # differ by less than min_reward_gap, or whose best sample is empty, gives none. The summary
+    # then also scores the policy's greedy replies to that stage's held-out prompts (its dev: neither sampled
+    # for training nor paired) with that stage's reward, beside the parent's: a learning rate is chosen there
     pairs_from: str | None = None
     min_reward_gap: float = Field(default=0.0, ge=0)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from herd.artifacts import save_model_folder, staging_dir, template_record
+from herd.artifacts import read_lineage, save_model_folder, staging_dir, template_record
 from herd.base import BaseRef, load_model, load_tokenizer
+from herd.core.phases import record
 from herd.core.registry import STAGES
 from herd.engine.distributed import barrier, map_rows
 from herd.engine.logprobs import batched_logps, pad_right, prompt_logps, sequence_logps
@@ -31,6 +32,7 @@ from herd.stages import StageContext
 from herd.stages.common import finish_artifact
 from herd.stages.configs import DPOStage
 from herd.stages.pairs import EncodedPairs, load_encoded_pairs
+from herd.stages.rejection_sampling import later_policy_greedy_reward
 from herd.templates import Template
 
 
@@ -174,12 +176,13 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
                "data": {"read": data.report.as_dict(), "duplicates": data.duplicates,
                         "dropped_train": dict(train.dropped), "dropped_heldout": dict(held.dropped)},
                "world_size": world}
-    if cfg.pairs_from:  # how the sampled pairs the policy trained on look
+    if cfg.pairs_from:  # how the sampled pairs the policy trained on look, and the policy on that stage's dev
         ps = [p for p in train.pairs if "reward_gap" in p.meta]
         summary["pairs_from"] = {"stage": cfg.pairs_from, "train_pairs": len(ps),
                                  "mean_reward_gap": round(sum(p.meta["reward_gap"] for p in ps) / max(len(ps), 1), 5),
                                  "chosen_open": sum(p.chosen_open for p in ps),
                                  "rejected_open": sum(p.rejected_open for p in ps)}
+        summary.update(_dev_greedy_reward(model, tok, template, parent, cfg.pairs_from, recipe, workspace, earlier))
     if rank != 0:
         return out, summary
     tmp = staging_dir(out)
@@ -194,6 +197,27 @@ def run_dpo(cfg: DPOStage, parent: BaseRef, template: Template, out: Path, *, na
                     recipe=recipe, data=data.records, metrics=summary, history=hist, extra_md=md)
     shutil.rmtree(work, ignore_errors=True)
     return out, summary
+
+
+def _dev_greedy_reward(model, tok, template: Template, parent: BaseRef, stage: str, recipe: dict | None,
+                       workspace: Path | None, earlier: dict[str, Path] | None) -> dict:
+    """The trained policy's greedy reward on the ``pairs_from`` stage's held-out prompts (never sampled for
+    pairs), beside its parent's: how a setting such as the learning rate is chosen without the test
+    questions. The parent's is the rejection stage's own figure when the parent is that stage."""
+    rs_dir = (earlier or {})[stage]
+    model.eval()
+    with record(f"greedy replies to the dev prompts of stage {stage}"):
+        after = later_policy_greedy_reward(model, tok, template, rs_dir, recipe=recipe, workspace=workspace,
+                                           earlier=earlier)
+    if after is None:
+        return {}
+    if parent.path is not None and Path(parent.path).resolve() == Path(rs_dir).resolve():
+        before = read_lineage(rs_dir)["metrics"].get("heldout_greedy_reward")
+    else:
+        before = later_policy_greedy_reward(load_model(parent).to(device()), tok, template, rs_dir, recipe=recipe,
+                                            workspace=workspace, earlier=earlier)
+    return {"heldout_greedy_reward_parent": before, "heldout_greedy_reward": after,
+            "heldout_greedy_reward_prompts": f"the {after.get('n', 0)} held-out prompts of stage {stage}"}
 
 
 @STAGES.register("dpo")

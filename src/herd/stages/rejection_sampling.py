@@ -156,6 +156,27 @@ def _greedy_reward(model, tokenizer, template: Template, prompts: list[dict], sc
     return distribution(scorer([p["messages"] for p in prompts], replies, [p["safety"] for p in prompts]))
 
 
+def later_policy_greedy_reward(model, tokenizer, template: Template, rejection_dir: Path, *,
+                               recipe: dict | None, workspace: Path | None,
+                               earlier: dict[str, Path] | None = None) -> dict | None:
+    """``model``'s greedy reward on a finished rejection stage's held-out prompts, scored as that stage
+    scored its own policy (its reward models, its combined reward, its token cap): the dev measure a
+    later policy trained on its samples (DPO's ``pairs_from``) is compared by. Those prompts are neither
+    sampled for training nor paired. None when the folder's lineage does not carry the stage's settings."""
+    try:
+        stage = read_lineage(rejection_dir)["stage"]
+        cfg = RejectionSamplingStage.model_validate(stage["config"])
+    except (HerdError, KeyError, TypeError, ValueError):
+        return None
+    prompts, _ = load_prompts(cfg.data, relative_to=recipe_dir(recipe))
+    _, held = split_prompts(prompts, cfg)
+    earlier = earlier or {}
+    rms = [load_reward_model(earlier.get(n) or resolve_reward_model(n, workspace, recipe), template)
+           for n in (cfg.reward_model, cfg.safety_reward_model) if n]
+    scorer = Scorer(rms[0], rms[1] if len(rms) > 1 else None, cfg.safety_threshold, cfg.score_batch)
+    return _greedy_reward(model, tokenizer, template, held, scorer, cfg)
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, template: Template, out: Path, *,
