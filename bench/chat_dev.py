@@ -34,7 +34,7 @@ def main() -> int:
     from herd.core.paths import repo_root
     from herd.core.recipe import load_recipe
     from herd.stages.dpo import run_dpo
-    from herd.stages.rejection_sampling import later_policy_greedy_reward
+    from herd.stages.sampling import later_policy_greedy_reward
     from herd.templates import get_template
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

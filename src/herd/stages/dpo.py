@@ -32,7 +32,7 @@ from herd.stages import StageContext
 from herd.stages.common import finish_artifact
 from herd.stages.configs import DPOStage
 from herd.stages.pairs import EncodedPairs, load_encoded_pairs
-from herd.stages.rejection_sampling import later_policy_greedy_reward
+from herd.stages.sampling import later_policy_greedy_reward
 from herd.templates import Template
 
 

@@ -61,6 +61,7 @@ from herd.stages.sampling import (  # noqa: F401  (re-exported for callers of th
     Scorer,
     distribution,
     greedy_replies,
+    heldout_greedy_reward,
     load_prompts,
     resolve_reward_model,
     split_prompts,
@@ -148,35 +149,6 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
     return [list(r) for r, _ in pairs], [list(f) for _, f in pairs]
 
 
-def _greedy_reward(model, tokenizer, template: Template, prompts: list[dict], scorer: Scorer,
-                   cfg: RejectionSamplingStage) -> dict:
-    if not prompts:
-        return {"n": 0}
-    replies = greedy_replies(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.gen_batch)
-    return distribution(scorer([p["messages"] for p in prompts], replies, [p["safety"] for p in prompts]))
-
-
-def later_policy_greedy_reward(model, tokenizer, template: Template, rejection_dir: Path, *,
-                               recipe: dict | None, workspace: Path | None,
-                               earlier: dict[str, Path] | None = None) -> dict | None:
-    """``model``'s greedy reward on a finished rejection stage's held-out prompts, scored as that stage
-    scored its own policy (its reward models, its combined reward, its token cap): the dev measure a
-    later policy trained on its samples (DPO's ``pairs_from``) is compared by. Those prompts are neither
-    sampled for training nor paired. None when the folder's lineage does not carry the stage's settings."""
-    try:
-        stage = read_lineage(rejection_dir)["stage"]
-        cfg = RejectionSamplingStage.model_validate(stage["config"])
-    except (HerdError, KeyError, TypeError, ValueError):
-        return None
-    prompts, _ = load_prompts(cfg.data, relative_to=recipe_dir(recipe))
-    _, held = split_prompts(prompts, cfg)
-    earlier = earlier or {}
-    rms = [load_reward_model(earlier.get(n) or resolve_reward_model(n, workspace, recipe), template)
-           for n in (cfg.reward_model, cfg.safety_reward_model) if n]
-    scorer = Scorer(rms[0], rms[1] if len(rms) > 1 else None, cfg.safety_threshold, cfg.score_batch)
-    return _greedy_reward(model, tokenizer, template, held, scorer, cfg)
-
-
 # -- the stage ------------------------------------------------------------------------------------
 
 def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, template: Template, out: Path, *,
@@ -227,7 +199,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     kept = rewards.gather(1, pick).squeeze(1)[has]
     kept_cut = has & ~whole.gather(1, pick).squeeze(1)  # per prompt: its kept reply hit the cap
     with record("held-out greedy reward, parent"):
-        held_before = _greedy_reward(model, tok, template, held_p, scorer, cfg)
+        held_before = heldout_greedy_reward(model, tok, template, held_p, scorer, cfg)
     del model, scorer
     release_memory()  # the parent and both reward models: the SFT starts from the floor
     def reply(i: int) -> dict:
@@ -254,7 +226,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     with record("held-out greedy reward, derived"):
         new_model = load_model(sft_out).to(device())
         scorer = load_scorer()
-        held_after = _greedy_reward(new_model, tok, template, held_p, scorer, cfg)
+        held_after = heldout_greedy_reward(new_model, tok, template, held_p, scorer, cfg)
     del new_model, scorer
     release_memory()
     summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,

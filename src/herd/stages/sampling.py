@@ -1,5 +1,6 @@
 """What rejection sampling and PPO share: their prompts (read and split), reward scoring with one or two
-reward models (Llama 2's helpfulness/safety combination), greedy replies and reward summaries."""
+reward models (Llama 2's helpfulness/safety combination), greedy replies and reward summaries; and the
+dev score a later DPO stage reads from a finished rejection stage (``later_policy_greedy_reward``)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,36 @@ class _P:
 
     def __init__(self, d: dict):
         self.d, self.prompt = d, d["messages"]
+
+
+def heldout_greedy_reward(model, tokenizer, template: Template, prompts: list[dict], scorer: Scorer, cfg) -> dict:
+    """The reward distribution of ``model``'s greedy replies to ``prompts`` (``cfg``: a rejection-sampling
+    stage's ``max_new_tokens`` and ``gen_batch``)."""
+    if not prompts:
+        return {"n": 0}
+    replies = greedy_replies(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.gen_batch)
+    return distribution(scorer([p["messages"] for p in prompts], replies, [p["safety"] for p in prompts]))
+
+
+def later_policy_greedy_reward(model, tokenizer, template: Template, rejection_dir: Path, *,
+                               recipe: dict | None, workspace: Path | None,
+                               earlier: dict[str, Path] | None = None) -> dict | None:
+    """``model``'s greedy reward on a finished rejection stage's held-out prompts, scored as that stage
+    scored its own policy (its reward models, its combined reward, its token cap): the dev measure a
+    later policy trained on its samples (DPO's ``pairs_from``) is compared by. Those prompts are neither
+    sampled for training nor paired. None when the folder's lineage does not carry the stage's settings."""
+    from herd.artifacts import read_lineage
+    from herd.engine.reward_model import load_reward_model
+    from herd.stages.configs import RejectionSamplingStage
+
+    try:
+        cfg = RejectionSamplingStage.model_validate(read_lineage(rejection_dir)["stage"]["config"])
+    except (HerdError, KeyError, TypeError, ValueError):
+        return None
+    prompts, _ = load_prompts(cfg.data, relative_to=recipe_dir(recipe))
+    _, held = split_prompts(prompts, cfg)
+    earlier = earlier or {}
+    rms = [load_reward_model(earlier.get(n) or resolve_reward_model(n, workspace, recipe), template)
+           for n in (cfg.reward_model, cfg.safety_reward_model) if n]
+    scorer = Scorer(rms[0], rms[1] if len(rms) > 1 else None, cfg.safety_threshold, cfg.score_batch)
+    return heldout_greedy_reward(model, tokenizer, template, held, scorer, cfg)
