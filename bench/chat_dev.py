@@ -4,8 +4,9 @@ How the small profile's DPO learning rate was chosen (recipes/llama2chat.yaml, i
 policy answers the rejection stage's held-out prompts greedily (``eval_size`` of them, which no stage
 trains on), and the run's own reward models score the replies with the rejection stage's combined
 reward. ``--dpo-lr`` first trains a DPO variant from the run's rejection stage at that learning rate
-(the profile's DPO otherwise) into ``--out``, and scores it beside the run's stages. A DPO stage with
-``pairs_from`` reports the same figure for its own policy (``heldout_greedy_reward`` in its summary).
+(the profile's DPO otherwise) into ``--out``, and scores it beside the run's stages (the reward
+models loaded once for all). A DPO stage with ``pairs_from`` reports the same figure for its own
+policy (``heldout_greedy_reward`` in its summary).
 
     flock /tmp/herd-heavy.lock python bench/chat_dev.py --run runs/l2c-small --profile small \
         --dpo-lr 5e-5 --out /tmp/chat-dev
@@ -18,23 +19,12 @@ import json
 from pathlib import Path
 
 
-def _stage_dir(run: Path, name: str) -> Path | None:
-    """The finished folder of stage ``name`` in a derive workspace (``NN-name-hash``; the newest wins)."""
-    from herd.core.errors import ConfigError
-    from herd.stages.sampling import resolve_reward_model
-
-    try:
-        return resolve_reward_model(name, run, None)
-    except ConfigError:
-        return None
-
-
 def main() -> int:
     from herd.base import load_model, load_tokenizer, resolve_base
     from herd.core.paths import repo_root
     from herd.core.recipe import load_recipe
     from herd.stages.dpo import run_dpo
-    from herd.stages.sampling import later_policy_greedy_reward
+    from herd.stages.sampling import heldout_greedy_reward, rejection_dev, stage_folder
     from herd.templates import get_template
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,10 +42,10 @@ def main() -> int:
     template = get_template(rec.template)
     recipe = {"file": str(repo_root() / "recipes" / f"{args.recipe}.yaml"), "name": args.recipe,
               "profile": args.profile}
-    rs_dir = _stage_dir(args.run, rs.name)
+    rs_dir = stage_folder(args.run, rs.name)
     if rs_dir is None:
         p.error(f"{args.run}: no finished {rs.name} stage")
-    models = {n: d for n in args.stages.split(",") if (d := _stage_dir(args.run, n))}
+    models = {n: d for n in args.stages.split(",") if (d := stage_folder(args.run, n))}
     if args.dpo_lr is not None:
         if args.out is None:
             p.error("--dpo-lr needs --out")
@@ -63,14 +53,16 @@ def main() -> int:
         cfg = dpo.model_copy(update={"lr": args.dpo_lr})
         out = args.out / f"dpo-lr{args.dpo_lr:g}"
         run_dpo(cfg, resolve_base(rs_dir), template, out, name=dpo.name, resume=True, recipe=recipe,
-                earlier={n: d for n in st if (d := _stage_dir(args.run, n))})
+                earlier={n: d for n in st if (d := stage_folder(args.run, n))})
         models[f"dpo lr {args.dpo_lr:g}"] = out
 
-    print(f"dev: the {rs.eval_size} held-out prompts of stage {rs.name}; greedy, {rs.max_new_tokens} new tokens")
+    dev = rejection_dev(rs_dir, template, recipe=recipe, workspace=args.run)
+    if dev is None:
+        p.error(f"{rs_dir}: its lineage does not carry the rejection stage's settings")
+    print(f"dev: the {len(dev.prompts)} held-out prompts of stage {rs.name}; greedy, {rs.max_new_tokens} new tokens")
     for label, d in models.items():
         ref = resolve_base(d)
-        score = later_policy_greedy_reward(load_model(ref), load_tokenizer(ref), template, rs_dir, recipe=recipe,
-                                           workspace=args.run)
+        score = heldout_greedy_reward(load_model(ref), load_tokenizer(ref), template, dev.prompts, dev.scorer, dev.cfg)
         print(label, json.dumps(score), flush=True)
     return 0
 

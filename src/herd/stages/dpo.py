@@ -32,7 +32,7 @@ from herd.stages import StageContext
 from herd.stages.common import finish_artifact
 from herd.stages.configs import DPOStage
 from herd.stages.pairs import EncodedPairs, load_encoded_pairs
-from herd.stages.sampling import later_policy_greedy_reward
+from herd.stages.sampling import heldout_greedy_reward, rejection_dev
 from herd.templates import Template
 
 
@@ -205,17 +205,17 @@ def _dev_greedy_reward(model, tok, template: Template, parent: BaseRef, stage: s
     pairs), beside its parent's: how a setting such as the learning rate is chosen without the test
     questions. The parent's is the rejection stage's own figure when the parent is that stage."""
     rs_dir = (earlier or {})[stage]
+    dev = rejection_dev(rs_dir, template, recipe=recipe, workspace=workspace, earlier=earlier)
+    if dev is None:
+        return {}
     model.eval()
     with record(f"greedy replies to the dev prompts of stage {stage}"):
-        after = later_policy_greedy_reward(model, tok, template, rs_dir, recipe=recipe, workspace=workspace,
-                                           earlier=earlier)
-    if after is None:
-        return {}
-    if parent.path is not None and Path(parent.path).resolve() == Path(rs_dir).resolve():
-        before = read_lineage(rs_dir)["metrics"].get("heldout_greedy_reward")
-    else:
-        before = later_policy_greedy_reward(load_model(parent).to(device()), tok, template, rs_dir, recipe=recipe,
-                                            workspace=workspace, earlier=earlier)
+        after = heldout_greedy_reward(model, tok, template, dev.prompts, dev.scorer, dev.cfg)
+        if Path(parent.path).resolve() == Path(rs_dir).resolve():
+            before = read_lineage(rs_dir)["metrics"].get("heldout_greedy_reward")
+        else:
+            before = heldout_greedy_reward(load_model(parent).to(device()), tok, template, dev.prompts, dev.scorer,
+                                           dev.cfg)
     return {"heldout_greedy_reward_parent": before, "heldout_greedy_reward": after,
             "heldout_greedy_reward_prompts": f"the {after.get('n', 0)} held-out prompts of stage {stage}"}
 

@@ -1,11 +1,12 @@
 """What rejection sampling and PPO share: their prompts (read and split), reward scoring with one or two
 reward models (Llama 2's helpfulness/safety combination), greedy replies and reward summaries; and the
-dev score a later DPO stage reads from a finished rejection stage (``later_policy_greedy_reward``)."""
+dev a later DPO stage is scored on, read from a finished rejection stage (``rejection_dev``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -90,16 +91,22 @@ def load_prompts(sources: list, *, relative_to: Path | None = None, report: Data
     return prompts, records
 
 
+def stage_folder(workspace: Path | None, name: str) -> Path | None:
+    """The finished folder of stage ``name`` in a derive workspace (``NN-<name>-<hash>``; the newest wins)."""
+    if workspace is None or not Path(workspace).is_dir():
+        return None
+    found = [p for p in Path(workspace).glob(f"[0-9][0-9]-{name}-*") if p.is_dir() and is_artifact(p)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def resolve_reward_model(spec: str, workspace: Path | None, recipe: dict | None) -> Path:
     """A reward-model folder: a path (absolute, or relative to the recipe) or the name of an earlier
     stage of this derivation (its folder ``NN-<name>-<hash>`` in the workspace; the newest wins)."""
     for cand in (Path(spec).expanduser(), (recipe_dir(recipe) or Path.cwd()) / spec):
         if (cand / "config.json").is_file():
             return cand
-    if workspace is not None and Path(workspace).is_dir():
-        found = [p for p in Path(workspace).glob(f"[0-9][0-9]-{spec}-*") if p.is_dir() and is_artifact(p)]
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime)
+    if (found := stage_folder(workspace, spec)) is not None:
+        return found
     raise ConfigError(f"reward model '{spec}' not found: give a reward-model folder or the name of an earlier "
                       f"reward_model stage (searched {workspace or 'no workspace'})")
 
@@ -164,12 +171,19 @@ def heldout_greedy_reward(model, tokenizer, template: Template, prompts: list[di
     return distribution(scorer([p["messages"] for p in prompts], replies, [p["safety"] for p in prompts]))
 
 
-def later_policy_greedy_reward(model, tokenizer, template: Template, rejection_dir: Path, *,
-                               recipe: dict | None, workspace: Path | None,
-                               earlier: dict[str, Path] | None = None) -> dict | None:
-    """``model``'s greedy reward on a finished rejection stage's held-out prompts, scored as that stage
-    scored its own policy (its reward models, its combined reward, its token cap): the dev measure a
-    later policy trained on its samples (DPO's ``pairs_from``) is compared by. Those prompts are neither
+class RejectionDev(NamedTuple):
+    """A finished rejection stage's dev: its held-out prompts, its scorer and its settings."""
+
+    prompts: list[dict]
+    scorer: Scorer
+    cfg: object  # the stage's RejectionSamplingStage (max_new_tokens, gen_batch)
+
+
+def rejection_dev(rejection_dir: Path, template: Template, *, recipe: dict | None, workspace: Path | None,
+                  earlier: dict[str, Path] | None = None) -> RejectionDev | None:
+    """A finished rejection stage's held-out prompts, scored as that stage scored its own policy (its
+    reward models, its combined reward, its token cap): the dev a later policy trained on its samples
+    (DPO's ``pairs_from``) is compared on with :func:`heldout_greedy_reward`. Those prompts are neither
     sampled for training nor paired. None when the folder's lineage does not carry the stage's settings."""
     from herd.artifacts import read_lineage
     from herd.engine.reward_model import load_reward_model
@@ -184,5 +198,5 @@ def later_policy_greedy_reward(model, tokenizer, template: Template, rejection_d
     earlier = earlier or {}
     rms = [load_reward_model(earlier.get(n) or resolve_reward_model(n, workspace, recipe), template)
            for n in (cfg.reward_model, cfg.safety_reward_model) if n]
-    scorer = Scorer(rms[0], rms[1] if len(rms) > 1 else None, cfg.safety_threshold, cfg.score_batch)
-    return heldout_greedy_reward(model, tokenizer, template, held, scorer, cfg)
+    return RejectionDev(held, Scorer(rms[0], rms[1] if len(rms) > 1 else None, cfg.safety_threshold,
+                                     cfg.score_batch), cfg)
