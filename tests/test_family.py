@@ -117,10 +117,15 @@ def test_family_command_prints_table_json_and_one_member(capsys):
     assert {m["id"] for m in data["members"]} == EXPECTED
     gorilla = next(m for m in data["members"] if m["id"] == "gorilla")
     assert gorilla["headline"]["value"] == 59.13 and gorilla["headline"]["cite"] == "§8.4"
+    # a recipe whose gain needs more than the tiny budget names its small profile; others do not invent one
+    by_id = {m["id"]: m for m in data["members"]}
+    assert by_id["llama-guard"]["derive"]["small"] == "herd derive llamaguard --base smollm2 --profile small"
+    assert "small" not in gorilla["derive"] and gorilla["derive"]["tiny"].endswith("--profile tiny")
 
     assert main(["family", "Llama-2-Chat"]) == 0
     full = capsys.readouterr().out
     assert "herd derive llama2chat --base smollm2 --profile tiny" in full
+    assert "herd derive llama2chat --base smollm2 --profile small" in full  # the run that shows its gain
     assert "herd derive llama2chat --base /path/to/llama-2-7b --profile full" in full
     assert "PPO" in full and "(§5.3)" in full and "arxiv.org/abs/2307.09288" in full
 

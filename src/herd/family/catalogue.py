@@ -144,11 +144,20 @@ class Member(_Strict):
             return "available" if exists else "available (file missing!)"
         return "planned (file present)" if exists else "planned"
 
-    def derive_command(self, profile: Literal["tiny", "gpu", "full"]) -> str | None:
+    def profiles(self) -> list[str]:
+        """The profiles the recipe file defines (empty when it has none or is not written yet)."""
+        if self.recipe is None or not self.recipe.path().is_file():
+            return []
+        import yaml
+
+        raw = yaml.safe_load(self.recipe.path().read_text()) or {}
+        return list((raw.get("profiles") or {}).keys())
+
+    def derive_command(self, profile: Literal["tiny", "small", "gpu", "full"]) -> str | None:
         """The exact ``herd derive`` line that reproduces this member at ``profile`` scale."""
         if self.recipe is None:
             return None
-        if profile in ("tiny", "gpu"):
+        if profile in ("tiny", "small", "gpu"):
             return f"herd derive {self.recipe.name} --base smollm2 --profile {profile}"
         slug = re.sub(r"[^a-z0-9]+", "-", (self.full_base or "llama").lower()).strip("-")
         return f"herd derive {self.recipe.name} --base /path/to/{slug} --profile full"

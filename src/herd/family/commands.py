@@ -53,7 +53,8 @@ def member_json(m: Member) -> dict:
     out["headline"] = m.headline.model_dump(mode="json") if m.headline else None
     if m.recipe:
         out["recipe"].update(path=str(m.recipe.path()), exists=m.recipe.path().is_file(), state=m.recipe_state())
-    out["derive"] = {p: m.derive_command(p) for p in ("tiny", "gpu", "full")} if m.recipe else None
+    out["derive"] = ({p: m.derive_command(p) for p in ("tiny", "small", "gpu", "full") if p != "small" or "small" in m.profiles()}
+                     if m.recipe else None)
     return out
 
 
@@ -136,7 +137,9 @@ def member_text(cat: Catalogue, m: Member) -> str:
                      + (f" ({m.recipe.note})" if m.recipe.note else ""))
         planned = "   # recipe not written yet" if not m.recipe.path().is_file() else ""
         out.append("reproduce:")
-        out.append(f"  {m.derive_command('tiny')}{planned or '   # laptop CPU, minutes'}")
+        out.append(f"  {m.derive_command('tiny')}{planned or '   # laptop CPU, minutes: the quick demo'}")
+        if "small" in m.profiles():
+            out.append(f"  {m.derive_command('small')}   # laptop CPU, up to ~2 hours: the run that shows the recipe's gain")
         out.append(f"  {m.derive_command('full')}{planned or f'   # published scale from {m.full_base}, GPUs'}")
     else:
         out += field("herd recipe", "none: a parent, the starting point of derivations")
