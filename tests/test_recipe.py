@@ -68,3 +68,23 @@ def test_dev_split_settings_are_checked(tmp_path):
 def test_unknown_recipe_lists_known():
     with pytest.raises(ConfigError, match="known: .*alpaca"):
         load_recipe("alpacca")
+
+
+@pytest.mark.parametrize("recipe, cut", [
+    ("llamaguard", {"sft.epochs": (0.5, 1.0)}),
+    ("meditron", {"gap_replay.total_tokens": (30720, 61440), "pubmedqa_sft.epochs": (1.0, 2.0)}),
+])
+def test_a_quick_tiny_profile_is_its_small_profile_cut_short(recipe, cut):
+    """Where ``small`` is the run that shows a recipe's gain and ``tiny`` its quick demo, tiny runs small's
+    data, evals and stage settings on fewer tokens: nothing else may drift between the two."""
+    tiny, small = load_recipe(recipe, "tiny"), load_recipe(recipe, "small")
+    differ = {}
+    for a, b in zip(tiny.stages, small.stages, strict=True):
+        da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+        differ |= {f"{a.name}.{k}": (da[k], db[k]) for k in da if da[k] != db[k]}
+    assert differ == cut
+    rest = {"stages", "profile", "deviations"}
+    assert tiny.model_dump(mode="json", exclude=rest) == small.model_dump(mode="json", exclude=rest)
+    # each scorecard lists its own profile's deviations, never the other's
+    assert any(d.startswith("tiny") for d in tiny.deviations) and not any(d.startswith("small") for d in tiny.deviations)
+    assert any(d.startswith("small") for d in small.deviations) and not any(d.startswith("tiny") for d in small.deviations)
