@@ -88,3 +88,41 @@ def test_a_quick_tiny_profile_is_its_small_profile_cut_short(recipe, cut):
     # each scorecard lists its own profile's deviations, never the other's
     assert any(d.startswith("tiny") for d in tiny.deviations) and not any(d.startswith("small") for d in tiny.deviations)
     assert any(d.startswith("small") for d in small.deviations) and not any(d.startswith("tiny") for d in small.deviations)
+
+
+def test_a_setting_added_at_its_neutral_value_keeps_finished_stages_finished():
+    """A stage's folder is named by a hash of its settings, so a new setting, even at a default that
+    computes what herd did before it, would rename every finished stage of that kind on upgrade and
+    train it again. A setting declared ``hash_neutral(v)`` is left out of the hash at ``v`` only."""
+    from pydantic import Field
+
+    from herd.core.hashing import sha256_json
+    from herd.core.recipe import LoraSpec, SFTStage, hash_dump, hash_neutral
+
+    class LoraLater(LoraSpec):
+        fused: bool = Field(False, json_schema_extra=hash_neutral(False))
+
+    class SFTLater(SFTStage):
+        new_knob: int = Field(0, json_schema_extra=hash_neutral(0))
+        moved_default: int = Field(7, json_schema_extra=hash_neutral(3))  # its default changed since
+        lora: LoraLater | None = None
+
+    before = SFTStage(name="sft", kind="sft", lr=1e-4, lora=LoraSpec(r=8))
+    assert hash_dump(before) == before.model_dump(mode="json")  # nothing marked: today's hashes unchanged
+    now = SFTLater(name="sft", kind="sft", lr=1e-4, lora=LoraLater(r=8), moved_default=3)
+    assert sha256_json(hash_dump(now)) == sha256_json(hash_dump(before))
+    for changed in ({"new_knob": 1}, {"moved_default": 7}, {"lora": LoraLater(r=8, fused=True)}, {"lr": 2e-4}):
+        assert sha256_json(hash_dump(now.model_copy(update=changed))) != sha256_json(hash_dump(before)), changed
+
+
+def test_no_committed_recipe_stage_hashes_differently_than_its_whole_settings():
+    """Until a setting is marked hash-neutral, every stage hashes all of its settings (the folder names
+    of runs made before the mechanism existed stay valid)."""
+    import json
+
+    from herd.core.recipe import hash_dump
+
+    for path in sorted((repo_root() / "recipes").glob("*.yaml")):
+        for profile in yaml.safe_load(path.read_text()).get("profiles") or {}:
+            for stage in load_recipe(path.stem, profile).stages:
+                assert json.dumps(hash_dump(stage)) == json.dumps(stage.model_dump(mode="json")), (path.stem, profile)

@@ -375,9 +375,11 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
 
 def _stage_key(recipe: Recipe, stage, parent: BaseRef, template, inputs: Inputs, stage_runs: list) -> str:
     """The hash that names a stage's folder: everything its result depends on."""
+    from herd.core.recipe import hash_dump
+
     return sha256_json({"parent": parent.sha256, "data": [d["sha256"] for d in inputs.data_records],
                         "train": len(inputs.train), "template": template.jinja,
-                        "stage": stage.model_dump(mode="json"),
+                        "stage": hash_dump(stage),  # settings at their hash_neutral value left out
                         "split": [recipe.eval_size, recipe.split_seed, recipe.max_train_records],
                         **({"transforms": recipe.transforms} if recipe.transforms else {}),
                         # later stages may use earlier non-policy outputs (a reward model): chain them

@@ -25,6 +25,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def hash_neutral(value) -> dict:
+    """``Field(..., json_schema_extra=hash_neutral(v))`` for a setting added after runs exist: at ``v`` it
+    computes what herd computed before the setting existed, so a stage's folder hash leaves it out at that
+    value and an upgrade does not turn finished stages into unfinished ones. Any other value is hashed.
+    The value is written here, not read from the default, so a later change of default still changes
+    the hash."""
+    return {"hash_neutral": value}
+
+
+def hash_dump(model: BaseModel) -> dict:
+    """``model.model_dump(mode="json")`` without the settings that sit at their :func:`hash_neutral` value
+    (nested settings included): what a stage's folder hash covers."""
+    out = {}
+    for name, value in model:
+        extra = type(model).model_fields[name].json_schema_extra
+        if isinstance(extra, dict) and "hash_neutral" in extra and value == extra["hash_neutral"]:
+            continue
+        out[name] = _hash_value(value)
+    return out
+
+
+def _hash_value(value):
+    if isinstance(value, BaseModel):
+        return hash_dump(value)
+    if isinstance(value, (list, tuple)):
+        return [_hash_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _hash_value(v) for k, v in value.items()}
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value)
+
+
 class DataSource(_Strict):
     """One input file. ``path`` may start with ``shared:`` (the shared datasets folder)."""
 
