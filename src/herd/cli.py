@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="run a recipe: data → stages → scorecard → artifact")
     d.add_argument("recipe", help="recipe name (alpaca) or path to a recipe YAML")
     d.add_argument("--base", help="base to derive from (default: the recipe's)")
-    d.add_argument("--profile", default="tiny", help="tiny (laptop CPU, minutes), small (llama2chat: laptop CPU, hours, sized to show the recipe's gain), "
+    d.add_argument("--profile", default="tiny", help="tiny (laptop CPU, the ~30-minute quick demo), small (llama2chat, llamaguard, meditron: laptop CPU, "
+                   "up to ~2 hours, sized to show the recipe's gain), "
                    "gpu (one H100-class GPU, minutes to an hour) or full (published scale)")
     d.add_argument("--data", action="append", help="training file(s) replacing the recipe's data")
     d.add_argument("--out", help="output folder (default runs/<recipe>-<base>-<profile>)")
