@@ -37,25 +37,16 @@ def hash_neutral(value) -> dict:
 def hash_dump(model: BaseModel) -> dict:
     """``model.model_dump(mode="json")`` without the settings that sit at their :func:`hash_neutral` value
     (nested settings included): what a stage's folder hash covers."""
-    out = {}
-    for name, value in model:
-        extra = type(model).model_fields[name].json_schema_extra
+    out = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        value, extra = getattr(model, name), field.json_schema_extra
         if isinstance(extra, dict) and "hash_neutral" in extra and value == extra["hash_neutral"]:
-            continue
-        out[name] = _hash_value(value)
+            del out[name]
+        elif isinstance(value, BaseModel):
+            out[name] = hash_dump(value)
+        elif isinstance(value, (list, tuple)):
+            out[name] = [hash_dump(v) if isinstance(v, BaseModel) else o for v, o in zip(value, out[name])]
     return out
-
-
-def _hash_value(value):
-    if isinstance(value, BaseModel):
-        return hash_dump(value)
-    if isinstance(value, (list, tuple)):
-        return [_hash_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _hash_value(v) for k, v in value.items()}
-    from pydantic_core import to_jsonable_python
-
-    return to_jsonable_python(value)
 
 
 class DataSource(_Strict):

@@ -53,8 +53,8 @@ def member_json(m: Member) -> dict:
     out["headline"] = m.headline.model_dump(mode="json") if m.headline else None
     if m.recipe:
         out["recipe"].update(path=str(m.recipe.path()), exists=m.recipe.path().is_file(), state=m.recipe_state())
-    out["derive"] = ({p: m.derive_command(p) for p in ("tiny", "small", "gpu", "full") if p != "small" or "small" in m.profiles()}
-                     if m.recipe else None)
+    profiles = ("tiny", "small", "gpu", "full") if "small" in m.profiles() else ("tiny", "gpu", "full")
+    out["derive"] = {p: m.derive_command(p) for p in profiles} if m.recipe else None
     return out
 
 
