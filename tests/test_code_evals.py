@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from herd.core.paired import MIN_ITEMS
 from herd.engine import sandbox as sb
 from herd.evals import humaneval as he
 
@@ -173,7 +174,10 @@ def _check_metrics(metrics, names):
     for m in metrics:
         assert m.keys() >= {"task", "name", "dataset", "parent", "derived", "better", "delta", "ci95", "n", "verdict"}
         assert m["delta"] == pytest.approx(m["derived"] - m["parent"], abs=0.02)  # paired over the same tasks
-        assert m["ci95"][0] <= m["delta"] <= m["ci95"][1]
+        if m["n"] < MIN_ITEMS:  # these end-to-end runs score a few tasks: no interval is claimed on so few
+            assert m["ci95"] is None and m["verdict"] == "too few items"
+        else:
+            assert m["ci95"][0] <= m["delta"] <= m["ci95"][1]
         if m["name"].startswith("middle_nll"):  # nats/token
             assert m["better"] == "lower" and m["parent"] > 0 and m["derived"] > 0
         else:

@@ -298,8 +298,9 @@ def test_registered_evals_score_parent_and_derived(tiny_ref, tokenizer, tmp_path
     assert [m["name"] for m in out.metrics] == (["accuracy", "macro_f1"] if name == "pubmedqa" else ["accuracy"])
     assert row["name"] == "accuracy" and row["better"] == "higher" and row["parent"] == row["derived"]
     assert {"task", "name", "dataset", "parent", "derived", "better"} <= set(row)
-    # parent and derived are the same weights here: a paired difference of exactly 0, no verdict
-    assert row["delta"] == 0.0 and row["ci95"] == [0.0, 0.0] and row["n"] == 3 and row["verdict"] == "no clear change"
+    # parent and derived are the same weights here: a paired difference of exactly 0; 3 items are too few
+    # for any paired test, so no interval and no verdict
+    assert row["delta"] == 0.0 and row["ci95"] is None and row["n"] == 3 and row["verdict"] == "too few items"
     ex = out.extra[name]
     assert ex["parent"]["items"] == 3 and ex["delta"] == 0.0 and ex["delta_ci95"] == (0.0, 0.0)
     assert ex["parent"]["ci95"][0] <= ex["parent"]["accuracy"] <= ex["parent"]["ci95"][1]
@@ -439,3 +440,10 @@ def test_pubmedqa_dev_split_in_the_fine_tuning_format_reports_macro_f1_beside_th
     assert f1["majority_baseline"] == base["macro_f1"] and f1["delta"] == 0.0
     assert f1["parent"] == ex["parent"]["macro_f1"] and sum(ex["parent"]["predicted"].values()) == 4
     assert 'always "yes"' in out.markdown and "macro-F1" in out.markdown
+    # each model's answers shuffled over the items: the chance level of its own answer mix, with a p-value
+    for role in ("parent", "derived"):
+        sh = ex[role]["shuffled"]
+        assert sh["permutations"] == 50 and sh["accuracy"]["observed"] == ex[role]["accuracy"]
+        assert sh["macro_f1"]["observed"] == ex[role]["macro_f1"] and 0 < sh["accuracy"]["p"] <= 1
+        assert sh["accuracy"]["range95"][0] <= sh["accuracy"]["mean"] <= sh["accuracy"]["range95"][1]
+    assert "shuffled over the items" in out.markdown and out.markdown.count("| parent |") == 2

@@ -9,12 +9,15 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from herd.core.paired import (
+    MIN_ITEMS,
     auprc_stat,
     average_precision,
     headline,
+    macro_f1,
     mean_ci,
     paired,
     ratio_stat,
+    shuffled_chance,
     sign_test,
     verdict,
 )
@@ -79,10 +82,10 @@ def test_sign_test_verdict_headline_and_shape_errors():
     with pytest.raises(ValueError, match="parent has"):
         paired([1, 2], [1, 2, 3], better="higher")
     row = {"task": "t", "parent": 0.5, "derived": 0.6, "better": "higher", "dataset": "d",
-           **paired([0, 1, 0, 1], [1, 1, 1, 1], better="higher")}
+           **paired([0, 1, 0, 1, 0, 1], [1, 1, 1, 1, 1, 1], better="higher")}
     h = headline([row])
     assert {k: h[k] for k in ("name", "parent", "derived", "better", "n")} == \
-        {"name": "t", "parent": 0.5, "derived": 0.6, "better": "higher", "n": 4}
+        {"name": "t", "parent": 0.5, "derived": 0.6, "better": "higher", "n": 6}
     assert h["delta"] == 0.5 and len(h["ci95"]) == 2
     assert headline([]) is None
 
@@ -108,3 +111,38 @@ def test_heldout_loss_per_record_pairs_and_sums_to_the_total(tiny_model, tokeniz
         total = float(MaskedLMLoss(tiny_model, chunked=False)(batch.input_ids, batch.position_ids, batch.labels))
     assert sum(x for x, _ in res["per_record"]) == pytest.approx(total, rel=1e-4)
     assert res["loss"] == pytest.approx(total / batch.n_trained, rel=1e-4)
+
+
+def test_too_few_items_get_no_interval_and_no_verdict():
+    """One held-out item once got the "interval" [-0.24, -0.24] and the verdict "better" (Meditron's tiny
+    card): below MIN_ITEMS no paired test can reach p < 0.05, so none is claimed."""
+    assert sign_test([1] * (MIN_ITEMS - 1)) > 0.05 and sign_test([1] * MIN_ITEMS) < 0.05
+    for n in (1, MIN_ITEMS - 1):
+        out = paired([3.0] * n, [2.7] * n, better="lower")
+        assert out["n"] == n and out["delta"] == pytest.approx(-0.3) and out["ci95"] is None
+        assert out["verdict"] == "too few items" and "fewer than" in out["ci_method"]
+        assert out["sign_test_p"] == sign_test([-0.3] * n)
+    out = paired([3.0] * MIN_ITEMS, [2.7] * MIN_ITEMS, better="lower")
+    assert out["ci95"] == [-0.3, -0.3] and out["verdict"] == "better"
+    rows = np.array([[10.0, 10], [1.0, 1]])  # ratio statistics too
+    assert paired(rows, rows * [0.5, 1], better="lower", stat=ratio_stat)["verdict"] == "too few items"
+
+
+def test_shuffled_chance_separates_reading_from_the_label_prior():
+    rng = np.random.default_rng(5)
+    gold = rng.choice(3, 500, p=[0.55, 0.34, 0.11])
+    # a model that answers "yes" (0) to 95 % of items, ignoring them: above the parent's accuracy by the prior only
+    prior = np.where(rng.random(500) < 0.95, 0, 1)
+    out = shuffled_chance(gold, prior, 3, n_perm=1000, seed=0)
+    acc, f1 = out["accuracy"], out["macro_f1"]
+    assert acc["observed"] == pytest.approx((prior == gold).mean(), abs=1e-4)
+    assert f1["observed"] == pytest.approx(macro_f1(gold, prior, 3), abs=1e-4)
+    expected = sum((prior == c).mean() * (gold == c).mean() for c in range(3))  # exact mean under permutation
+    assert acc["mean"] == pytest.approx(expected, abs=0.003)
+    assert acc["range95"][0] <= acc["observed"] <= acc["range95"][1] and acc["p"] > 0.05 and f1["p"] > 0.05
+    # a model that reads: right on 40 % of the items it would otherwise guess, same kind of answer mix
+    reads = np.where(rng.random(500) < 0.4, gold, prior)
+    out = shuffled_chance(gold, reads, 3, n_perm=1000, seed=0)
+    assert out["accuracy"]["p"] < 0.01 and out["macro_f1"]["p"] < 0.01
+    assert out["accuracy"]["observed"] > out["accuracy"]["range95"][1]
+    assert shuffled_chance([], [], 3) == {}

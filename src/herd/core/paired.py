@@ -5,7 +5,8 @@ Every comparison gets a paired percentile bootstrap (items resampled jointly for
 statistic recomputed on each resample: a mean, a token-weighted loss, an AUPRC) and, where the items
 give a per-item difference, an exact two-sided sign test. A scorecard row carries ``delta`` (derived −
 parent), ``ci95`` ([low, high] of that difference), ``n`` (items) and ``verdict``: ``better``/``worse``
-only when the interval excludes 0, else ``no clear change``.
+only when the interval excludes 0, else ``no clear change``; below :data:`MIN_ITEMS` items no interval
+and the verdict ``too few items``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import numpy as np
 
 N_BOOT = 2000
 SEED = 0
+# Below 6 items no paired test can say anything at the 5 % level: a unanimous sign test on 5 items has
+# two-sided p = 0.0625, and a percentile bootstrap of so few items draws its interval from a handful of
+# distinct resamples (one item: every resample is that item, the "interval" a single point).
+MIN_ITEMS = 6
+TOO_FEW = "too few items"
 
 
 def mean_stat(values: np.ndarray) -> float:
@@ -60,6 +66,37 @@ def macro_f1(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> float:
         den = int((p == c).sum()) + int((g == c).sum())
         f1s.append(2 * tp / den if den else 0.0)
     return float(np.mean(f1s)) if f1s else math.nan
+
+
+def shuffled_chance(gold: Sequence[int], pred: Sequence[int], n_classes: int, *, n_perm: int = N_BOOT,
+                    seed: int = SEED) -> dict:
+    """What a model's answers score when they are NOT read off the items: its predictions shuffled over the
+    items (``n_perm`` seeded permutations), so that each answer keeps its frequency and loses its item.
+
+    Accuracy and macro-F1 can rise by moving towards the majority label alone; this is the level that
+    answer mix reaches by chance, and the one-sided permutation p-value says whether the model's own
+    pairing of answers to items beats it (the label prior a fine-tuned classifier learns first)."""
+    g, p = np.asarray(gold, dtype=int), np.asarray(pred, dtype=int)
+    if not len(g):
+        return {}
+    rng = np.random.default_rng(seed)
+    perm = p[np.argsort(rng.random((n_perm, len(p))), axis=1)]  # each row a permutation of the answers
+    acc = (perm == g).mean(axis=1)
+    f1s = []
+    for c in range(n_classes):
+        tp = ((perm == c) & (g == c)).sum(axis=1)
+        den = int((p == c).sum()) + int((g == c).sum())  # both counts are fixed under a permutation
+        f1s.append(2 * tp / den if den else np.zeros(n_perm))
+    f1 = np.mean(f1s, axis=0)
+    obs_acc, obs_f1 = float((p == g).mean()), macro_f1(g, p, n_classes)
+
+    def summary(samples: np.ndarray, observed: float) -> dict:
+        lo, hi = np.percentile(samples, [2.5, 97.5])
+        return {"mean": round(float(samples.mean()), 4), "range95": [round(float(lo), 4), round(float(hi), 4)],
+                "observed": round(observed, 4),
+                "p": round(float((1 + (samples >= observed - 1e-12).sum()) / (1 + n_perm)), 4)}
+
+    return {"accuracy": summary(acc, obs_acc), "macro_f1": summary(f1, obs_f1), "permutations": n_perm}
 
 
 def macro_f1_stat(n_classes: int) -> Callable[[np.ndarray], float]:
@@ -110,6 +147,13 @@ def paired(parent: Sequence, derived: Sequence, *, better: str, stat: Callable[[
         return out
     delta = stat(d) - stat(p)
     out["delta"] = None if math.isnan(delta) else round(scale * delta, digits)
+    if per_item_diff if per_item_diff is not None else p.ndim == 1:
+        out["sign_test_p"] = sign_test(d - p)
+    if n < MIN_ITEMS:
+        out["verdict"] = TOO_FEW
+        out["ci_method"] = (f"none: {n} item(s), fewer than {MIN_ITEMS}, on which no paired test can reach "
+                            "two-sided p < 0.05")
+        return out
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, (n_boot, n))
     if stat is mean_stat:
@@ -121,8 +165,6 @@ def paired(parent: Sequence, derived: Sequence, *, better: str, stat: Callable[[
         lo, hi = np.percentile(boots, [100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2])
         out["ci95"] = [round(scale * float(lo), digits), round(scale * float(hi), digits)]
     out["verdict"] = verdict(out["ci95"], better)
-    if per_item_diff if per_item_diff is not None else p.ndim == 1:
-        out["sign_test_p"] = sign_test(d - p)
     return out
 
 

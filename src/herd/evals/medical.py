@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from herd.core.errors import ConfigError, DataError
-from herd.core.paired import macro_f1, macro_f1_stat, with_paired
+from herd.core.paired import macro_f1, macro_f1_stat, shuffled_chance, with_paired
 from herd.data.documents.pubmedqa import PUBMEDQA_INSTRUCTION, pubmedqa_prompt
 from herd.data.documents.pubmedqa import PUBMEDQA_LABELS as _LABELS
 from herd.evals.mcq import (
@@ -166,7 +166,8 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
 
     ``chat``: the fine-tuned models' zero-shot prompt instead (:func:`chat_prompt`). ``majority`` (a label,
     chosen without the scored items): also macro-F1 over the labels with its paired CI, and the scores of
-    always answering ``majority`` beside them, so that a gain is not read off the label prior alone."""
+    always answering ``majority`` beside them, and what each model's own answers score shuffled over the
+    items (:func:`~herd.core.paired.shuffled_chance`), so that a gain is not read off the label prior alone."""
     if chat:
         prompts = [chat_prompt(ctx.template, ctx.tokenizer, instruction, it) for it in items]
         conts = [[lab for lab in it.labels] for it in items]
@@ -210,6 +211,8 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
         if majority is not None and n:
             summary[role]["macro_f1"] = round(macro_f1(gold, preds[role], n_labels), 4)
             summary[role]["predicted"] = {lab: preds[role].count(k) for k, lab in enumerate(items[0].labels)}
+            summary[role]["shuffled"] = shuffled_chance(gold, preds[role], n_labels, n_perm=cfg.bootstrap,
+                                                        seed=cfg.seed)
     diffs = [d - p for p, d in zip(res["parent"], res["derived"])]
     delta = round(sum(diffs) / len(diffs), 4) if diffs else None
     delta_ci = bootstrap_ci(diffs, n_boot=cfg.bootstrap, seed=cfg.seed)
@@ -266,6 +269,17 @@ def run_mcq(ctx: EvalContext, cfg: MedicalMCQConfig, *, key: str, title: str, da
     if base:
         md.append(f"| always \"{base['label']}\" (majority class of the training questions) | {pct(base['accuracy'])} "
                   f"| – | – | {base['macro_f1']:.3f} | – | – | – |")
+        md += ["", "Each model's answers shuffled over the items (the same answer counts, none read off its item; "
+               f"{cfg.bootstrap} permutations): what that answer mix scores by chance, and the one-sided "
+               "permutation p that the model's own pairing of answers to items scores at least as well.", "",
+               "| model | accuracy | by chance (95% range) | p | macro-F1 | by chance (95% range) | p |",
+               "|---|---:|---:|---:|---:|---:|---:|"]
+        for role in ("parent", "derived"):
+            sh = summary[role]["shuffled"]
+            a, f = sh["accuracy"], sh["macro_f1"]
+            md.append(f"| {role} | {pct(a['observed'])} | {pct(a['mean'])} ({pct(a['range95'][0])}–"
+                      f"{pct(a['range95'][1])}) | {a['p']:g} | {f['observed']:.3f} | {f['mean']:.3f} "
+                      f"({f['range95'][0]:.3f}–{f['range95'][1]:.3f}) | {f['p']:g} |")
     if delta is not None:
         md += ["", f"Derived − parent: accuracy {delta:+.3f} (paired 95% CI {ci(delta_ci)})"
                + (f"; macro-F1 {metrics[1]['delta']:+.3f} (paired 95% CI {ci(metrics[1]['ci95'])})" if base else "")
