@@ -37,6 +37,7 @@ def test_artifact_has_lineage_scorecard_and_card(derived):
     lin = json.loads((model / "lineage.json").read_text())
     assert lin["parent"]["name"] == "tiny" and lin["template"]["name"] == "alpaca"
     assert lin["recipe"]["name"] == "alpaca" and lin["stage"]["kind"] == "sft"
+    assert lin["stage"]["arithmetic"] == "fp32"  # what `precision` computed where it trained
     assert len(lin["data"]) == 2 and all(len(d["sha256"]) == 64 for d in lin["data"])
     assert lin["weights_sha256"] and lin["id"]
     card = json.loads((model / "scorecard.json").read_text())
@@ -48,20 +49,30 @@ def test_artifact_has_lineage_scorecard_and_card(derived):
     kept = card["extra"]["heldout_data"]["kept"]  # test records within max_len
     assert 4 <= kept <= 6 and loss["n"] == kept and f"held-out test split ({kept} records" in loss["dataset"]
     assert len(card["samples"]) == 2 and any("setting" in d for d in card["deviations"])
+    assert card["run"]["stages"] == [{"name": "sft", "folder": model.name, "arithmetic": "fp32", "reused": False}]
+    assert f"`{model.name}` (fp32, trained by this run)" in (model / "scorecard.md").read_text()
     readme = (model / "README.md").read_text()
     assert readme.startswith("---\n") and "base_model: tiny" in readme and "model-index" in readme
     assert (model / "loss.png").stat().st_size > 1000
     assert len((model / "metrics.jsonl").read_text().splitlines()) == lin["metrics"]["steps"]
 
 
-def test_rerun_skips_finished_stage(derived, capsys):
+def test_rerun_skips_finished_stage(derived, capsys, monkeypatch):
     from herd.api import derive
 
     res, ws = derived
     recipe = ws.parent / "alpaca.yaml"
     before = (res.path / "model.safetensors").stat().st_mtime_ns
+    rerun = derive(str(recipe), base="tiny", profile="test", out=ws, progress=True)
+    out = capsys.readouterr().out
+    assert "done already" in out and "this machine computes" not in out
+    assert (res.path / "model.safetensors").stat().st_mtime_ns == before
+    assert rerun.scorecard["run"]["stages"][0]["reused"] is True
+    # the stage's hash names its settings, not the arithmetic: a machine that would compute otherwise says so
+    monkeypatch.setattr("herd.engine.training.arithmetic", lambda precision: "bf16")
     derive(str(recipe), base="tiny", profile="test", out=ws, progress=True)
-    assert "done already" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "done already" in out and "trained in fp32 (precision: fp32)" in out and "computes bf16" in out
     assert (res.path / "model.safetensors").stat().st_mtime_ns == before
 
 

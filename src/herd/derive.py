@@ -205,14 +205,15 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             write_run_record(workspace, run_rec)
         try:
             # 2. stages in order, each from the previous policy artifact
-            stage_runs, final = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
+            stage_runs, final, reused = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
                                             name=f"{recipe.name}-{ref.name}-{profile}", resume=resume,
                                             progress=progress)
             if rank != 0:
                 return DeriveResult(stage_runs[-1][1], None, None)
             _link_model(workspace, final)
             # 3. scorecard: derived vs the recipe's parent, same inputs
-            run = {"command": command, "started": started, "machine": cpu_summary()}
+            run = {"command": command, "started": started, "machine": cpu_summary(),
+                   "stages": _stage_records(stage_runs, reused)}
             if legs:  # wall_seconds is this leg's; the stages finished before it ran in the earlier ones
                 run["earlier_legs"] = legs
             card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
@@ -348,15 +349,21 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
     parent: BaseRef = ref
     stage_runs: list = []
     final = None
+    reused: list[str] = []
     for i, stage in enumerate(recipe.stages, 1):
         key = _stage_key(recipe, stage, parent, template, inputs, stage_runs)
         stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
         with phase("derive", f"stage {i}/{len(recipe.stages)} {stage.name} ({stage.kind})",
                    enabled=progress and rank == 0):
             if is_artifact(stage_dir):
+                lineage = read_lineage(stage_dir)
                 if rank == 0:
                     print(f"[{stage.name}] done already: {stage_dir}")
-                training = read_lineage(stage_dir).get("metrics")
+                    note = _arithmetic_note(stage, lineage)
+                    if note:
+                        print(f"[{stage.name}] {note}")
+                training = lineage.get("metrics")
+                reused.append(stage.name)
             else:
                 set_stage(stage.name)
                 ctx = StageContext(parent=parent, template=template, out=stage_dir, name=name, recipe=recipe_rec,
@@ -370,7 +377,33 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on
             parent = resolve_base(stage_dir)
             final = stage_dir
-    return stage_runs, final
+    return stage_runs, final, reused
+
+
+def _arithmetic_note(stage, lineage: dict) -> str | None:
+    """A finished stage reused where its ``precision`` would compute otherwise (``auto``: bf16 on a CPU
+    with native bf16, fp32 elsewhere), said aloud: the folder's hash names the settings, not the
+    arithmetic, so a workspace moved between machines reuses what the other machine trained."""
+    from herd.engine.training import arithmetic
+
+    was = (lineage.get("stage") or {}).get("arithmetic")
+    here = arithmetic(stage.precision) if getattr(stage, "precision", None) else None
+    if was and here and was != here:
+        return (f"trained in {was} (precision: {stage.precision}) on the machine that made it; this machine "
+                f"computes {here}. Kept as it is; delete the folder to train it here")
+    return None
+
+
+def _stage_records(stage_runs: list, reused: list[str]) -> list[dict]:
+    """The scorecard's ``run.stages``: each stage's folder, the arithmetic it trained in, and whether this
+    run reused it (finished earlier, same hash) or trained it."""
+    out = []
+    for stage, folder, _ in stage_runs:
+        rec = (read_lineage(folder).get("stage") or {}) if is_artifact(folder) else {}
+        out.append({"name": stage.name, "folder": Path(folder).name, "arithmetic": rec.get("arithmetic"),
+                    **({"sampling_arithmetic": rec["sampling_arithmetic"]} if rec.get("sampling_arithmetic") else {}),
+                    "reused": stage.name in reused})
+    return out
 
 
 def _stage_key(recipe: Recipe, stage, parent: BaseRef, template, inputs: Inputs, stage_runs: list) -> str:

@@ -91,6 +91,13 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
         legs = run.get("earlier_legs") or []
         lines += [f"Reproduce: `{run['command']}`" + (f" ({wall / 60:.1f} min to this scorecard on {run.get('machine')})"
                                                       if wall else ""), ""]
+        stages = run.get("stages") or []
+        if stages:
+            lines += ["Stages: " + "; ".join(
+                f"`{st['folder']}` ({st.get('arithmetic') or 'arithmetic not recorded'}"
+                + (f", sampling {st['sampling_arithmetic']}" if st.get("sampling_arithmetic") else "")
+                + (", reused: finished before this run" if st.get("reused") else ", trained by this run") + ")"
+                for st in stages) + ".", ""]
         if legs:
             lines += [f"This run was resumed (`--resume`): the wall time above is its last leg's, started "
                       f"{run.get('started')}; stages finished in {len(legs)} earlier leg(s) started "

@@ -120,6 +120,12 @@ def resolve_precision(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if _cpu_has("avx512_bf16", "amx_bf16") else None
 
 
+def arithmetic(precision: str) -> str:
+    """What ``precision`` computes on this machine, as a stage's lineage records it: ``bf16`` (autocast) or
+    ``fp32``. ``auto`` differs between machines, and a stage's folder hash names its settings, not this."""
+    return "bf16" if resolve_precision(precision) is not None else "fp32"
+
+
 def _cpu_has(*flags: str) -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text()

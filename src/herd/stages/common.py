@@ -38,9 +38,15 @@ def finish_artifact(tmp: Path, out: Path, *, name: str, parent: BaseRef, templat
         (tmp / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         if history:
             save_loss_png(history, tmp / "loss.png", title=f"{name}: {cfg.name} loss")
+    from herd.engine.training import arithmetic
+
+    stage = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")}
+    if getattr(cfg, "precision", None):  # what `auto` resolved to where the stage trained (its hash cannot say)
+        stage["arithmetic"] = arithmetic(cfg.precision)
+    if getattr(cfg, "sample_precision", None):
+        stage["sampling_arithmetic"] = arithmetic(cfg.sample_precision)
     lineage = new_lineage(name, parent=parent_record(parent), template=template_rec, recipe=recipe,
-                          stage={"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")},
-                          data=data)
+                          stage=stage, data=data)
     lineage["metrics"] = metrics
     lineage = write_lineage(tmp, lineage)
     (tmp / "README.md").write_text(model_card(lineage, extra_md=extra_md))
