@@ -205,7 +205,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             write_run_record(workspace, run_rec)
         try:
             # 2. stages in order, each from the previous policy artifact
-            stage_runs, final, reused = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
+            stage_runs, final, stage_recs = _run_stages(recipe, ref, template, inputs, workspace, recipe_rec,
                                             name=f"{recipe.name}-{ref.name}-{profile}", resume=resume,
                                             progress=progress)
             if rank != 0:
@@ -213,7 +213,7 @@ def derive(recipe_name: str, *, base: str | None = None, profile: str = "tiny", 
             _link_model(workspace, final)
             # 3. scorecard: derived vs the recipe's parent, same inputs
             run = {"command": command, "started": started, "machine": cpu_summary(),
-                   "stages": _stage_records(stage_runs, reused)}
+                   "stages": stage_recs}
             if legs:  # wall_seconds is this leg's; the stages finished before it ran in the earlier ones
                 run["earlier_legs"] = legs
             card, md = _scorecard(recipe, template, ref, final, inputs, stage_runs, progress, run=run, t0=t0)
@@ -335,21 +335,22 @@ def _inputs(recipe: Recipe, data: list[str] | None, base_spec: str, workspace: P
 
 
 def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspace: Path, recipe_rec: dict, *,
-                name: str, resume: bool, progress: bool) -> tuple[list, Path | None]:
+                name: str, resume: bool, progress: bool) -> tuple[list, Path | None, list[dict]]:
     """Each stage from the previous policy artifact, through the stage registry (one signature); a
-    finished stage (same inputs hash) is skipped. Returns [(stage, folder, summary)] and the last policy."""
+    finished stage (same inputs hash) is skipped. Returns [(stage, folder, summary)], the last policy, and
+    the scorecard's ``run.stages`` (each stage's folder, the arithmetic it trained in, reused or trained)."""
     from herd.core.recipe import POLICY_KINDS
     from herd.core.registry import STAGES
     from herd.engine.distributed import barrier
     from herd.engine.reporting import set_stage
-    from herd.engine.training import dist_env
+    from herd.engine.training import arithmetic_record, dist_env
     from herd.stages import StageContext
 
     rank, _ = dist_env()
     parent: BaseRef = ref
     stage_runs: list = []
     final = None
-    reused: list[str] = []
+    records: list[dict] = []
     for i, stage in enumerate(recipe.stages, 1):
         key = _stage_key(recipe, stage, parent, template, inputs, stage_runs)
         stage_dir = workspace / f"{i:02d}-{stage.name}-{key[:10]}"
@@ -357,13 +358,15 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
                    enabled=progress and rank == 0):
             if is_artifact(stage_dir):
                 lineage = read_lineage(stage_dir)
+                was = {k: v for k, v in (lineage.get("stage") or {}).items() if k.endswith("arithmetic")}
                 if rank == 0:
                     print(f"[{stage.name}] done already: {stage_dir}")
-                    note = _arithmetic_note(stage, lineage)
+                    note = _arithmetic_note(stage, was.get("arithmetic"))
                     if note:
                         print(f"[{stage.name}] {note}")
                 training = lineage.get("metrics")
-                reused.append(stage.name)
+                records.append({"name": stage.name, "folder": stage_dir.name, "arithmetic": None, **was,
+                                "reused": True})
             else:
                 set_stage(stage.name)
                 ctx = StageContext(parent=parent, template=template, out=stage_dir, name=name, recipe=recipe_rec,
@@ -372,38 +375,27 @@ def _run_stages(recipe: Recipe, ref: BaseRef, template, inputs: Inputs, workspac
                                    earlier={st.name: d for st, d, _ in stage_runs})
                 _, training = STAGES[stage.kind](stage, ctx)
                 release_memory()  # the stage's model and optimizer are garbage now
+                records.append({"name": stage.name, "folder": stage_dir.name, "arithmetic": None,
+                                **arithmetic_record(stage), "reused": False})
         stage_runs.append((stage, stage_dir, training))
         barrier()  # rank 0 published the stage: every rank starts the next one from it
         if stage.kind in POLICY_KINDS:  # a reward model is used by later stages, not trained on
             parent = resolve_base(stage_dir)
             final = stage_dir
-    return stage_runs, final, reused
+    return stage_runs, final, records
 
 
-def _arithmetic_note(stage, lineage: dict) -> str | None:
+def _arithmetic_note(stage, was: str | None) -> str | None:
     """A finished stage reused where its ``precision`` would compute otherwise (``auto``: bf16 on a CPU
     with native bf16, fp32 elsewhere), said aloud: the folder's hash names the settings, not the
     arithmetic, so a workspace moved between machines reuses what the other machine trained."""
-    from herd.engine.training import arithmetic
+    from herd.engine.training import arithmetic_record
 
-    was = (lineage.get("stage") or {}).get("arithmetic")
-    here = arithmetic(stage.precision) if getattr(stage, "precision", None) else None
+    here = arithmetic_record(stage).get("arithmetic")
     if was and here and was != here:
         return (f"trained in {was} (precision: {stage.precision}) on the machine that made it; this machine "
                 f"computes {here}. Kept as it is; delete the folder to train it here")
     return None
-
-
-def _stage_records(stage_runs: list, reused: list[str]) -> list[dict]:
-    """The scorecard's ``run.stages``: each stage's folder, the arithmetic it trained in, and whether this
-    run reused it (finished earlier, same hash) or trained it."""
-    out = []
-    for stage, folder, _ in stage_runs:
-        rec = (read_lineage(folder).get("stage") or {}) if is_artifact(folder) else {}
-        out.append({"name": stage.name, "folder": Path(folder).name, "arithmetic": rec.get("arithmetic"),
-                    **({"sampling_arithmetic": rec["sampling_arithmetic"]} if rec.get("sampling_arithmetic") else {}),
-                    "reused": stage.name in reused})
-    return out
 
 
 def _stage_key(recipe: Recipe, stage, parent: BaseRef, template, inputs: Inputs, stage_runs: list) -> str:

@@ -59,13 +59,19 @@ def auprc_stat(values: np.ndarray) -> float:
 def macro_f1(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> float:
     """Macro-averaged F1 over ``n_classes`` labels (scikit-learn's ``f1_score(average="macro")`` with
     ``labels=range(n_classes)``: a class never gold nor predicted scores 0, as the upstream PubMedQA scorer)."""
-    g, p = np.asarray(gold, dtype=int), np.asarray(pred, dtype=int)
+    return float(_macro_f1_rows(np.asarray(gold, dtype=int), np.asarray(pred, dtype=int)[None], n_classes)[0])
+
+
+def _macro_f1_rows(gold: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """:func:`macro_f1` of each row of ``preds`` [k, n] against ``gold`` [n]."""
+    if not n_classes:
+        return np.full(len(preds), math.nan)
     f1s = []
     for c in range(n_classes):
-        tp = int(((p == c) & (g == c)).sum())
-        den = int((p == c).sum()) + int((g == c).sum())
-        f1s.append(2 * tp / den if den else 0.0)
-    return float(np.mean(f1s)) if f1s else math.nan
+        tp = ((preds == c) & (gold == c)).sum(axis=1)
+        den = (preds == c).sum(axis=1) + int((gold == c).sum())
+        f1s.append(np.divide(2 * tp, den, out=np.zeros(len(preds)), where=den > 0))
+    return np.mean(f1s, axis=0)
 
 
 def shuffled_chance(gold: Sequence[int], pred: Sequence[int], n_classes: int, *, n_perm: int = N_BOOT,
@@ -81,13 +87,7 @@ def shuffled_chance(gold: Sequence[int], pred: Sequence[int], n_classes: int, *,
         return {}
     rng = np.random.default_rng(seed)
     perm = p[np.argsort(rng.random((n_perm, len(p))), axis=1)]  # each row a permutation of the answers
-    acc = (perm == g).mean(axis=1)
-    f1s = []
-    for c in range(n_classes):
-        tp = ((perm == c) & (g == c)).sum(axis=1)
-        den = int((p == c).sum()) + int((g == c).sum())  # both counts are fixed under a permutation
-        f1s.append(2 * tp / den if den else np.zeros(n_perm))
-    f1 = np.mean(f1s, axis=0)
+    acc, f1 = (perm == g).mean(axis=1), _macro_f1_rows(g, perm, n_classes)
     obs_acc, obs_f1 = float((p == g).mean()), macro_f1(g, p, n_classes)
 
     def summary(samples: np.ndarray, observed: float) -> dict:

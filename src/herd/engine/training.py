@@ -126,6 +126,17 @@ def arithmetic(precision: str) -> str:
     return "bf16" if resolve_precision(precision) is not None else "fp32"
 
 
+def arithmetic_record(cfg) -> dict:
+    """A stage config's ``arithmetic`` (and ``sampling_arithmetic`` where it samples) on this machine: what
+    its lineage records and its scorecard lists."""
+    out = {}
+    if getattr(cfg, "precision", None):
+        out["arithmetic"] = arithmetic(cfg.precision)
+    if getattr(cfg, "sample_precision", None):
+        out["sampling_arithmetic"] = arithmetic(cfg.sample_precision)
+    return out
+
+
 def _cpu_has(*flags: str) -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text()

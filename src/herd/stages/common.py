@@ -38,13 +38,10 @@ def finish_artifact(tmp: Path, out: Path, *, name: str, parent: BaseRef, templat
         (tmp / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         if history:
             save_loss_png(history, tmp / "loss.png", title=f"{name}: {cfg.name} loss")
-    from herd.engine.training import arithmetic
+    from herd.engine.training import arithmetic_record
 
-    stage = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")}
-    if getattr(cfg, "precision", None):  # what `auto` resolved to where the stage trained (its hash cannot say)
-        stage["arithmetic"] = arithmetic(cfg.precision)
-    if getattr(cfg, "sample_precision", None):
-        stage["sampling_arithmetic"] = arithmetic(cfg.sample_precision)
+    # what `auto` resolved to where the stage trained (its folder hash cannot say)
+    stage = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json"), **arithmetic_record(cfg)}
     lineage = new_lineage(name, parent=parent_record(parent), template=template_rec, recipe=recipe,
                           stage=stage, data=data)
     lineage["metrics"] = metrics
