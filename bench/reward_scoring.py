@@ -18,7 +18,6 @@ whether every prompt keeps the same best reply.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -60,12 +59,12 @@ def main() -> None:
     template = get_template(recipe.template)
     k = stage.k
     if args.samples:
-        chunks = {}
-        for line in open(args.samples):
-            rec = json.loads(line)
-            chunks[rec["chunk"]] = rec["replies"]
-        flat = [rs for c in sorted(chunks) for rs in chunks[c]]
-        replies = flat[: len(train_p)]
+        from pathlib import Path
+
+        from herd.stages.rejection_sampling import _read_cache
+
+        done = _read_cache(Path(args.samples), stage.gen_batch)  # either cache format
+        replies = [done[i][0] for i in range(len(train_p))]
         source = f"the stage's samples ({args.samples})"
     else:
         pool = [p["messages"] for p in prompts]

@@ -500,38 +500,63 @@ def test_scorer_combines_helpfulness_and_safety(tmp_path):
         resolve_reward_model("rm", tmp_path, None)
 
 
-def test_sampling_resumes_from_the_chunk_cache(monkeypatch, tmp_path, tokenizer, toy_data):
-    """Finished chunks are read back, a chunk cut by a kill is sampled again, nothing twice."""
+def test_sampling_batches_by_length_and_resumes_from_the_cache(monkeypatch, tmp_path, tokenizer, toy_data):
+    """Prompts decode in batches of similar length, longest first, each prompt's samples from its own
+    streams (seed, i * K + j); finished prompts are read back, a batch cut by a kill is sampled again,
+    nothing twice; a cache of the earlier per-chunk format reads back as it was used."""
     import herd.engine.generation as gen
     from herd.stages.rejection_sampling import sample_replies
 
     calls = []
 
     def fake_completions(model, tok, texts, **kw):
-        calls.append(kw["seed"])
-        return [gen.Completion(f"reply {kw['seed']} {i}", "length" if i % 3 == 0 else "stop")
-                for i in range(len(texts))]
+        assert kw["seed"] == 5 and kw["batch_size"] == len(texts)
+        calls.append(kw["stream_ids"])
+        return [gen.Completion(f"reply {s}", "length" if s % 3 == 0 else "stop") for s in kw["stream_ids"]]
 
     monkeypatch.setattr(gen, "completions", fake_completions)
     cfg = RejectionSamplingStage(data=[{"name": "t", "path": str(toy_data), "format": "preference"}],
                                  reward_model="rm", k=2, gen_batch=2, seed=5)
-    prompts = [{"messages": [{"role": "user", "content": f"q{i}"}], "safety": False} for i in range(5)]
+    # prompt i is i + 1 words long: the batches are [4, 3], [2, 1], [0]
+    prompts = [{"messages": [{"role": "user", "content": " ".join(["word"] * (i + 1))}], "safety": False}
+               for i in range(5)]
     cache = tmp_path / "samples.jsonl"
-    first = sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False)
-    assert len(first[0]) == 5 and all(len(r) == 2 for r in first[0]) and calls == [5, 5 + 7919, 5 + 2 * 7919]
+
+    def sample():
+        return sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False)
+
+    first = sample()
+    assert calls == [[8, 9, 6, 7], [4, 5, 2, 3], [0, 1]]
+    assert first[0] == [[f"reply {2 * i}", f"reply {2 * i + 1}"] for i in range(5)]  # in input order
     assert first[1][:2] == [[False, True], [True, False]]  # which replies were cut, kept per prompt
     lines = cache.read_text().splitlines()
-    cache.write_text(lines[0] + "\n" + lines[1][:10])  # killed while writing chunk 1
+    cache.write_text(lines[0] + "\n" + lines[1][:10])  # killed while writing the second batch
     calls.clear()
-    again = sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False)
-    assert again == first and calls == [5 + 7919, 5 + 2 * 7919]
+    assert sample() == first and calls == [[4, 5, 2, 3], [0, 1]]
     calls.clear()
-    assert sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False) == first
-    assert calls == [] and len(cache.read_text().splitlines()) == 3
-    # a cache written before finish reasons were recorded reads back as it was used then: all finished
+    assert sample() == first and calls == [] and len(cache.read_text().splitlines()) == 5  # one line a prompt
+    # the earlier format: chunk c held prompts 2c, 2c + 1 (input order), and no finish reasons (all finished)
     cache.write_text("".join(json.dumps({"chunk": c, "replies": first[0][2 * c:2 * c + 2]}) + "\n" for c in range(3)))
-    assert sample_replies(None, tokenizer, get_template(TEMPLATE), prompts, cfg, cache, progress=False) == (
-        first[0], [[True, True]] * 5) and calls == []
+    assert sample() == (first[0], [[True, True]] * 5) and calls == []
+    # a cache holding some prompts of a batch: only the others are sampled
+    cache.write_text(json.dumps({"prompts": [3], "replies": [first[0][3]], "finished": [first[1][3]]}) + "\n")
+    assert sample() == first and calls == [[8, 9], [4, 5, 2, 3], [0, 1]]
+
+
+def test_rejection_samples_do_not_depend_on_the_batch_size(tmp_path, tokenizer, toy_data, tiny_model):
+    """The real engine: the same samples whatever ``gen_batch`` groups the prompts into."""
+    from herd.stages.rejection_sampling import sample_replies
+
+    prompts = [{"messages": [{"role": "user", "content": " ".join(["why"] * (1 + 3 * i % 7))}], "safety": False}
+               for i in range(5)]
+    got = []
+    for g in (1, 2, 5):
+        cfg = RejectionSamplingStage(data=[{"name": "t", "path": str(toy_data), "format": "preference"}],
+                                     reward_model="rm", k=3, gen_batch=g, seed=7, max_new_tokens=6)
+        got.append(sample_replies(tiny_model, tokenizer, get_template(TEMPLATE), prompts, cfg,
+                                  tmp_path / f"s{g}.jsonl", progress=False))
+    assert got[0] == got[1] == got[2]
+    assert all(len(set(r)) > 1 for r in got[0][0])  # the K samples of a prompt differ
 
 
 @pytest.mark.parametrize("kind", ["reward_model", "dpo"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from herd.engine.generation import _pick, generate, generate_ids
@@ -67,6 +68,12 @@ def test_samples_are_reproducible_per_sequence_whatever_the_batching(tiny_model,
     assert all(len({tuple(s.ids) for s in r}) > 1 for r in whole)  # the K samples of a prompt differ
     other = generate_ids(tiny_model, prompts, batch_size=12, **{**kw, "seed": 12})
     assert [[s.ids for s in r] for r in other] != [[s.ids for s in r] for r in whole]
+    # any subset, in any order, draws what the whole call drew when it passes the prompts' own stream ids
+    pick = [3, 0, 2]
+    some = generate_ids(tiny_model, [prompts[i] for i in pick], batch_size=4, stream_ids=pick, **kw)
+    assert [[s.ids for s in r] for r in some] == [[s.ids for s in whole[i]] for i in pick]
+    with pytest.raises(ValueError, match="stream_ids"):
+        generate_ids(tiny_model, prompts, stream_ids=[0], **kw)
 
 
 def test_pick_draws_from_the_nucleus_in_proportion():

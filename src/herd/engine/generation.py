@@ -18,7 +18,8 @@ re-reads a prompt once per sample. Here, over the same transformers model:
   (seeded by ``seed + i`` and ``j``), so its text does not depend on the batch it ran in, on the
   order, on other sequences stopping, or on the rank of a torchrun (up to float rounding, which the
   Gumbel-max draw makes very unlikely to matter); a call on ``prompts[c:]`` with ``seed + c`` draws
-  what the whole call draws for those prompts.
+  what the whole call draws for those prompts, and so does a call on any subset that passes the
+  prompts' own ``stream_ids`` (how rejection sampling batches its prompts by length).
 
 Greedy decoding at fp32 equals ``model.generate`` up to float rounding (tested token for token on the
 tiny model; ``bench/generation.py`` counts agreement on the real one).
@@ -95,7 +96,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, stop_ids: Sequence[int] = (),
                  stop_strings: Sequence[str] = (), tokenizer=None, pad_id: int = 0, batch_size: int = 8,
                  seed: int = 0, suppress_ids: Sequence[int] = (), presence_penalty: float = 0.0,
-                 heal: Sequence[Sequence[int] | None] | None = None,
+                 heal: Sequence[Sequence[int] | None] | None = None, stream_ids: Sequence[int] | None = None,
                  progress: bool = False, desc: str = "generate") -> list[list[Sample]]:
     """``n`` continuations of each tokenized prompt: ``out[i][j]`` is prompt ``i``'s sample ``j``.
 
@@ -105,11 +106,15 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
     ``heal[i]`` (token healing): prompt ``i`` lost a token (its last, or an infilling prefix's last), and
     its first new token is drawn from these ids only (those whose text starts with the lost text); that
     token re-writes the lost text, so it counts toward neither ``max_new_tokens`` nor the stop strings,
-    and the prompt is prefilled once."""
+    and the prompt is prefilled once. ``stream_ids[i]`` (default ``i``): which random streams prompt ``i``'s
+    samples draw from (seeded by ``seed + stream_ids[i]``), so a prompt's samples need not depend on
+    where it sits in this call."""
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
     if heal is not None and len(heal) != len(prompts):
         raise ValueError(f"heal: {len(heal)} entries for {len(prompts)} prompts")
+    if stream_ids is not None and len(stream_ids) != len(prompts):
+        raise ValueError(f"stream_ids: {len(stream_ids)} entries for {len(prompts)} prompts")
     dev = next(model.parameters()).device
     stops = set(stop_ids)
     tail = max((len(s) for s in stop_strings), default=0) + 4  # tokens that can hold a stop string
@@ -124,7 +129,8 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
                                                 temperature=temperature, top_p=top_p, top_k=top_k, stops=stops,
                                                 stop_strings=list(stop_strings), tail=tail, tokenizer=tokenizer,
                                                 pad=pad_id, seed=seed, suppress=list(suppress_ids),
-                                                presence=presence_penalty, heal=heal, dev=dev)):
+                                                presence=presence_penalty, heal=heal, stream_ids=stream_ids,
+                                                dev=dev)):
                 out[i][j] = s
             bar.update(len(batch))
     finally:
@@ -134,7 +140,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
 
 @torch.no_grad()
 def _decode(model, prompts, batch, *, max_new_tokens, temperature, top_p, top_k, stops, stop_strings, tail, tokenizer,
-            pad, seed, suppress, presence, heal, dev) -> list[Sample]:
+            pad, seed, suppress, presence, heal, stream_ids, dev) -> list[Sample]:
     uniq: dict[tuple[int, ...], int] = {}
     for i, _ in batch:
         uniq.setdefault(tuple(prompts[i]), len(uniq))
@@ -143,7 +149,8 @@ def _decode(model, prompts, batch, *, max_new_tokens, temperature, top_p, top_k,
     if len(uniq) != len(batch):
         cache.batch_select_indices(of)
     logits, mask, pos = logits[of], mask[of], pos[of]
-    gens = _streams(seed, batch) if temperature > 0 else None
+    streams = batch if stream_ids is None else [(stream_ids[i], j) for i, j in batch]
+    gens = _streams(seed, streams) if temperature > 0 else None
     gen: list[list[int]] = [[] for _ in batch]
     done: list[Sample | None] = [None] * len(batch)
     live = list(range(len(batch)))  # batch rows still decoding, in cache order
@@ -222,15 +229,17 @@ class Completion:
 
 def completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
                 top_p: float = 1.0, top_k: int = 0, stop: list[str] | None = None, batch_size: int = 8,
-                seed: int = 0, progress: bool = False, desc: str = "generate") -> list[Completion]:
+                seed: int = 0, stream_ids: Sequence[int] | None = None, progress: bool = False,
+                desc: str = "generate") -> list[Completion]:
     """:func:`generate` with each completion's finish reason: a reply cut at ``max_new_tokens`` is not a
-    whole reply (rejection sampling must not train one as if it ended there)."""
+    whole reply (rejection sampling must not train one as if it ended there). ``stream_ids``: as in
+    :func:`generate_ids`."""
     ids, text_stops = stop_token_ids(tokenizer, stop or [])
     enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ids[0] if ids else 0)
     rows = generate_ids(model, enc, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                         stop_ids=ids, stop_strings=text_stops, tokenizer=tokenizer, pad_id=pad,
-                        batch_size=batch_size, seed=seed, progress=progress, desc=desc)
+                        batch_size=batch_size, seed=seed, stream_ids=stream_ids, progress=progress, desc=desc)
     return [Completion(cut_at_stop(tokenizer.decode(r[0].ids, skip_special_tokens=True), text_stops), r[0].finish)
             for r in rows]
 

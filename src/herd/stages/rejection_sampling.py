@@ -16,9 +16,9 @@ it is trained as the beginning of a reply (its tokens, no end of turn; a message
 for models whose replies run past any affordable cap, where keeping only whole ones would select for
 short replies. ``keep``: the old rule, kept for comparison.
 
-Resumable: samples are appended per chunk of prompts to ``<out>.rs-work/samples.jsonl`` (a resumed run
-skips finished chunks; generation is seeded per chunk, so the samples are the same either way) and the
-SFT run keeps its own atomic checkpoints.
+Resumable: samples are appended per batch of prompts to ``<out>.rs-work/samples.jsonl`` (a resumed run
+skips finished prompts; each prompt's samples draw from their own seeded streams, so they are the same
+either way) and the SFT run keeps its own atomic checkpoints.
 
 Under torchrun the ranks share sampling, scoring and the greedy evaluations chunk by chunk
 (:mod:`herd.engine.distributed`: the same chunks and seeds as one process, so the same samples), each rank
@@ -93,60 +93,82 @@ def expected_max_of_k(rewards: torch.Tensor) -> list[float]:
     return out
 
 
-Chunk = tuple[list[list[str]], list[list[bool]]]  # per prompt: its K replies, and which of them finished
+Replies = tuple[list[str], list[bool]]  # one prompt's K replies, and which of them finished
 
 
-def _read_cache(path: Path) -> dict[int, Chunk]:
-    done: dict[int, Chunk] = {}
+def _read_cache(path: Path, gen_batch: int) -> dict[int, Replies]:
+    """Prompt index -> its replies. A line names its prompts (``"prompts"``); a line of the earlier
+    format names a chunk of ``gen_batch`` prompts in input order (``"chunk"``), and is read so."""
+    done: dict[int, Replies] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             rec = json.loads(line)
-        except ValueError:  # a line cut by a kill: that chunk is sampled again
+        except ValueError:  # a line cut by a kill: its prompts are sampled again
             continue
         # caches written before finish reasons were kept: every reply counts as finished, as it did then
-        done[rec["chunk"]] = (rec["replies"], rec.get("finished") or [[True] * len(r) for r in rec["replies"]])
+        finished = rec.get("finished") or [[True] * len(r) for r in rec["replies"]]
+        which = rec.get("prompts") or range(rec["chunk"] * gen_batch, rec["chunk"] * gen_batch + len(rec["replies"]))
+        done.update({i: (r, f) for i, r, f in zip(which, rec["replies"], finished)})
     return done
+
+
+def _line(which: list[int], got: list[Replies]) -> str:
+    return json.dumps({"prompts": which, "replies": [r for r, _ in got], "finished": [f for _, f in got]}) + "\n"
 
 
 def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cfg: RejectionSamplingStage,
                    cache: Path, progress: bool = True) -> tuple[list[list[str]], list[list[bool]]]:
-    """K samples per prompt and whether each finished (a stop, not the token cap), appended per chunk of
-    ``gen_batch`` prompts to ``cache`` (JSON Lines; rank r of a torchrun appends to
-    ``<cache stem>.rank<r>.jsonl``, and every cache file is read on resume)."""
+    """K samples per prompt and whether each finished (a stop, not the token cap).
+
+    Prompts decode in batches of ``gen_batch`` of similar length (longest first): a batch pads its
+    prompts to its longest and every sequence attends over that width, so batching in input order
+    (prompts of 100 to 4,000 tokens side by side) computed three times the prompt tokens. Prompt ``i``'s
+    sample ``j`` draws from its own random stream (``seed``, ``i * K + j``), so the samples do not depend
+    on the batches (up to float rounding), on a resume, or on the ranks of a torchrun. Finished prompts
+    are appended per batch to ``cache`` (JSON Lines; rank r appends to ``<cache stem>.rank<r>.jsonl``, and
+    every cache file is read on resume)."""
     from herd.engine.generation import completions
 
     rank, world = dist_env()
     own = cache if rank == 0 else cache.with_name(f"{cache.stem}.rank{rank}{cache.suffix}")
-    done: dict[int, list[list[str]]] = {}
+    done: dict[int, Replies] = {}
     for path in sorted(cache.parent.glob(f"{cache.stem}*{cache.suffix}")):
-        done.update(_read_cache(path))
-    if own.is_file():  # rewrite without a cut line, so appended chunks start on a line of their own
-        atomic_write_text(own, "".join(json.dumps({"chunk": c, "replies": r, "finished": f}) + "\n"
-                                       for c, (r, f) in _read_cache(own).items()))
+        done.update(_read_cache(path, cfg.gen_batch))
+    done = {i: v for i, v in done.items() if i < len(prompts) and len(v[0]) == cfg.k}
+    if own.is_file():  # rewrite without a cut line, so appended batches start on a line of their own
+        mine_done = _read_cache(own, cfg.gen_batch)
+        atomic_write_text(own, "".join(_line([i], [v]) for i, v in mine_done.items()))
     stops = template.stop_strings(tokenizer)
+    texts = [template.prompt(p["messages"], tokenizer) for p in prompts]
+    lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     n_chunks = math.ceil(len(prompts) / cfg.gen_batch)
     mine = range(rank, n_chunks, world)
-    bar = Progress(total=len(mine), initial=sum(1 for c in mine if c in done), desc=f"{cfg.name} sample",
-                   unit="chunk", enabled=progress and rank == 0)
+    finished_chunks = sum(1 for c in mine if all(i in done for i in order[c * cfg.gen_batch:(c + 1) * cfg.gen_batch]))
+    bar = Progress(total=len(mine), initial=finished_chunks, desc=f"{cfg.name} sample", unit="batch",
+                   enabled=progress and rank == 0)
 
-    def one(part: list[dict], c: int) -> list[tuple[list[str], list[bool]]]:
-        if c in done and len(done[c][0]) == len(part):
-            return list(zip(*done[c]))
-        texts = [template.prompt(p["messages"], tokenizer) for p in part for _ in range(cfg.k)]
-        flat = completions(model, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           top_p=cfg.top_p, top_k=cfg.top_k, stop=stops, batch_size=cfg.gen_batch * cfg.k,
-                           seed=cfg.seed + 7919 * c)
-        rows = [flat[i * cfg.k:(i + 1) * cfg.k] for i in range(len(part))]
-        replies = [[x.text for x in r] for r in rows]
-        finished = [[x.finish == "stop" for x in r] for r in rows]
-        with open(own, "a") as f:
-            f.write(json.dumps({"chunk": c, "replies": replies, "finished": finished}) + "\n")
-        bar.update(1)
-        return list(zip(replies, finished))
+    def one(part: list[int], _c: int) -> list[Replies]:
+        need = [i for i in part if i not in done]
+        if need:
+            flat = completions(model, tokenizer, [texts[i] for i in need for _ in range(cfg.k)],
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               top_k=cfg.top_k, stop=stops, batch_size=len(need) * cfg.k, seed=cfg.seed,
+                               stream_ids=[i * cfg.k + j for i in need for j in range(cfg.k)])
+            rows = [flat[m * cfg.k:(m + 1) * cfg.k] for m in range(len(need))]
+            got = [([x.text for x in r], [x.finish == "stop" for x in r]) for r in rows]
+            with open(own, "a") as f:
+                f.write(_line(need, got))
+            done.update(zip(need, got))
+            bar.update(1)
+        return [done[i] for i in part]
 
     with bar:
-        pairs = map_chunks(one, prompts, cfg.gen_batch)
-    return [list(r) for r, _ in pairs], [list(f) for _, f in pairs]
+        by_order = map_chunks(one, order, cfg.gen_batch)
+    out: list[Replies] = [([], [])] * len(prompts)
+    for i, v in zip(order, by_order):
+        out[i] = v
+    return [list(r) for r, _ in out], [list(f) for _, f in out]
 
 
 # -- the stage ------------------------------------------------------------------------------------
