@@ -426,6 +426,8 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
     assert summary["kept_truncated"] == sum(not r["finished"][r["kept"]] for r in rows) > 0
     lineage = read_lineage(path)
     assert lineage["stage"]["kind"] == "rejection_sampling" and lineage["metrics"]["k"] == 4
+    assert lineage["stage"]["arithmetic"] == "fp32"  # its SFT's, where the stage has no precision of its own
+    assert lineage["stage"]["sampling_arithmetic"] in ("fp32", "bf16")
     AutoModelForCausalLM.from_pretrained(str(path))
     assert not list(tmp_path.glob("rs.*"))  # work folders cleaned up
 

@@ -128,10 +128,12 @@ def arithmetic(precision: str) -> str:
 
 def arithmetic_record(cfg) -> dict:
     """A stage config's ``arithmetic`` (and ``sampling_arithmetic`` where it samples) on this machine: what
-    its lineage records and its scorecard lists."""
+    its lineage records and its scorecard lists. A stage that trains through a nested SFT (rejection
+    sampling) records that SFT's."""
     out = {}
-    if getattr(cfg, "precision", None):
-        out["arithmetic"] = arithmetic(cfg.precision)
+    precision = getattr(cfg, "precision", None) or getattr(getattr(cfg, "sft", None), "precision", None)
+    if precision:
+        out["arithmetic"] = arithmetic(precision)
     if getattr(cfg, "sample_precision", None):
         out["sampling_arithmetic"] = arithmetic(cfg.sample_precision)
     return out

@@ -53,7 +53,7 @@ from herd.data.report import DataReport
 from herd.engine.distributed import barrier, map_chunks
 from herd.engine.generation import sampling_model
 from herd.engine.reward_model import check_reward_model, load_reward_model
-from herd.engine.training import device, dist_env
+from herd.engine.training import arithmetic_record, device, dist_env
 from herd.stages import StageContext
 from herd.stages.configs import RejectionSamplingStage
 from herd.stages.pairs import SAMPLES_FILE, recipe_dir
@@ -272,7 +272,8 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
                                 "rewards": [round(x, 5) for x in rewards[i].tolist()],
                                 "kept": int(best[i]) if best[i] >= 0 else None}, ensure_ascii=False) + "\n")
     lineage = read_lineage(tmp)
-    lineage["stage"] = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json")}
+    lineage["stage"] = {"name": cfg.name, "kind": cfg.kind, "config": cfg.model_dump(mode="json"),
+                        **arithmetic_record(cfg)}
     lineage["metrics"] = summary
     lineage = write_lineage(tmp, lineage)
     md = (f"Rejection sampling: {len(train_p)} prompts x {cfg.k} samples; mean reward sampled "
