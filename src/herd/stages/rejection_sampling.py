@@ -122,7 +122,7 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
 
     Prompts decode in batches of ``gen_batch`` of similar length (longest first): a batch pads its
     prompts to its longest and every sequence attends over that width, so batching in input order
-    (prompts of 100 to 4,000 tokens side by side) computed three times the prompt tokens. Prompt ``i``'s
+    (prompts of a dozen to 4,074 tokens side by side) computed three times the prompt tokens. Prompt ``i``'s
     sample ``j`` draws from its own random stream (``seed``, ``i * K + j``), so the samples do not depend
     on the batches (up to float rounding), on a resume, or on the ranks of a torchrun. Finished prompts
     are appended per batch to ``cache`` (JSON Lines; rank r appends to ``<cache stem>.rank<r>.jsonl``, and
@@ -133,11 +133,11 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
     own = cache if rank == 0 else cache.with_name(f"{cache.stem}.rank{rank}{cache.suffix}")
     done: dict[int, Replies] = {}
     for path in sorted(cache.parent.glob(f"{cache.stem}*{cache.suffix}")):
-        done.update(_read_cache(path, cfg.gen_batch))
+        read = _read_cache(path, cfg.gen_batch)
+        done.update(read)
+        if path == own:  # rewrite without a cut line, so appended batches start on a line of their own
+            atomic_write_text(own, "".join(_line([i], [v]) for i, v in read.items()))
     done = {i: v for i, v in done.items() if i < len(prompts) and len(v[0]) == cfg.k}
-    if own.is_file():  # rewrite without a cut line, so appended batches start on a line of their own
-        mine_done = _read_cache(own, cfg.gen_batch)
-        atomic_write_text(own, "".join(_line([i], [v]) for i, v in mine_done.items()))
     stops = template.stop_strings(tokenizer)
     texts = [template.prompt(p["messages"], tokenizer) for p in prompts]
     lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
