@@ -407,6 +407,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
         data=[{"name": "toy", "path": str(toy_data), "format": "preference", "max_records": 20}], eval_size=4,
         reward_model=rm_path.name.split("-")[1], k=4, max_new_tokens=8, gen_batch=4,
         truncated="open",  # 8 tokens of a random model: nearly every reply is cut; train them open
+        score_precision="fp32",  # the stored rewards are checked against an fp32 rescoring
         sft={"epochs": 1, "global_batch": 8, "lr": 1e-3, "max_len": 128, "precision": "fp32"})
     path, summary = run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
                                            progress=False, workspace=rm_path.parent)  # RM found by stage name
@@ -428,6 +429,7 @@ def test_rejection_sampling_keeps_best_and_trains(tmp_path, toy_data, tiny_ref, 
     assert lineage["stage"]["kind"] == "rejection_sampling" and lineage["metrics"]["k"] == 4
     assert lineage["stage"]["arithmetic"] == "fp32"  # its SFT's, where the stage has no precision of its own
     assert lineage["stage"]["sampling_arithmetic"] in ("fp32", "bf16")
+    assert lineage["stage"]["scoring_arithmetic"] == summary["scored_in"] == "fp32"
     AutoModelForCausalLM.from_pretrained(str(path))
     assert not list(tmp_path.glob("rs.*"))  # work folders cleaned up
 
@@ -453,7 +455,8 @@ def test_rejection_selection_feeds_sft(monkeypatch, tmp_path, toy_data, tiny_ref
     monkeypatch.setattr(rej, "sample_replies", fake_sample)
     monkeypatch.setattr(sft, "run_sft", fake_run_sft)
     cfg = RejectionSamplingStage(data=[{"name": "toy", "path": str(toy_data), "format": "preference",
-                                        "max_records": 6}], eval_size=0, reward_model=str(rm_path), k=3)
+                                        "max_records": 6}], eval_size=0, reward_model=str(rm_path), k=3,
+                                 score_precision="fp32")  # the rewards are checked against an fp32 rescoring
     with pytest.raises(RuntimeError, match="stop after selection"):
         rej.run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
                                    progress=False)
@@ -543,6 +546,38 @@ def test_sampling_batches_by_length_and_resumes_from_the_cache(monkeypatch, tmp_
     # a cache holding some prompts of a batch: only the others are sampled
     cache.write_text(json.dumps({"prompts": [3], "replies": [first[0][3]], "finished": [first[1][3]]}) + "\n")
     assert sample() == first and calls == [[8, 9], [4, 5, 2, 3], [0, 1]]
+
+
+def test_rejection_scores_its_samples_in_score_precision_and_held_out_in_fp32(monkeypatch, tmp_path, toy_data,
+                                                                            tiny_ref, reward_artifact):
+    """The kept reply is chosen under ``score_precision``'s autocast; the held-out greedy rewards, which
+    compare parent and derived, are always fp32."""
+    import herd.stages.rejection_sampling as rej
+    import herd.stages.sft as sft
+    from herd.stages.sampling import Scorer
+
+    rm_path, _ = reward_artifact
+    calls, real_call = [], Scorer.__call__
+
+    def spy(self, prompts, replies, is_safety, desc=None):
+        on = torch.is_autocast_enabled("cpu")
+        calls.append((len(replies), on and torch.get_autocast_dtype("cpu")))
+        return real_call(self, prompts, replies, is_safety, desc)
+
+    def fake_run_sft(cfg, parent, template, examples, out, **kw):
+        raise RuntimeError("stop after selection")
+
+    monkeypatch.setattr(Scorer, "__call__", spy)
+    monkeypatch.setattr(rej, "sample_replies", lambda m, t, tpl, prompts, cfg, cache, progress=True: (
+        [["plain words", "more words banana", "banana"] for _ in prompts], [[True] * 3 for _ in prompts]))
+    monkeypatch.setattr(sft, "run_sft", fake_run_sft)
+    cfg = RejectionSamplingStage(data=[{"name": "toy", "path": str(toy_data), "format": "preference",
+                                        "max_records": 6}], eval_size=2, reward_model=str(rm_path), k=3,
+                                 max_new_tokens=4, score_precision="bf16")
+    with pytest.raises(RuntimeError, match="stop after selection"):
+        rej.run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / "rs", name="toy",
+                                   progress=False)
+    assert calls == [(4 * 3, torch.bfloat16), (2, False)]  # 4 training prompts x K, then the 2 held out
 
 
 def test_rejection_samples_do_not_depend_on_the_batch_size(tmp_path, tokenizer, toy_data, tiny_model):

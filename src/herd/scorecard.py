@@ -96,6 +96,7 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
             lines += ["Stages: " + "; ".join(
                 f"`{st['folder']}` ({st.get('arithmetic') or 'arithmetic not recorded'}"
                 + (f", sampling {st['sampling_arithmetic']}" if st.get("sampling_arithmetic") else "")
+                + (f", scoring {st['scoring_arithmetic']}" if st.get("scoring_arithmetic") else "")
                 + (", reused: finished before this run" if st.get("reused") else ", trained by this run") + ")"
                 for st in stages) + ".", ""]
         if legs:

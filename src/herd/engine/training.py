@@ -127,7 +127,8 @@ def arithmetic(precision: str) -> str:
 
 
 def arithmetic_record(cfg) -> dict:
-    """A stage config's ``arithmetic`` (and ``sampling_arithmetic`` where it samples) on this machine: what
+    """A stage config's ``arithmetic`` (and ``sampling_arithmetic``/``scoring_arithmetic`` where it samples
+    and scores) on this machine: what
     its lineage records and its scorecard lists. A stage that trains through a nested SFT (rejection
     sampling) records that SFT's."""
     out = {}
@@ -136,6 +137,8 @@ def arithmetic_record(cfg) -> dict:
         out["arithmetic"] = arithmetic(precision)
     if getattr(cfg, "sample_precision", None):
         out["sampling_arithmetic"] = arithmetic(cfg.sample_precision)
+    if getattr(cfg, "score_precision", None):
+        out["scoring_arithmetic"] = arithmetic(cfg.score_precision)
     return out
 
 

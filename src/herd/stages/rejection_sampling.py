@@ -53,7 +53,7 @@ from herd.data.report import DataReport
 from herd.engine.distributed import barrier, map_chunks
 from herd.engine.generation import sampling_model
 from herd.engine.reward_model import check_reward_model, load_reward_model
-from herd.engine.training import arithmetic_record, device, dist_env
+from herd.engine.training import arithmetic, arithmetic_record, device, dist_env, resolve_precision
 from herd.stages import StageContext
 from herd.stages.configs import RejectionSamplingStage
 from herd.stages.pairs import SAMPLES_FILE, recipe_dir
@@ -208,7 +208,9 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     release_memory()
     flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
     flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
-    with record("score the samples"):
+    amp = resolve_precision(cfg.score_precision)  # choosing the kept reply; held-out rewards stay fp32
+    with record("score the samples"), torch.autocast(device().type, dtype=amp or torch.float32,
+                                                     enabled=amp is not None):
         scorer = load_scorer()
         rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety,
                          f"{cfg.name} score" if progress else None).view(len(train_p), cfg.k)
@@ -252,6 +254,7 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     del new_model, scorer
     release_memory()
     summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,
+               "scored_in": arithmetic(cfg.score_precision),
                "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
                "samples_truncated": int((~whole).sum()), "truncated": cfg.truncated,
