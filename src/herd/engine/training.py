@@ -128,9 +128,8 @@ def arithmetic(precision: str) -> str:
 
 def arithmetic_record(cfg) -> dict:
     """A stage config's ``arithmetic`` (and ``sampling_arithmetic``/``scoring_arithmetic`` where it samples
-    and scores) on this machine: what
-    its lineage records and its scorecard lists. A stage that trains through a nested SFT (rejection
-    sampling) records that SFT's."""
+    and scores) on this machine: what its lineage records and its scorecard lists. A stage that trains
+    through a nested SFT (rejection sampling) records that SFT's."""
     out = {}
     precision = getattr(cfg, "precision", None) or getattr(getattr(cfg, "sft", None), "precision", None)
     if precision:

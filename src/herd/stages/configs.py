@@ -156,7 +156,7 @@ class RejectionSamplingStage(_Strict):
     sample_precision: Literal["auto", "fp32", "bf16"] = "auto"
     # the arithmetic the K samples are scored in, to choose the one kept: auto = bf16 autocast where native,
     # the arithmetic reward models trained under `precision: auto` learned in (2.2x fp32 on the llama2chat small
-    # stage's samples, the same best reply for 60 of 62 prompts: bench/reward_scoring.py); held-out rewards fp32
+    # stage's samples, the same best reply for 60 of 62 prompts: bench/score_precision.py); held-out rewards fp32
     score_precision: Literal["auto", "fp32", "bf16"] = "auto"
     score_batch: int = Field(default=8, gt=0)
     seed: int = 0
