@@ -63,7 +63,8 @@ def before(model, tok, template, prompts, cfg) -> list[list[str]]:
 def transformers_generate(model, tok, template, prompts, cfg) -> list[list[str]]:
     """The path before the engine: ``generate`` on batches in input order, each of a prompt's K rows
     prefilling it again (fp32)."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    if str(Path(__file__).parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).parent))
     from generation import before_generate  # the frozen copy bench/generation.py times
 
     stops = template.stop_strings(tok)

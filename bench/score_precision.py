@@ -38,7 +38,9 @@ def main() -> None:
     from herd.core.machine import cpu_summary
     from herd.core.recipe import load_recipe, recipe_path
     from herd.data.report import DataReport
+    from herd.engine.generation import sampling_model
     from herd.engine.reward_model import load_reward_model
+    from herd.engine.training import autocast
     from herd.stages.sampling import Scorer, load_prompts, split_prompts
     from herd.templates import get_template
 
@@ -64,7 +66,7 @@ def main() -> None:
 
     def bf16(rm):
         out = copy.copy(rm)
-        out.model = copy.deepcopy(rm.model).to(torch.bfloat16)
+        out.model = sampling_model(rm.model, "bf16")  # a bf16 copy, as rejection sampling's sampler
         return out
 
     systems = {"fp32": (scorer(rms), False), "bf16 autocast": (scorer(rms), True)}
@@ -76,7 +78,7 @@ def main() -> None:
     res = {}
     for name, (sc, amp) in systems.items():
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with autocast("bf16" if amp else "fp32"):
             r = sc(flat_p, flat_r, flat_s).view(-1, k)
         res[name] = (r, time.perf_counter() - t)
         print(f"  {name}: {res[name][1]:.1f} s", flush=True)

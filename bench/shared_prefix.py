@@ -31,9 +31,8 @@ from herd.core.phases import PhaseLog, record, release_memory  # noqa: E402
 from herd.data import load_examples  # noqa: E402
 from herd.data.packing import make_batch  # noqa: E402
 from herd.data.tokenize import tokenize_examples  # noqa: E402
-from herd.engine.pair_loop import autocast  # noqa: E402
 from herd.engine.shared_prefix import group_step, plan_groups  # noqa: E402
-from herd.engine.training import MaskedLMLoss  # noqa: E402
+from herd.engine.training import MaskedLMLoss, autocast  # noqa: E402
 from herd.templates import get_template  # noqa: E402
 
 

@@ -24,12 +24,12 @@ from herd.engine.training import (
     LoopConfig,
     LoopResult,
     StepOut,
+    autocast,
     causal_lm,
     device,
     dist_env,
     optimise,
     plan_steps,
-    resolve_precision,
     wrap_distributed,
 )
 
@@ -48,13 +48,6 @@ class ItemLoss(nn.Module):
 
     def forward(self, idx: list[int]):
         return self.loss_fn(idx)
-
-
-def autocast(precision: str):
-    """The loop's autocast context (bf16 where ``precision`` resolves to it, else a no-op), for code that
-    must compute exactly as training does (DPO's reference log-probs)."""
-    amp = resolve_precision(precision)
-    return torch.autocast(device().type, dtype=amp or torch.float32, enabled=amp is not None)
 
 
 def micro_batches(items: list[int], micro_batch: int, rank: int, world: int) -> list[list[int]]:

@@ -282,7 +282,7 @@ def train_shared_prefix(model, items: list[Tokenized], cfg: LoopConfig, run_dir:
     step; returns the loop's result (``tokens``: the examples' whole lengths, as packed training counts
     them) and a report of the grouping. Single process: the groups are not sharded across ranks."""
     from herd.core.errors import HerdError
-    from herd.engine.pair_loop import autocast
+    from herd.engine.training import autocast
 
     if dist_env()[1] > 1:
         raise HerdError("shared_prefix training runs in one process (under torchrun, set shared_prefix: false)")

@@ -120,6 +120,14 @@ def resolve_precision(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if _cpu_has("avx512_bf16", "amx_bf16") else None
 
 
+def autocast(precision: str):
+    """The autocast context of ``precision`` on this device (bf16 where it resolves to it, else a no-op):
+    for code that must compute as training does (DPO's reference log-probs) or in the stage's chosen
+    arithmetic (rejection sampling's scoring)."""
+    amp = resolve_precision(precision)
+    return torch.autocast(device().type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
 def arithmetic(precision: str) -> str:
     """What ``precision`` computes on this machine, as a stage's lineage records it: ``bf16`` (autocast) or
     ``fp32``. ``auto`` differs between machines, and a stage's folder hash names its settings, not this."""

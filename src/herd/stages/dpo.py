@@ -26,8 +26,8 @@ from herd.core.registry import STAGES
 from herd.engine.distributed import barrier, map_rows
 from herd.engine.logprobs import batched_logps, pad_right, prompt_logps, sequence_logps
 from herd.engine.losses import dpo_loss
-from herd.engine.pair_loop import autocast, forward_layouts, pair_loop_config, train_items
-from herd.engine.training import device, dist_env, full_state_dict
+from herd.engine.pair_loop import forward_layouts, pair_loop_config, train_items
+from herd.engine.training import autocast, device, dist_env, full_state_dict
 from herd.stages import StageContext
 from herd.stages.common import finish_artifact
 from herd.stages.configs import DPOStage

@@ -53,10 +53,10 @@ from herd.core.registry import STAGES
 from herd.engine.distributed import all_sum, barrier, map_chunks, map_rows
 from herd.engine.logprobs import Encoded, _causal_lm, encode_reply, pad_right
 from herd.engine.losses import logit, ppo_token_rewards, whiten
-from herd.engine.pair_loop import autocast
 from herd.engine.training import (
     _dedupe_shared,
     adamw,
+    autocast,
     device,
     dist_env,
     find_checkpoint,

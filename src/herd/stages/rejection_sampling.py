@@ -53,7 +53,7 @@ from herd.data.report import DataReport
 from herd.engine.distributed import barrier, map_chunks
 from herd.engine.generation import sampling_model
 from herd.engine.reward_model import check_reward_model, load_reward_model
-from herd.engine.training import arithmetic, arithmetic_record, device, dist_env, resolve_precision
+from herd.engine.training import arithmetic, arithmetic_record, autocast, device, dist_env
 from herd.stages import StageContext
 from herd.stages.configs import RejectionSamplingStage
 from herd.stages.pairs import SAMPLES_FILE, recipe_dir
@@ -208,9 +208,8 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     release_memory()
     flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
     flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
-    amp = resolve_precision(cfg.score_precision)  # choosing the kept reply; held-out rewards stay fp32
-    with record("score the samples"), torch.autocast(device().type, dtype=amp or torch.float32,
-                                                     enabled=amp is not None):
+    # the kept reply is chosen in score_precision's arithmetic; the held-out rewards below stay fp32
+    with record("score the samples"), autocast(cfg.score_precision):
         scorer = load_scorer()
         rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety,
                          f"{cfg.name} score" if progress else None).view(len(train_p), cfg.k)
