@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from herd.core.machine import native_bf16
 from herd.core.phases import current_rss_mb, process_peak_mb, record, set_mmap_threshold, trim_heap
 from herd.core.progress import Progress
 from herd.data.packing import Batch, make_batch
@@ -116,8 +117,9 @@ def resolve_precision(precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    # AVX512 alone emulates bf16 (measured 4x SLOWER than fp32 here); only native bf16 pays off.
-    return torch.bfloat16 if _cpu_has("avx512_bf16", "amx_bf16") else None
+    # AVX512 alone emulates bf16 (measured 4x SLOWER than fp32 here); only native bf16 pays off. An
+    # instruction-set cap (ATEN_CPU_CAPABILITY=avx2, bench/as-avx2) hides it as an AVX2 CPU lacks it.
+    return torch.bfloat16 if native_bf16() else None
 
 
 def autocast(precision: str):
@@ -147,14 +149,6 @@ def arithmetic_record(cfg) -> dict:
     if getattr(cfg, "score_precision", None):
         out["scoring_arithmetic"] = arithmetic(cfg.score_precision)
     return out
-
-
-def _cpu_has(*flags: str) -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in text for f in flags)
 
 
 # -- the loss: LlamaForCausalLM's own modules, LM head only where a label is -------------------------
