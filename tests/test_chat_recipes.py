@@ -140,6 +140,10 @@ def test_alpaca_answers_the_bench_unjudged_and_records_its_command(tmp_path):
     assert card["run"]["command"].startswith("herd derive alpaca --profile tiny --base tiny --out ")
     assert " --eval-size 8 --dev-size 2  # with API overrides" in card["run"]["command"]  # flags where there are flags
     assert '"eval_size"' not in card["run"]["command"] and card["run"]["wall_seconds"] > 0
+    from herd.core.phases import process_peak_mb
+    # the process's high-water mark when the card was written: above a loaded model, at most the mark now
+    assert 100 < card["run"]["peak_rss_mb"] <= process_peak_mb() + 1
+    assert f"peak RSS {card['run']['peak_rss_mb'] / 1024:.2f} GiB" in (res.path / "scorecard.md").read_text()
 
 
 @pytest.mark.slow

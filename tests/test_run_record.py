@@ -68,3 +68,6 @@ def test_a_resumed_derive_records_its_earlier_legs_and_its_scorecard_says_so(tmp
     md = to_markdown(card)
     assert "resumed" in md and all(s in md for s in starts[:2]) and "last leg's, started s3" in md
     assert "resumed" not in to_markdown({**card, "run": {**card["run"], "earlier_legs": []}})
+    assert "(1.0 min to this scorecard, peak RSS 3.00 GiB on m)" in to_markdown(
+        {**card, "run": {**card["run"], "peak_rss_mb": 3072}})  # cards before the field: time alone
+    assert "(1.0 min to this scorecard on m)" in md

@@ -25,7 +25,7 @@ from herd.core.errors import ConfigError, HerdError
 from herd.core.hashing import sha256_file, sha256_json
 from herd.core.machine import cpu_summary
 from herd.core.paths import resolve_data_path
-from herd.core.phases import PhaseLog, record, release_memory
+from herd.core.phases import PhaseLog, process_peak_mb, record, release_memory
 from herd.core.progress import phase
 from herd.core.recipe import Recipe, load_recipe
 from herd.core.run_record import earlier_legs, read_run_record, run_args, running_record, write_run_record
@@ -445,7 +445,7 @@ def reproduce_command(recipe: str, base: str | None, profile: str, data: list[st
 def _scorecard(recipe: Recipe, template, ref: BaseRef, final: Path, inputs: Inputs, stage_runs: list,
                progress: bool, *, run: dict | None = None, t0: float | None = None) -> tuple[dict, str]:
     """Evaluate parent vs derived, add the stage rows, and write scorecard, lineage and model card.
-    ``run`` (the command, start time, machine) goes into the scorecard with the wall time up to it."""
+    ``run`` (the command, start time, machine) goes into the scorecard with the wall time and peak RSS up to it."""
     from herd.engine.distributed import single_rank
 
     # the other ranks are done: evaluation helpers must not wait for them
@@ -460,7 +460,9 @@ def _scorecard(recipe: Recipe, template, ref: BaseRef, final: Path, inputs: Inpu
         card["extra"]["data_transforms"] = transformed.as_dict()
         card["sections"].append(report_markdown(transformed))
     if run is not None:
-        card["run"] = {**run, "wall_seconds": round(time.perf_counter() - t0, 1) if t0 else None}
+        # the process's high-water mark up to the card (VmHWM; rank 0's), so a memory claim is traceable like a time
+        card["run"] = {**run, "wall_seconds": round(time.perf_counter() - t0, 1) if t0 else None,
+                       "peak_rss_mb": round(process_peak_mb())}
     md = write_scorecard(final, card, stage_runs[-1][2])
     lineage = read_lineage(final)
     if transformed:

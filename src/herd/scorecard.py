@@ -89,8 +89,10 @@ def to_markdown(card: dict, training: dict | None = None) -> str:
     if run:
         wall = run.get("wall_seconds")
         legs = run.get("earlier_legs") or []
-        lines += [f"Reproduce: `{run['command']}`" + (f" ({wall / 60:.1f} min to this scorecard on {run.get('machine')})"
-                                                      if wall else ""), ""]
+        peak = run.get("peak_rss_mb")
+        lines += [f"Reproduce: `{run['command']}`" + (f" ({wall / 60:.1f} min to this scorecard"
+                                                      + (f", peak RSS {peak / 1024:.2f} GiB" if peak else "")
+                                                      + f" on {run.get('machine')})" if wall else ""), ""]
         stages = run.get("stages") or []
         if stages:
             lines += ["Stages: " + "; ".join(
