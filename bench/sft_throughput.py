@@ -82,17 +82,31 @@ def bench_herd(ref, items, steps: int, precision: str, per_step: int, method: st
     tok, model, cfg = herd_setup(ref, method, steps + 2, precision, per_step, compile_, budget=budget, state=state)
     import tempfile
 
+    compiles = []  # dynamo's compiled frames so far, after each step: a step that compiled is not steady state
+
+    def count(rec: dict) -> None:
+        compiles.append(_compiled_frames())
+
     with tempfile.TemporaryDirectory() as d:
-        res = train(model, items, cfg, d, pad_id=tok.pad_token_id)
+        res = train(model, items, cfg, d, pad_id=tok.pad_token_id, on_log=count)
     h = res.history[1:]  # the first step compiles (and, with it, the second shape of a short last micro-batch)
     toks = sum(x["tokens"] for x in h[1:])
     secs = h[-1]["elapsed"] - h[0]["elapsed"]
+    step_s = [b["elapsed"] - a["elapsed"] for a, b in zip(h, h[1:])]
+    compiled_in = [b - a for a, b in zip(compiles[1:], compiles[2:])]
     label = (f"herd {method}, compile {compile_}" + (f", budget {budget:g}" if budget < 1 else "")
              + (f", {state} moments" if state != "fp32" else ""))
     return {"system": label, "steps": len(h) - 1, "method": method, "peak_mb": process_peak_mb(),
             "useful_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs,
             "tokens_per_step": toks / (len(h) - 1), "final_loss": h[-1]["loss"],
-            "flops_per_token": flops_per_token(model, method)}
+            "flops_per_token": flops_per_token(model, method), "step_seconds": step_s, "compiled_in": compiled_in}
+
+
+def _compiled_frames() -> int:
+    """Frames dynamo has compiled in this process (a new graph, or a recompile for a new shape)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
 
 
 def matmul_shapes(model) -> list[tuple[int, int]]:
@@ -243,6 +257,12 @@ def main() -> None:
             peak = f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "-"
             print(f"{r['system']:<72} {r['steps']:>5} {r['tokens_per_step']:>9.0f} {r['tokens_per_s']:>13.1f}"
                   f" {mfu:>6} {peak:>9}")
+    print("\nseconds of each timed herd step (+N: dynamo compiled N frames in it, so it was not steady state):")
+    for results in rounds:
+        for r in results:
+            if "step_seconds" in r:
+                cells = [f"{t:.1f}" + (f"+{c}" if c else "") for t, c in zip(r["step_seconds"], r["compiled_in"])]
+                print(f"  {r['system']:<70} {' '.join(cells)}")
     if not args.no_trl:
         for line in ratio_lines(rounds):
             print(line)
