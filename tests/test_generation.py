@@ -131,3 +131,28 @@ def test_healing_constrains_only_the_first_token_of_its_prompts(tiny_model, toke
             assert b.ids == ref[1]  # the unhealed prompt decodes as without healing
             forced = generate_ids(tiny_model, [prompts[2] + [13]], max_new_tokens=6)[0][0]
             assert c.ids[1:] == forced.ids  # decoding on from the healed token = prefilling it
+
+
+def test_a_token_budget_caps_a_batch_of_long_prompts_and_keeps_greedy_replies(tiny_model, tokenizer, monkeypatch):
+    """``batch_tokens`` splits a batch where rows x (longest prompt + max_new_tokens) would pass it; the greedy
+    replies stay transformers' own. The evaluations' ``generate`` decodes 32 rows under 32 x 512 tokens."""
+    import herd.engine.generation as g
+
+    prompts = _prompts(tokenizer)
+    widths = sorted((len(p) + 12 for p in prompts), reverse=True)
+    budget = 2 * widths[0] + 1  # two rows of the longest fit; three do not
+    seen: list[int] = []
+    decode = g._decode
+    monkeypatch.setattr(g, "_decode", lambda model, ps, batch, **kw: seen.append(len(batch)) or decode(
+        model, ps, batch, **kw))
+    got = generate_ids(tiny_model, prompts, max_new_tokens=12, batch_size=4, batch_tokens=budget)
+    assert seen == [2, 2]  # a budget of 4 rows would have run one batch
+    for rows, start in zip(seen, (0, 2)):
+        assert rows * widths[start] <= budget
+    assert [s[0].ids for s in got] == _hf_greedy(tiny_model, prompts, 12)
+    seen.clear()
+    generate_ids(tiny_model, prompts, max_new_tokens=12, batch_size=4, batch_tokens=1)  # never below one row
+    assert seen == [1, 1, 1, 1]
+    seen.clear()
+    generate(tiny_model, tokenizer, [tokenizer.decode(p) for p in prompts], max_new_tokens=4)
+    assert seen == [4] and (g.EVAL_BATCH, g.EVAL_BATCH_TOKENS) == (32, 32 * 512)

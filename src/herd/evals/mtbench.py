@@ -72,9 +72,10 @@ def temperature_for(category: str) -> float:
 
 def generate_answers(model, tokenizer, template, questions: list[Question], *, model_id: str,
                      max_new_tokens: int = MAX_NEW_TOKENS, max_turns: int | None = None, seed: int = 0,
-                     batch_size: int = 8, system: str | None = None, progress: bool = False) -> list[dict]:
+                     batch_size: int = 32, system: str | None = None, progress: bool = False) -> list[dict]:
     """Answer every turn of every question, turn by turn, batching questions of equal temperature;
-    ``progress`` reports answers (question turns) done."""
+    ``progress`` reports answers (question turns) done. ``batch_size`` 32 is the engine's ``EVAL_BATCH`` (not
+    imported here: torch loads only when answers are generated)."""
     from herd.engine.generation import generate
 
     history: dict[int, list[dict]] = {
@@ -140,7 +141,7 @@ def read_answers(path: str | Path) -> dict:
 
 def answer_questions(artifact: str | Path, questions_path: str | Path, out: str | Path, *,
                      model_id: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS, max_turns: int | None = None,
-                     seed: int = 0, batch_size: int = 8, progress: bool = True) -> Path:
+                     seed: int = 0, batch_size: int = 32, progress: bool = True) -> Path:
     """``herd eval mtbench-answers``: load an artifact (or any base) and write its answer file."""
     from herd.artifacts import artifact_path, artifact_template
     from herd.base import load_model, load_tokenizer, resolve_base
