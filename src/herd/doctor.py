@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.core.machine import cap_note, capped, cpu_features, cpu_name, isa_cap
+from herd.core.machine import capped, cpu_name, features_line, isa_cap
 
 # The demo's peak RSS (/usr/bin/time -v, 2 cores, the README's table): 2.98 GB on an AVX2-only EPYC in fp32
 # and 2.94-3.16 GB on an AVX-512 EPYC in bf16 since the memory work of issue 18 (was 7.9 and 8.9 GB).
@@ -42,11 +42,9 @@ def _meminfo() -> dict[str, int]:
 
 def cpu_checks(flags: set[str]) -> list[Check]:
     """The CPU's features as torch may use them (an ``ATEN_CPU_CAPABILITY`` cap applied, and named)."""
-    usable = capped(flags, isa_cap())
-    note = cap_note(flags)
     return [Check("info", "cpu", f"{cpu_name()} ({platform.machine()})"),
-            Check("ok" if "avx2" in usable or platform.machine() != "x86_64" else "warn", "cpu features",
-                  (cpu_features(usable) + (f"; {note}" if note else "")) if flags else "unknown (no /proc/cpuinfo)")]
+            Check("ok" if "avx2" in capped(flags, isa_cap()) or platform.machine() != "x86_64" else "warn",
+                  "cpu features", features_line(flags))]
 
 
 def precision_checks() -> list[Check]:

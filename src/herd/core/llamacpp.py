@@ -20,6 +20,7 @@ that is how an AVX-512 machine builds and tests the AVX2-only variant.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -50,17 +51,23 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
 }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as /proc/cpuinfo names them (empty where there is no such file)."""
+@functools.cache
+def _read_cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where there is no such file). Read once
+    per process: ``precision: auto`` asks on every micro-batch's autocast."""
+    return set(_read_cpu_flags())
 
 
 def wanted() -> dict:

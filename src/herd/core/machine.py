@@ -24,8 +24,7 @@ AVX2_SWITCHES: dict[str, tuple[str, str]] = {
     "MKL_ENABLE_INSTRUCTIONS": ("AVX2", "MKL's fp32 matrix products"),
 }
 # /proc/cpuinfo flags above each cap (prefixes): what a capped torch no longer uses.
-_ABOVE = {"avx2": ("avx512", "amx", "avx10"),
-          "default": ("avx512", "amx", "avx10", "avx", "fma", "f16c", "bmi2")}
+_ABOVE = {"avx2": ("avx512", "amx", "avx10"), "default": ("avx", "amx", "fma", "f16c", "bmi2")}
 
 
 def cpu_name() -> str:
@@ -64,15 +63,12 @@ def native_bf16(flags: set[str] | None = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def cap_note(flags: set[str] | None = None) -> str:
-    """Empty without a cap; else what it hides and which of torch's switches are missing (a partial cap)."""
+def cap_note(flags: set[str]) -> str:
+    """Empty without a cap; else what it hides of ``flags`` and which of torch's switches are missing (a
+    partial cap)."""
     cap = isa_cap()
     if cap is None:
         return ""
-    if flags is None:
-        from herd.core.llamacpp import cpu_flags
-
-        flags = cpu_flags()
     hidden = sorted(flags - capped(flags, cap))
     note = f"capped at {cap.upper() if cap == 'avx2' else 'no vector extensions'} by ATEN_CPU_CAPABILITY"
     note += f" (the CPU has {len(hidden)} more: {', '.join(hidden[:4])}{', ...' if len(hidden) > 4 else ''})" \
@@ -94,14 +90,19 @@ def cpu_features(flags: set[str]) -> str:
             f"AMX {has('amx_tile')}")
 
 
+def features_line(flags: set[str]) -> str:
+    """The features of /proc/cpuinfo's ``flags`` as torch may use them here, and the cap where there is one."""
+    if not flags:
+        return "unknown (no /proc/cpuinfo)"
+    note = cap_note(flags)
+    return cpu_features(capped(flags, isa_cap())) + (f"; {note}" if note else "")
+
+
 def cpu_summary() -> str:
     """One line for a benchmark's header or a scorecard: the machine a figure was measured on."""
     import torch
 
     from herd.core.llamacpp import cpu_flags
 
-    flags = cpu_flags()
-    features = cpu_features(capped(flags, isa_cap())) if flags else "unknown (no /proc/cpuinfo)"
-    note = cap_note(flags)
     return (f"machine: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads; {features}" + (f"; {note}" if note else ""))
+            f"{torch.get_num_threads()} threads; {features_line(cpu_flags())}")
