@@ -3,8 +3,8 @@ each stage's model against the SFT model on held-out prompts, KL to the referenc
 
 ``reward_win_rate``: for every policy stage after the baseline stage (``sft``), greedy answers of that
 stage's model and of the baseline to the same held-out prompts, both scored by the reward model: win
-rate with ties as ½ and a bootstrap CI. The prompts are the first turns of a FastChat question file
-(``questions``; no stage trains on it), or else the prompts of the reward-model stage's held-out pairs;
+rate with ties as ½ and a bootstrap CI. The prompts come from ``questions``: one or more files no stage
+trains on (FastChat question files, first turns; Self-Instruct seed tasks; ``herd.evals.prompt_sets``), or else the prompts of the reward-model stage's held-out pairs;
 those are held out from the reward model only, so another stage whose data holds the same prompts (the
 SFT data, rejection sampling's prompts) may have trained on them.
 KL(stage ‖ baseline) is estimated on replies the stage samples at temperature 1: the mean of
@@ -26,18 +26,18 @@ class RewardWinRateConfig(EvalConfig):
     reward_model: str = "reward_model"  # the reward-model stage's name
     baseline: str = "sft"  # the stage every later policy stage is compared with
     n: int = Field(default=32, gt=0)  # held-out prompts
-    # FastChat question.jsonl (``shared:`` allowed) whose first turns are the prompts; None: the prompts of
-    # the reward model's held-out pairs
-    questions: str | None = None
+    # prompt files read in order, the first ``n`` prompts judged (``shared:`` allowed): FastChat question.jsonl
+    # (first turns) or Self-Instruct seed_tasks.jsonl; None: the prompts of the reward model's held-out pairs
+    questions: str | list[str] | None = None
     max_new_tokens: int = Field(default=256, gt=0)
     kl_samples: int = Field(default=1, ge=0)  # sampled replies per prompt for the KL estimate (0: skip)
     bootstrap: int = Field(default=1000, gt=0)
     seed: int = 0
 
     def unavailable(self, recipe_dir: Path) -> str | None:
-        from herd.evals.mtbench import missing_question_file
+        from herd.evals.prompt_sets import missing_prompt_file
 
-        return missing_question_file(self.questions, recipe_dir) if self.questions else None
+        return missing_prompt_file(self.questions, recipe_dir) if self.questions else None
 
 
 @register_eval("reward_win_rate", RewardWinRateConfig)
@@ -58,10 +58,13 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
     later = [(st, Path(d)) for st, d in ctx.stages[names.index(cfg.baseline) + 1:]
              if st.kind in POLICY_KINDS and st.kind != "pretrain"]
     if cfg.questions:
-        prompts, source = _question_prompts(cfg.questions, ctx.recipe.source_file, cfg.n)
+        from herd.evals.prompt_sets import read_prompt_set
+
+        recipe_file = ctx.recipe.source_file
+        prompts, source = read_prompt_set(cfg.questions, Path(recipe_file).parent if recipe_file else Path.cwd(), cfg.n)
     else:
         prompts = _heldout_prompts(rm_stage, ctx.recipe.source_file, cfg.n)
-        source = f"prompts of stage {rm_stage.name}'s held-out pairs"
+        source = f"{len(prompts)} prompts of stage {rm_stage.name}'s held-out pairs"
     win_rows, kl_rows = [], []
 
     def answers(path: Path, label: str) -> list[str]:
@@ -86,7 +89,7 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
         row = {"stage": st.name, "kind": st.kind, "win_rate": round(win, 4), "ci95": ci,
                "mean_reward": round(float(scores.mean()), 4), "baseline_mean_reward": round(float(base_scores.mean()), 4)}
         win_rows.append({"task": f"reward-model-judged win rate vs {cfg.baseline}, stage {st.name} (ties ½)",
-                        "name": f"rm_win_rate_{st.name}", "dataset": f"{len(prompts)} {source}, greedy",
+                        "name": f"rm_win_rate_{st.name}", "dataset": f"{source}, greedy",
                         "parent": round(1 - win, 4), "derived": round(win, 4), "better": "higher",
                         **paired(1 - wins, wins, better="higher", n_boot=cfg.bootstrap, seed=cfg.seed),
                         "derived_ci95": ci})
@@ -103,7 +106,7 @@ def run_reward_win_rate(ctx: EvalContext, cfg: RewardWinRateConfig) -> EvalOutpu
                     for p, b, a, sb, s in zip(prompts, base_answers, ans, base_scores, scores)]
     out_file = ctx.out_dir / "reward_win_rate.jsonl"
     out_file.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in samples))
-    md = _markdown(rows, cfg.baseline, rm_stage.name, f"{len(prompts)} {source}")
+    md = _markdown(rows, cfg.baseline, rm_stage.name, source)
     # the final policy's win rate first: placed first among the recipe's evals, it is the scorecard's headline
     metrics = win_rows[::-1] + _rm_accuracy(rm_stage, rm_dir) + kl_rows
     return EvalOutput(metrics=metrics, extra={"reward_win_rate": rows}, markdown=md, files=[str(out_file)])
@@ -120,16 +123,6 @@ def _heldout_prompts(rm_stage, recipe_file: str | None, n: int) -> list[list[dic
             seen.add(key)
             prompts.append(p.prompt)
     return prompts[:n]
-
-
-def _question_prompts(questions: str, recipe_file: str | None, n: int) -> tuple[list[list[dict]], str]:
-    """The first turns of the first ``n`` questions of a FastChat question file, as single-turn prompts."""
-    from herd.core.paths import resolve_data_path
-    from herd.evals.mtbench import read_questions
-
-    qpath = resolve_data_path(questions, Path(recipe_file).parent if recipe_file else Path.cwd())
-    qs = read_questions(qpath)[:n]
-    return [[{"role": "user", "content": q.turns[0]}] for q in qs], f"questions of {qpath.parent.name}/{qpath.name} (turn 1)"
 
 
 def _rm_accuracy(rm_stage, rm_dir: Path) -> list[dict]:
