@@ -21,6 +21,10 @@ from herd.core.errors import DataError
 Prompt = list[dict]
 
 
+def _files(specs: str | list[str]) -> list[str]:
+    return [specs] if isinstance(specs, str) else list(specs)
+
+
 def prompt_file_kind(path: Path) -> str:
     """``fastchat`` or ``self_instruct``, from the first record's fields (a clear error otherwise)."""
     from herd.data.records import read_json_records
@@ -37,9 +41,9 @@ def prompt_file_kind(path: Path) -> str:
                     "tasks (instruction, instances)", record=0, line=line)
 
 
-def read_prompt_file(path: Path) -> list[Prompt]:
+def read_prompt_file(path: Path, kind: str | None = None) -> list[Prompt]:
     """Every prompt of one file, validated by the file's own reader (file:line errors)."""
-    if prompt_file_kind(path) == "fastchat":
+    if (kind or prompt_file_kind(path)) == "fastchat":
         from herd.evals.mtbench import read_questions
 
         return [[{"role": "user", "content": q.turns[0]}] for q in read_questions(path)]
@@ -55,15 +59,15 @@ def read_prompt_set(specs: str | list[str], relative_to: Path, n: int) -> tuple[
 
     prompts: list[Prompt] = []
     parts = []
-    for spec in [specs] if isinstance(specs, str) else specs:
-        path = resolve_data_path(spec, relative_to)
+    for spec in _files(specs):
         if len(prompts) >= n:
             break
-        got = read_prompt_file(path)[: n - len(prompts)]
+        path = resolve_data_path(spec, relative_to)
+        kind = prompt_file_kind(path)
+        got = read_prompt_file(path, kind)[: n - len(prompts)]
         prompts += got
-        what = "questions" if prompt_file_kind(path) == "fastchat" else "seed tasks"
-        parts.append(f"{len(got)} {what} of {path.parent.name}/{path.name}"
-                     + (" (turn 1)" if what == "questions" else ""))
+        parts.append(f"{len(got)} questions of {path.parent.name}/{path.name} (turn 1)" if kind == "fastchat"
+                     else f"{len(got)} seed tasks of {path.parent.name}/{path.name}")
     return prompts, " + ".join(parts)
 
 
@@ -71,7 +75,7 @@ def missing_prompt_file(specs: str | list[str], recipe_dir: Path) -> str | None:
     """Why an eval that reads these files cannot run here, or None."""
     from herd.core.paths import resolve_data_path
 
-    for spec in [specs] if isinstance(specs, str) else specs:
+    for spec in _files(specs):
         path = resolve_data_path(spec, recipe_dir)
         if not path.is_file():
             return f"prompt file {path} not found (a FastChat question.jsonl or Self-Instruct seed_tasks.jsonl)"

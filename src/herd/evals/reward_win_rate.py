@@ -4,7 +4,8 @@ each stage's model against the SFT model on held-out prompts, KL to the referenc
 ``reward_win_rate``: for every policy stage after the baseline stage (``sft``), greedy answers of that
 stage's model and of the baseline to the same held-out prompts, both scored by the reward model: win
 rate with ties as ½ and a bootstrap CI. The prompts come from ``questions``: one or more files no stage
-trains on (FastChat question files, first turns; Self-Instruct seed tasks; ``herd.evals.prompt_sets``), or else the prompts of the reward-model stage's held-out pairs;
+trains on (FastChat question files, first turns; Self-Instruct seed tasks; ``herd.evals.prompt_sets``),
+or else the prompts of the reward-model stage's held-out pairs;
 those are held out from the reward model only, so another stage whose data holds the same prompts (the
 SFT data, rejection sampling's prompts) may have trained on them.
 KL(stage ‖ baseline) is estimated on replies the stage samples at temperature 1: the mean of
