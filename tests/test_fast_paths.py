@@ -299,3 +299,72 @@ def test_lora_uses_fast_dropout(tiny_model):
     drops = [m for m in model.modules() if isinstance(m, FastDropout)]
     assert drops and all(abs(d.p - 0.1) < 1e-4 for d in drops)
     assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules())
+
+
+def _adapter_inputs(model, layers=(0, 1)) -> tuple[dict, list]:
+    """Hooks recording, for each adapted projection, its input (``(i, name, "in")``) and what its ``lora_A``
+    reads, the dropped input (``(i, name, "A")``)."""
+    from herd.engine.training import causal_lm
+
+    seen: dict[tuple[int, str, str], torch.Tensor] = {}
+    hooks = []
+    for i in layers:
+        for name, m in causal_lm(model).model.layers[i].named_modules():
+            if hasattr(m, "lora_A") and "default" in m.lora_A:
+                key = (i, name.rsplit(".", 1)[-1])
+                hooks.append(m.register_forward_pre_hook(
+                    lambda mod, args, key=key: seen.__setitem__((*key, "in"), args[0].detach().clone())))
+                hooks.append(m.lora_A["default"].register_forward_hook(
+                    lambda mod, args, out, key=key: seen.__setitem__((*key, "A"), args[0].detach().clone())))
+    return seen, hooks
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_projections_reading_one_input_share_one_dropout_mask(tiny_model, tokenizer, alpaca_examples, compiled):
+    """q/k/v drop the same elements, and so do gate/up (one mask per input, engine/lora.py); the mask is
+    new on every call and in every layer, has the stage's p, and the seed decides it, eager and compiled."""
+    if compiled:
+        _need_compiler()
+    from torch._dynamo.utils import counters
+
+    from herd.core.recipe import LoraSpec
+    from herd.engine.lora import FastDropout, apply_lora
+    from herd.engine.training import causal_lm
+
+    model = apply_lora(tiny_model, LoraSpec(r=4, alpha=8, dropout=0.25))
+    layer = causal_lm(model).model.layers[0]
+    q, k, v, o = (getattr(layer.self_attn, n).lora_dropout["default"] for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    gate, up = (getattr(layer.mlp, n).lora_dropout["default"] for n in ("gate_proj", "up_proj"))
+    assert q is k is v and gate is up and q is not gate and q.shared and not o.shared
+    assert q is not causal_lm(model).model.layers[1].self_attn.q_proj.lora_dropout["default"]
+    assert isinstance(o, FastDropout) and not any(n.endswith(".key") for n in model.state_dict())
+    model.train()
+    items, _ = tokenize_examples(alpaca_examples[:4], get_template("alpaca"), tokenizer, max_len=128)
+    batch = make_batch(items, 128, tokenizer.pad_token_id)
+    seen, hooks = _adapter_inputs(model)
+
+    def dropped() -> dict:  # (layer, projection): where the adapter's input is zero and the layer's is not
+        seen.clear()
+        model(input_ids=batch.input_ids, position_ids=batch.position_ids)
+        return {(i, n): (a == 0) & (seen[i, n, "in"] != 0) for (i, n, kind), a in seen.items() if kind == "A"}
+
+    torch._dynamo.reset()
+    counters.clear()
+    with compiled_layers(causal_lm(model).model.layers, compiled):
+        torch.manual_seed(0)
+        first, second = dropped(), dropped()
+        torch.manual_seed(0)
+        again = dropped()
+    for h in hooks:
+        h.remove()
+    if compiled:
+        assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    for i in (0, 1):
+        assert torch.equal(first[i, "q_proj"], first[i, "k_proj"]) and torch.equal(first[i, "q_proj"], first[i, "v_proj"])
+        assert torch.equal(first[i, "gate_proj"], first[i, "up_proj"])
+        live = seen[i, "q_proj", "in"] != 0  # padding rows are zero before any dropout
+        rate = float(first[i, "q_proj"][live].float().mean())
+        assert abs(rate - 0.25) < 0.05, rate
+        assert not torch.equal(first[i, "q_proj"], second[i, "q_proj"])  # a new mask per call
+    assert not torch.equal(first[0, "q_proj"], first[1, "q_proj"])  # and per layer
+    assert all(torch.equal(first[key], again[key]) for key in first)  # the seed decides them
