@@ -368,3 +368,34 @@ def test_projections_reading_one_input_share_one_dropout_mask(tiny_model, tokeni
         assert not torch.equal(first[i, "q_proj"], second[i, "q_proj"])  # a new mask per call
     assert not torch.equal(first[0, "q_proj"], first[1, "q_proj"])  # and per layer
     assert all(torch.equal(first[key], again[key]) for key in first)  # the seed decides them
+
+
+def test_shared_dropout_masks_survive_gradient_checkpointing(tiny_model, tokenizer, alpaca_examples):
+    """Eager runs with gradient checkpointing recompute each layer in the backward, its parent hooks
+    (which redraw the group's key) included: the recompute must draw the forward's masks, so the gradients
+    equal those of the same seeded step without checkpointing."""
+    import copy
+
+    from herd.core.recipe import LoraSpec
+    from herd.engine.lora import apply_lora
+    from herd.engine.training import causal_lm
+
+    items, _ = tokenize_examples(alpaca_examples[:4], get_template("alpaca"), tokenizer, max_len=128)
+    batch = make_batch(items, 128, tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        model = apply_lora(copy.deepcopy(tiny_model), LoraSpec(r=4, alpha=8, dropout=0.25))
+        torch.manual_seed(1)
+        for p in model.parameters():  # lora_B starts at zero; give it values so lora_A's gradients are not zero
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05)
+        if checkpointing:
+            causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(0)
+        loss = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels).loss
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("lora_A" in n for n in grads[0])
+    for n, g in grads[0].items():
+        assert torch.allclose(grads[1][n], g, rtol=1e-4, atol=1e-6), n

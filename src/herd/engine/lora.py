@@ -152,7 +152,7 @@ def share_masks(model: nn.Module) -> int:
         for group in SHARED_INPUT:
             dicts = [getattr(children.get(n), "lora_dropout", None) for n in group]
             dicts = [d for d in dicts if isinstance(d, nn.ModuleDict)]
-            for adapter in {a for d in dicts for a in d}:
+            for adapter in dict.fromkeys(a for d in dicts for a in d):  # ordered: the keys' draw order is fixed
                 members = [d for d in dicts if isinstance(d[adapter] if adapter in d else None, FastDropout)]
                 if len(members) < 2:
                     continue
