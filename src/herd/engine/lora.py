@@ -61,9 +61,9 @@ class FastDropout(nn.Module):
         self.threshold = round(p * 65536)  # drop where the lane (as int16) < -32768 + threshold
         self.p = self.threshold / 65536
         self.shared = shared
-        # not in the state dict: a fresh key per call, never a trained value
-        self.register_buffer("key", torch.zeros(1, dtype=torch.int32), persistent=False)
-        self._mask: tuple[int, torch.Size, torch.Tensor] | None = None  # eager: (key version, shape, keep)
+        if shared:  # the group's key, not in the state dict: a fresh one per call, never a trained value
+            self.register_buffer("key", torch.zeros(1, dtype=torch.int32), persistent=False)
+            self._mask: tuple[int, torch.Size, torch.Tensor] | None = None  # eager: (key version, shape, keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
@@ -153,7 +153,7 @@ def share_masks(model: nn.Module) -> int:
             dicts = [getattr(children.get(n), "lora_dropout", None) for n in group]
             dicts = [d for d in dicts if isinstance(d, nn.ModuleDict)]
             for adapter in dict.fromkeys(a for d in dicts for a in d):  # ordered: the keys' draw order is fixed
-                members = [d for d in dicts if isinstance(d[adapter] if adapter in d else None, FastDropout)]
+                members = [d for d in dicts if adapter in d and isinstance(d[adapter], FastDropout)]
                 if len(members) < 2:
                     continue
                 one = FastDropout(members[0][adapter].p, shared=True)
