@@ -580,6 +580,58 @@ def test_rejection_scores_its_samples_in_score_precision_and_held_out_in_fp32(mo
     assert calls == [(4 * 3, torch.bfloat16), (2, False)]  # 4 training prompts x K, then the 2 held out
 
 
+def test_rejection_chooses_its_temperature_on_dev_by_the_best_of_k_reward(monkeypatch, tmp_path, toy_data,
+                                                                           tiny_ref, reward_artifact):
+    """``temperatures``: each candidate samples the held-out prompts K times; the one whose mean best reward
+    (Llama 2's Figure 21 criterion) is highest samples the training prompts, whichever order it is listed in."""
+    import herd.stages.rejection_sampling as rej
+    import herd.stages.sft as sft
+
+    rm_path, _ = reward_artifact
+    rm = rej.load_reward_model(rm_path)
+    by_t = {0.5: ["plain words", "plain words", "words"], 1.5: ["banana", "more words banana", "plain words"]}
+    calls = []
+
+    def fake_sample(model, tokenizer, template, prompts, cfg, cache, progress=True):
+        calls.append((cache.name, cfg.temperature, [p["messages"] for p in prompts]))
+        return [by_t[cfg.temperature] for _ in prompts], [[True] * 3 for _ in prompts]
+
+    def fake_run_sft(cfg, parent, template, examples, out, **kw):
+        raise RuntimeError("stop after selection")
+
+    monkeypatch.setattr(rej, "sample_replies", fake_sample)
+    monkeypatch.setattr(sft, "run_sft", fake_run_sft)
+    for order in ([0.5, 1.5], [1.5, 0.5]):
+        calls.clear()
+        cfg = RejectionSamplingStage(data=[{"name": "toy", "path": str(toy_data), "format": "preference",
+                                            "max_records": 6}], eval_size=2, reward_model=str(rm_path), k=3,
+                                     max_new_tokens=4, temperatures=order, score_precision="fp32")
+        with pytest.raises(RuntimeError, match="stop after selection"):
+            rej.run_rejection_sampling(cfg, tiny_ref, get_template(TEMPLATE), tmp_path / f"rs{order[0]}",
+                                       name="toy", progress=False)
+        dev = calls[0][2]
+        best = {t: float(torch.stack([rm.score([p] * 3, by_t[t]) for p in dev]).max(dim=1).values.mean())
+                for t in by_t}
+        assert abs(best[0.5] - best[1.5]) > 1e-3  # the choice is not a tie
+        want = max(best, key=best.get)
+        assert [(c[0], c[1], len(c[2])) for c in calls] == [
+            (f"dev-T{order[0]:g}.jsonl", order[0], 2), (f"dev-T{order[1]:g}.jsonl", order[1], 2),
+            ("samples.jsonl", want, 4)]  # the dev prompts at each candidate, then the training prompts
+        assert calls[1][2] == dev and not any(p in dev for p in calls[2][2])
+
+
+def test_rejection_temperature_candidates_are_validated_and_hash_neutral(toy_data):
+    from herd.core.recipe import hash_dump
+
+    base = {"data": [{"name": "t", "path": str(toy_data), "format": "preference"}], "reward_model": "rm"}
+    with pytest.raises(ValidationError, match="must be > 0"):
+        RejectionSamplingStage(**base, temperatures=[0.7, 0])
+    with pytest.raises(ValidationError, match="eval_size > 0"):
+        RejectionSamplingStage(**base, temperatures=[0.7, 1.0], eval_size=0)
+    assert "temperatures" not in hash_dump(RejectionSamplingStage(**base))  # earlier runs keep their folders
+    assert hash_dump(RejectionSamplingStage(**base, temperatures=[0.7]))["temperatures"] == [0.7]
+
+
 def test_rejection_samples_do_not_depend_on_the_batch_size(tmp_path, tokenizer, toy_data, tiny_model):
     """The real engine: the same samples whatever ``gen_batch`` groups the prompts into."""
     from herd.stages.rejection_sampling import sample_replies

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from herd.core.recipe import DataSource, LoraSpec, SFTStage
+from herd.core.recipe import DataSource, LoraSpec, SFTStage, hash_neutral
 from herd.core.registry import STAGE_CONFIGS
 
 
@@ -141,6 +141,10 @@ class RejectionSamplingStage(_Strict):
     safety_threshold: float = Field(default=0.15, gt=0, lt=1)
     k: int = Field(default=4, ge=1)  # samples per prompt (the paper: 10-100)
     temperature: float = Field(default=1.0, gt=0)  # the paper: 1.2-1.3 for its RLHF models
+    # the paper re-tunes the temperature per iteration by the best-of-K reward (§3.2.3, its Figure 21): with
+    # candidates here, each draws K samples per held-out (dev) prompt, and the one whose mean best reward is
+    # highest samples the training prompts (``temperature`` is then unused); empty: ``temperature``
+    temperatures: list[float] = Field(default=[], json_schema_extra=hash_neutral([]))
     top_p: float = Field(default=1.0, gt=0, le=1)
     # 0: the whole vocabulary (the paper samples at a temperature). transformers' generate, which herd used
     # before its own engine, silently kept only the 50 most likely tokens
@@ -161,6 +165,14 @@ class RejectionSamplingStage(_Strict):
     score_batch: int = Field(default=8, gt=0)
     seed: int = 0
     sft: SFTStage = SFTStage(name="sft", epochs=1.0)  # how the kept replies are trained
+
+    @model_validator(mode="after")
+    def _dev_temperatures(self) -> RejectionSamplingStage:
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures: each must be > 0 (got {self.temperatures})")
+        if self.temperatures and self.eval_size == 0:
+            raise ValueError("temperatures are chosen on the held-out prompts: set eval_size > 0")
+        return self
 
 
 class PPOStage(_Strict):

@@ -171,6 +171,40 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
     return [list(r) for r, _ in out], [list(f) for _, f in out]
 
 
+def choose_temperature(model, tokenizer, template: Template, prompts: list[dict], cfg: RejectionSamplingStage,
+                       work: Path, load_scorer, progress: bool = True) -> tuple[float, dict]:
+    """The sampling temperature, chosen on the held-out (dev) prompts as Llama 2 re-tuned it per iteration
+    (§3.2.3, its Figure 21: the maximum reward among N samples, by temperature): each of ``cfg.temperatures``
+    draws K samples per prompt, and the one with the highest mean best-of-K reward wins (ties: the first
+    listed). Samples are cached per temperature in ``work`` (a resume reuses them). Returns (chosen,
+    {temperature: its max-of-k curve, mean sample reward and mean best reward}); the sampling copy of
+    ``model`` is freed before the reward models load."""
+    sampler = sampling_model(model, cfg.sample_precision)
+    drawn = {}
+    for t in cfg.temperatures:
+        at = cfg.model_copy(update={"temperature": t, "name": f"{cfg.name} dev T={t:g}"})
+        drawn[t] = sample_replies(sampler, tokenizer, template, prompts, at, work / f"dev-T{t:g}.jsonl", progress)
+    del sampler
+    release_memory()
+    flat_prompts = [p["messages"] for p in prompts for _ in range(cfg.k)]
+    flat_safety = [p["safety"] for p in prompts for _ in range(cfg.k)]
+    curves = {}
+    with autocast(cfg.score_precision):
+        scorer = load_scorer()
+        for t, (replies, _) in drawn.items():
+            rewards = scorer(flat_prompts, [r for rs in replies for r in rs], flat_safety).view(len(prompts), cfg.k)
+            curve = expected_max_of_k(rewards)
+            curves[t] = {"max_of_k": curve, "mean": curve[0], "best": curve[-1]}
+        del scorer
+    release_memory()
+    chosen = max(cfg.temperatures, key=lambda t: curves[t]["best"])  # max() keeps the first of equals
+    if progress and dist_env()[0] == 0:
+        print(f"[{cfg.name}] temperature on {len(prompts)} held-out prompts, mean best of {cfg.k}: "
+              + ", ".join(f"T={t:g} {c['best']:.4f}" for t, c in curves.items()) + f"; chosen T={chosen:g}")
+    return chosen, {"prompts": len(prompts), "k": cfg.k, "chosen": chosen,
+                    "by_temperature": {f"{t:g}": c for t, c in curves.items()}}
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, template: Template, out: Path, *,
@@ -200,6 +234,12 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     model = load_model(parent).to(device())
     if progress and rank == 0:
         print(f"[{cfg.name}] {len(train_p)} prompts x {cfg.k} samples; {len(held_p)} held-out prompts")
+    dev_temperature = None
+    if cfg.temperatures:
+        with record(f"choose the temperature on {len(held_p)} held-out prompts"):
+            chosen, dev_temperature = choose_temperature(model, tok, template, held_p, cfg, work, load_scorer,
+                                                         progress)
+        cfg = cfg.model_copy(update={"temperature": chosen})
     sampler = sampling_model(model, cfg.sample_precision)
     with record(f"sample {cfg.k} replies per prompt"):
         samples, finished = sample_replies(sampler, tok, template, train_p, cfg, work / "samples.jsonl", progress)
@@ -252,7 +292,8 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
         held_after = heldout_greedy_reward(new_model, tok, template, held_p, scorer, cfg)
     del new_model, scorer
     release_memory()
-    summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature, "sampled_in": sample_dtype,
+    summary = {"prompts": len(train_p), "k": cfg.k, "temperature": cfg.temperature,
+               **({"temperature_dev": dev_temperature} if dev_temperature else {}), "sampled_in": sample_dtype,
                "scored_in": arithmetic(cfg.score_precision),
                "reward_sampled": distribution(rewards), "reward_kept": distribution(kept),
                "max_of_k": expected_max_of_k(rewards), "empty_kept_dropped": empty,
