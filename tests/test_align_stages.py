@@ -283,6 +283,21 @@ def test_sampled_pairs_are_each_prompts_best_against_its_worst(tmp_path):
     assert len(sample_pairs(folder / "rejection_samples.jsonl", min_gap=0.5)) < 48
 
 
+def test_sampled_pairs_survive_a_reply_holding_a_unicode_line_separator(tmp_path):
+    """A sample may hold U+2028, U+0085 or a form feed; the samples file (written with ensure_ascii=False)
+    is still one prompt per line when read back (a 1.2-temperature llama2chat run drew a U+2028)."""
+    from herd.stages.pairs import sample_pairs
+
+    folder = _rejection_artifact(tmp_path / "04-rejection-x", n=6)
+    path = folder / "rejection_samples.jsonl"
+    rows = [json.loads(x) for x in path.read_text().split("\n") if x]
+    rows[2]["replies"] = [r + " \u2028 then\x85 more\x0c" for r in rows[2]["replies"]]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert len(path.read_text(encoding="utf-8").splitlines()) > len(rows) == 8  # what the reader must not split on
+    pairs = sample_pairs(path)
+    assert len(pairs) == 6 and any("\u2028" in p.chosen for p in pairs)
+
+
 def test_an_open_pair_side_is_trained_without_an_end_of_turn(tokenizer):
     from herd.engine.logprobs import encode_reply
 

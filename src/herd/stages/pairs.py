@@ -38,7 +38,9 @@ def sample_pairs(path: Path, min_gap: float = 0.0, report: DataReport | None = N
     Skipped, and counted in ``report``: a prompt whose best sample is empty, whose two are the same
     text, or whose reward gap is below ``min_gap``."""
     report = report if report is not None else DataReport()
-    out, lines = [], path.read_text().splitlines()
+    # JSON Lines end at "\n" only: str.splitlines() also cuts at U+2028, U+0085 and the like, which a sampled
+    # reply may hold (the file is written with ensure_ascii=False)
+    out, lines = [], [x for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
     for n, line in enumerate(lines, 1):
         row = json.loads(line)
         replies, rewards, finished = row["replies"], row["rewards"], row.get("finished") or [True] * len(row["replies"])
