@@ -38,6 +38,18 @@ def test_jsonl_bad_line(tmp_path):
         load_examples(p, "alpaca")
 
 
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    """JSON Lines end at "\n" only: a raw U+2028, U+0085 or form feed inside a string (what
+    ``ensure_ascii=False`` writes) stays inside its record, and CRLF files read too."""
+    rows = [{"instruction": "a\u2028b", "output": "c\x85d\x0ce"}, {"instruction": "f", "output": "g\u2029"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows)
+    assert len(text.splitlines()) > 2
+    p = _write(tmp_path, "t.jsonl", text.encode("utf-8"))
+    exs = load_examples(p, "alpaca")
+    assert [e.messages[-1]["content"] for e in exs] == ["c\x85d\x0ce", "g\u2029"]
+    assert "a\u2028b" in exs[0].messages[0]["content"]
+
+
 def test_wrong_type_names_record_and_field(tmp_path):
     p = _write(tmp_path, "t.json", json.dumps([{"instruction": "a", "output": "b"},
                                                {"instruction": "c", "output": 3}]))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.core.errors import DataError
+from herd.core.jsonlines import json_lines
 from herd.core.registry import READERS
 
 
@@ -65,7 +66,7 @@ def read_json_records(path: str | Path) -> list[tuple[int | None, object]]:
     stripped = text.lstrip()
     if path.suffixes[-2:] == [".jsonl", ".gz"] or path.suffix == ".jsonl" or (not stripped.startswith("[") and not stripped.startswith("{")):
         out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(json_lines(text), 1):
             if not line.strip():
                 continue
             try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.core.errors import ConfigError, HerdError
+from herd.core.jsonlines import json_lines
 from herd.data.readers.preference import PreferencePair, dedupe_items, load_sources, split_items
 from herd.data.report import DataReport
 from herd.engine.logprobs import Encoded, encode_reply
@@ -38,9 +39,7 @@ def sample_pairs(path: Path, min_gap: float = 0.0, report: DataReport | None = N
     Skipped, and counted in ``report``: a prompt whose best sample is empty, whose two are the same
     text, or whose reward gap is below ``min_gap``."""
     report = report if report is not None else DataReport()
-    # JSON Lines end at "\n" only: str.splitlines() also cuts at U+2028, U+0085 and the like, which a sampled
-    # reply may hold (the file is written with ensure_ascii=False)
-    out, lines = [], [x for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
+    out, lines = [], [x for x in json_lines(path.read_text(encoding="utf-8")) if x.strip()]
     for n, line in enumerate(lines, 1):
         row = json.loads(line)
         replies, rewards, finished = row["replies"], row["rewards"], row.get("finished") or [True] * len(row["replies"])

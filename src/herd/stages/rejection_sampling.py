@@ -45,6 +45,7 @@ from herd.artifacts import (
 )
 from herd.base import BaseRef, load_model, load_tokenizer
 from herd.core.errors import HerdError
+from herd.core.jsonlines import json_lines
 from herd.core.phases import record, release_memory
 from herd.core.progress import Progress
 from herd.core.registry import STAGES
@@ -100,7 +101,7 @@ def _read_cache(path: Path, gen_batch: int) -> dict[int, Replies]:
     """Prompt index -> its replies. A line names its prompts (``"prompts"``); a line of the earlier
     format names a chunk of ``gen_batch`` prompts in input order (``"chunk"``), and is read so."""
     done: dict[int, Replies] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for line in json_lines(path.read_text(encoding="utf-8")) if path.is_file() else []:
         try:
             rec = json.loads(line)
         except ValueError:  # a line cut by a kill: its prompts are sampled again

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from herd.core.errors import HerdError
+from herd.core.jsonlines import json_lines
 
 
 class OutsideWorkspace(HerdError):
@@ -96,7 +97,7 @@ def read_metrics(folder: Path) -> list[dict]:
     rows = []
     path = folder / "metrics.jsonl"
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in json_lines(path.read_text(encoding="utf-8")):
             try:
                 rows.append(json.loads(line))
             except ValueError:

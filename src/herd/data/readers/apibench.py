@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herd.core.errors import DataError
+from herd.core.jsonlines import json_lines
 from herd.data.records import Example, read_text_file, register_reader, require_str
 
 _HASH_LAYOUT = re.compile(r"\s*###\s*Instruction:\s*(.*?)(?:\n\s*###\s*Output:\s*(.*))?\s*$", re.S)
@@ -61,7 +62,7 @@ def read_json_lines(path: str | Path) -> list[tuple[int, object]]:
     """``(line number, value)`` for every non-blank line: every APIBench file is JSON Lines, whatever
     its suffix (the ``.json`` ones too)."""
     out = []
-    for lineno, text in enumerate(read_text_file(path).splitlines(), 1):
+    for lineno, text in enumerate(json_lines(read_text_file(path)), 1):
         if not text.strip():
             continue
         try:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from herd.core.errors import ConfigError, HerdError
 from herd.core.hashing import sha256_file
+from herd.core.jsonlines import json_lines
 from herd.core.progress import Progress
 from herd.data.builds.selfinstruct.filters import REASONS, blacklist_regex, filter_reason
 from herd.data.builds.selfinstruct.instances import (
@@ -107,7 +108,7 @@ def _save_state(out: Path, st: GenerationState) -> None:
 
 def _load_records(out: Path) -> list[dict]:
     recs = []
-    for lineno, line in enumerate(out.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(json_lines(out.read_text(encoding="utf-8")), 1):
         if line.strip():
             try:
                 recs.append(json.loads(line))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herd.core.errors import DataError
+from herd.core.jsonlines import json_lines
 from herd.core.paths import shared_data_dir
 from herd.data.builds.selfinstruct.original_templates import (
     input_first_template_for_gen,
@@ -88,7 +89,7 @@ def load_seeds(path: str | Path | None = None) -> list[SeedTask]:
         raise DataError(str(path), "seed file not found (set HERD_DATA to the shared datasets folder, "
                         "or pass --seeds)")
     seeds = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(json_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:
