@@ -172,6 +172,14 @@ def sample_replies(model, tokenizer, template: Template, prompts: list[dict], cf
     return [list(r) for r, _ in out], [list(f) for _, f in out]
 
 
+def score_samples(scorer: Scorer, prompts: list[dict], samples: list[list[str]], desc: str | None = None
+                  ) -> torch.Tensor:
+    """The reward of every sample, [prompts, K]: ``samples[i]`` are prompt ``i``'s K replies."""
+    k = len(samples[0]) if samples else 0
+    return scorer([p["messages"] for p in prompts for _ in range(k)], [r for rs in samples for r in rs],
+                  [p["safety"] for p in prompts for _ in range(k)], desc).view(len(prompts), k)
+
+
 def choose_temperature(model, tokenizer, template: Template, prompts: list[dict], cfg: RejectionSamplingStage,
                        work: Path, load_scorer, progress: bool = True) -> tuple[float, dict]:
     """The sampling temperature, chosen on the held-out (dev) prompts as Llama 2 re-tuned it per iteration
@@ -187,13 +195,11 @@ def choose_temperature(model, tokenizer, template: Template, prompts: list[dict]
         drawn[t] = sample_replies(sampler, tokenizer, template, prompts, at, work / f"dev-T{t:g}.jsonl", progress)
     del sampler
     release_memory()
-    flat_prompts = [p["messages"] for p in prompts for _ in range(cfg.k)]
-    flat_safety = [p["safety"] for p in prompts for _ in range(cfg.k)]
     curves = {}
     with autocast(cfg.score_precision):
         scorer = load_scorer()
         for t, (replies, _) in drawn.items():
-            rewards = scorer(flat_prompts, [r for rs in replies for r in rs], flat_safety).view(len(prompts), cfg.k)
+            rewards = score_samples(scorer, prompts, replies)
             curve = expected_max_of_k(rewards)
             curves[t] = {"max_of_k": curve, "mean": curve[0], "best": curve[-1]}
         del scorer
@@ -247,13 +253,10 @@ def run_rejection_sampling(cfg: RejectionSamplingStage, parent: BaseRef, templat
     sample_dtype = str(next(sampler.parameters()).dtype).removeprefix("torch.")
     del sampler
     release_memory()
-    flat_prompts = [p["messages"] for p in train_p for _ in range(cfg.k)]
-    flat_safety = [p["safety"] for p in train_p for _ in range(cfg.k)]
     # the kept reply is chosen in score_precision's arithmetic; the held-out rewards below stay fp32
     with record("score the samples"), autocast(cfg.score_precision):
         scorer = load_scorer()
-        rewards = scorer(flat_prompts, [r for rs in samples for r in rs], flat_safety,
-                         f"{cfg.name} score" if progress else None).view(len(train_p), cfg.k)
+        rewards = score_samples(scorer, train_p, samples, f"{cfg.name} score" if progress else None)
     # every sample is scored (the distributions and max-of-K keep them all); a reply cut at the token cap
     # is kept only under `open` (trained without an end of turn) or `keep` (the old rule), never by `drop`
     whole = torch.tensor(finished, dtype=torch.bool)
